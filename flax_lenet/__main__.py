@@ -1,0 +1,5 @@
+import sys
+
+from flax_lenet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``flax-lenet`` subcommand: ``add_arguments(parser)`` and ``main(args)``."""

@@ -1,0 +1,69 @@
+"""``flax-lenet compare``: the tutorial end to end in torch and Flax, one table of differences."""
+
+import json
+
+from flax_lenet.cli import UsageError
+
+FLAVOURS = ("nnx", "linen", "functional")
+
+
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        import argparse
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}")
+    return value
+
+
+def add_arguments(p):
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="float64 is the truth tier (default: float32)")
+    p.add_argument("--kernel-size", type=int, choices=(3, 5), default=3,
+                   help="3: the seed's revision; 5: today's tutorial (default: 3)")
+    p.add_argument("--batch", type=_positive, default=1, help="batch size N (default: 1, as the tutorial)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the weights and data (default: 0)")
+    p.add_argument("--lr", type=float, default=0.01, help="learning rate of the update (default: 0.01)")
+    p.add_argument("--flavour", choices=FLAVOURS + ("all",), default="all", help="default: all")
+    p.add_argument("--tf32", action="store_true",
+                   help="on a GPU, leave TF32 on in both frameworks (their defaults) and use the TF32 tier")
+    p.add_argument("--break", dest="fault", choices=("flatten", "transpose"),
+                   help="deliberately break the conversion (fc1 flatten order, or a conv kernel reshaped "
+                        "instead of transposed) to see the comparison fail")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
+
+
+def _table(rows, header):
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    fmt = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+def main(args) -> int:
+    if args.seed < 0:
+        raise UsageError(f"--seed: expected a non-negative integer, found {args.seed}")
+    import jax
+    if args.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    from flax_lenet import parity
+    flavours = FLAVOURS if args.flavour == "all" else (args.flavour,)
+    rows, tol = parity.compare(flavours=flavours, dtype=args.dtype, kernel_size=args.kernel_size,
+                               batch=args.batch, seed=args.seed, lr=args.lr, tf32=args.tf32,
+                               fault=args.fault)
+    ok = all(r.ok for r in rows)
+    config = {k: getattr(args, k) for k in ("dtype", "kernel_size", "batch", "seed", "lr", "tf32", "fault")}
+    config["device"] = jax.default_backend()
+    if args.json:
+        print(json.dumps({"config": config, "tolerance": {"rtol": tol.rtol, "reason": tol.reason},
+                          "rows": [r.as_dict() for r in rows], "ok": ok}, indent=2))
+    else:
+        print("flax-lenet compare: " + ", ".join(f"{k}={v}" for k, v in config.items() if v is not None))
+        body = [[r.quantity, r.flavour, f"{r.max_abs:.3e}", f"{r.max_rel:.3e}", f"{r.rtol:.0e}",
+                 "ok" if r.ok else "FAIL"] for r in rows]
+        print(_table(body, ["quantity", "flavour", "max abs diff", "max rel diff", "tolerance", "ok"]))
+        print(f"relative = max|flax - torch| / max|torch|; tolerance: {tol.reason}")
+        bad = sum(not r.ok for r in rows)
+        print(f"{'all ' + str(len(rows)) + ' quantities agree' if ok else str(bad) + ' of ' + str(len(rows)) + ' quantities differ'}")
+    return 0 if ok else 1

@@ -1,0 +1,186 @@
+"""Exact weight conversion between the torch ``state_dict`` and the Flax parameter tree.
+
+Every layout change is a pure permutation (no arithmetic), so a round trip is bit-identical.
+
+    torch key        torch shape              flax path          flax shape
+    conv{1,2}.weight [O, I, kH, kW]   ->      conv*/kernel       [kH, kW, I, O]   transpose(2, 3, 1, 0)
+    fc{1,2,3}.weight [out, in]        ->      fc*/kernel         [in, out]        .T  (+ fc1 flatten order)
+    *.bias           [O]              ->      */bias             [O]              as is
+
+The flatten before ``fc1`` is the one place the two networks differ beyond a transpose; it is
+handled here and nowhere else (see ``_fc1_to_flax``).
+"""
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from flax_lenet.model import flat_side
+
+LAYERS = ("conv1", "conv2", "fc1", "fc2", "fc3")
+KERNEL_SIZES = (3, 5)
+
+
+def torch_shapes(kernel_size: int) -> dict[str, tuple[int, ...]]:
+    """The ``state_dict`` shapes of ``torch_reference.Net(kernel_size)``, in ``parameters()`` order."""
+    k, side = kernel_size, flat_side(kernel_size)
+    return {
+        "conv1.weight": (6, 1, k, k), "conv1.bias": (6,),
+        "conv2.weight": (16, 6, k, k), "conv2.bias": (16,),
+        "fc1.weight": (120, 16 * side * side), "fc1.bias": (120,),
+        "fc2.weight": (84, 120), "fc2.bias": (84,),
+        "fc3.weight": (10, 84), "fc3.bias": (10,),
+    }
+
+
+def flax_shapes(kernel_size: int) -> dict[str, tuple[int, ...]]:
+    """The Flax shapes, keyed ``'conv1/kernel'`` etc., in the same order."""
+    out = {}
+    for key, shape in torch_shapes(kernel_size).items():
+        layer, kind = key.split(".")
+        if kind == "bias":
+            out[f"{layer}/bias"] = shape
+        elif layer.startswith("conv"):
+            out[f"{layer}/kernel"] = (shape[2], shape[3], shape[1], shape[0])
+        else:
+            out[f"{layer}/kernel"] = (shape[1], shape[0])
+    return out
+
+
+def _fc1_to_flax(weight: np.ndarray, side: int) -> np.ndarray:
+    """torch ``fc1.weight`` ``[120, C*H*W]`` -> Flax ``fc1/kernel`` ``[H*W*C, 120]``.
+
+    torch flattens the NCHW feature map ``(N, 16, side, side)`` channel-major (C, H, W);
+    Flax flattens the NHWC map ``(N, side, side, 16)`` channel-minor (H, W, C). The same
+    feature sits at a different column, so fc1's input axis is permuted once, here:
+    ``[120, C, H, W] -> [H, W, C, 120]``. Only a 1x1 spatial size would need no permutation.
+    """
+    out_features = weight.shape[0]
+    w = weight.reshape(out_features, 16, side, side)       # [120, C, H, W]
+    w = w.transpose(2, 3, 1, 0)                             # [H, W, C, 120]
+    return w.reshape(side * side * 16, out_features)        # [H*W*C, 120]
+
+
+def _fc1_to_torch(kernel: np.ndarray, side: int) -> np.ndarray:
+    """The inverse of ``_fc1_to_flax``: ``[H*W*C, 120] -> [120, C*H*W]``."""
+    out_features = kernel.shape[1]
+    k = kernel.reshape(side, side, 16, out_features)        # [H, W, C, 120]
+    k = k.transpose(3, 2, 0, 1)                             # [120, C, H, W]
+    return k.reshape(out_features, 16 * side * side)        # [120, C*H*W]
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):                            # a torch tensor
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _infer_kernel_size(shapes: Mapping[str, tuple], key: str, axis: int, found: str) -> int:
+    if key not in shapes:
+        raise KeyError(f"missing key {key!r}: expected a Net state with keys {list(LAYERS)}; found {found}")
+    shape = shapes[key]
+    k = shape[axis] if len(shape) == 4 else None
+    if k not in KERNEL_SIZES:
+        raise ValueError(f"{key}: expected a 4-d kernel with a {KERNEL_SIZES} kernel size, found shape {shape}")
+    return k
+
+
+def _check(found: Mapping[str, tuple], expected: Mapping[str, tuple], what: str) -> None:
+    missing = [k for k in expected if k not in found]
+    extra = [k for k in found if k not in expected]
+    if missing:
+        raise KeyError(f"{what}: missing key {missing[0]!r} (expected shape {expected[missing[0]]}); "
+                       f"all missing: {missing}")
+    if extra:
+        raise KeyError(f"{what}: unexpected key {extra[0]!r} with shape {found[extra[0]]}; all extra: {extra}")
+    for key, shape in expected.items():
+        if tuple(found[key]) != shape:
+            raise ValueError(f"{what}: {key} has shape {tuple(found[key])}, expected {shape}")
+
+
+def torch_to_flax(state_dict: Mapping[str, Any]) -> dict[str, dict[str, np.ndarray]]:
+    """Convert a torch ``Net`` ``state_dict`` to the Flax parameter tree.
+
+    Args:
+      state_dict: ``{'conv1.weight': ..., ..., 'fc3.bias': ...}`` of torch tensors or numpy
+        arrays, from ``Net(kernel_size=3)`` or ``Net(kernel_size=5)`` (inferred from shapes).
+
+    Returns:
+      ``{'conv1': {'kernel', 'bias'}, ..., 'fc3': {...}}`` of numpy arrays, dtype kept. Use it as
+      ``linen.Net().apply({'params': p}, x)``, ``functional.forward(p, x)`` or
+      ``nnx.update(model, p)``.
+
+    Raises:
+      KeyError: a key is missing or unexpected. ValueError: a shape is wrong.
+    """
+    arrays = {k: _to_numpy(v) for k, v in state_dict.items()}
+    shapes = {k: a.shape for k, a in arrays.items()}
+    k = _infer_kernel_size(shapes, "conv1.weight", 3, f"keys {sorted(shapes)}")
+    _check(shapes, torch_shapes(k), f"torch state_dict (kernel size {k})")
+    side = flat_side(k)
+    params = {}
+    for layer in LAYERS:
+        w, b = arrays[f"{layer}.weight"], arrays[f"{layer}.bias"]
+        if layer.startswith("conv"):
+            kernel = w.transpose(2, 3, 1, 0)                # [O, I, kH, kW] -> [kH, kW, I, O]
+        elif layer == "fc1":
+            kernel = _fc1_to_flax(w, side)                  # [120, C*H*W] -> [H*W*C, 120]
+        else:
+            kernel = w.T                                    # [out, in] -> [in, out]
+        params[layer] = {"kernel": np.ascontiguousarray(kernel), "bias": np.array(b)}
+    return params
+
+
+def _flax_tree(params: Any) -> Mapping[str, Any]:
+    if hasattr(params, "to_pure_dict"):                     # an nnx.State
+        params = params.to_pure_dict()
+    if isinstance(params, Mapping) and set(params) == {"params"}:
+        params = params["params"]                           # Linen variables
+    return params
+
+
+def flatten_flax(params: Any) -> dict[str, np.ndarray]:
+    """``{'conv1': {'kernel': a}}`` -> ``{'conv1/kernel': a}`` as numpy arrays."""
+    flat = {}
+    for layer, leaves in _flax_tree(params).items():
+        if not isinstance(leaves, Mapping):
+            flat[str(layer)] = _to_numpy(leaves)
+            continue
+        for name, value in leaves.items():
+            flat[f"{layer}/{name}"] = _to_numpy(value)
+    return flat
+
+
+def flax_to_torch(params: Any) -> dict[str, np.ndarray]:
+    """Convert Flax parameters to a torch ``state_dict`` of numpy arrays.
+
+    Args:
+      params: the inner tree ``{'conv1': {'kernel', 'bias'}, ...}``, Linen variables
+        ``{'params': ...}``, or an ``nnx.State`` (``nnx.state(model, nnx.Param)``).
+
+    Returns:
+      ``{'conv1.weight': ..., ..., 'fc3.bias': ...}``; load it with
+      ``net.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})``.
+    """
+    flat = flatten_flax(params)
+    shapes = {k: a.shape for k, a in flat.items()}
+    k = _infer_kernel_size(shapes, "conv1/kernel", 0, f"keys {sorted(shapes)}")
+    _check(shapes, flax_shapes(k), f"flax params (kernel size {k})")
+    side = flat_side(k)
+    state = {}
+    for layer in LAYERS:
+        kernel, b = flat[f"{layer}/kernel"], flat[f"{layer}/bias"]
+        if layer.startswith("conv"):
+            w = kernel.transpose(3, 2, 0, 1)                # [kH, kW, I, O] -> [O, I, kH, kW]
+        elif layer == "fc1":
+            w = _fc1_to_torch(kernel, side)                 # [H*W*C, 120] -> [120, C*H*W]
+        else:
+            w = kernel.T                                    # [in, out] -> [out, in]
+        state[f"{layer}.weight"] = np.ascontiguousarray(w)
+        state[f"{layer}.bias"] = np.array(b)
+    return state
+
+
+def kernel_size_of(params: Any) -> int:
+    """The kernel size (3 or 5) of a Flax parameter tree."""
+    return _infer_kernel_size({k: a.shape for k, a in flatten_flax(params).items()}, "conv1/kernel", 0, "")

@@ -1,0 +1,215 @@
+"""Run the tutorial once in torch and once in a Flax flavour from the same weights, and diff.
+
+The quantities are the tutorial's steps: the converted parameters, the logits, the MSE loss,
+the gradient of every parameter (compared in torch layout), the parameters after one manual
+update ``w - lr * g`` and after one ``optim.SGD`` / ``optax.sgd`` step. Weights and data
+travel through numpy; no RNG stream is shared between the frameworks.
+"""
+
+import contextlib
+from dataclasses import asdict, dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from flax_lenet import convert, functional, linen, train
+from flax_lenet.model import Net
+from flax_lenet.tolerances import EXACT, Tolerance, tolerance
+
+FLAVOURS = ("nnx", "linen", "functional")
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class Row:
+    quantity: str
+    flavour: str
+    max_abs: float
+    max_rel: float
+    rtol: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_rel <= self.rtol
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "ok": self.ok}
+
+
+def diff(actual, expected) -> tuple[float, float]:
+    """``(max|a - e|, max|a - e| / max|e|)`` over a whole array; shapes must match."""
+    a, e = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    if a.shape != e.shape:
+        raise ValueError(f"shape mismatch: flax {a.shape} vs torch {e.shape}")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(e))):
+        return float("inf"), float("inf")
+    max_abs = float(np.max(np.abs(a - e))) if a.size else 0.0
+    scale = float(np.max(np.abs(e))) if e.size else 0.0
+    return max_abs, (max_abs / scale if scale > 0 else max_abs)
+
+
+def tutorial_data(batch: int, seed: int, dtype: str):
+    """The tutorial's ``input = randn(N, 1, 32, 32)`` (NCHW) and ``target = randn(N, 10)``, via numpy."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, 1, 32, 32)).astype(dtype)
+    target = rng.standard_normal((batch, 10)).astype(dtype)
+    return x, target
+
+
+def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
+    """``(N, C, H, W) -> (N, H, W, C)``: the activation layout change between the frameworks."""
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
+# --- torch side ------------------------------------------------------------------------------
+
+def torch_device():
+    import torch
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def set_torch_tf32(enabled: bool) -> None:
+    """TF32 for convs (cudnn, on by default) and matmuls (off by default) in torch."""
+    import torch
+    torch.backends.cudnn.allow_tf32 = enabled
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+
+
+def torch_run(net, x_nchw: np.ndarray, target: np.ndarray, lr: float) -> dict:
+    """The tutorial in torch on ``net`` (left unchanged): logits, loss, grads, both updates."""
+    import copy
+
+    import torch
+    dev = next(net.parameters()).device
+    x = torch.from_numpy(x_nchw).to(dev)
+    y = torch.from_numpy(target).to(dev)
+    criterion = torch.nn.MSELoss()
+
+    def np_state(m):
+        return {k: v.detach().cpu().numpy().copy() for k, v in m.state_dict().items()}
+
+    work = copy.deepcopy(net)
+    work.zero_grad()
+    out = work(x)
+    loss = criterion(out, y)
+    loss.backward()
+    grads = {k: p.grad.detach().cpu().numpy().copy() for k, p in work.named_parameters()}
+    with torch.no_grad():          # the tutorial's f.data.sub_(f.grad.data * learning_rate)
+        for f in work.parameters():
+            f.data.sub_(f.grad.data * lr)
+    manual = np_state(work)
+
+    work = copy.deepcopy(net)
+    optimizer = torch.optim.SGD(work.parameters(), lr=lr)
+    optimizer.zero_grad()
+    criterion(work(x), y).backward()
+    optimizer.step()
+    return {"logits": out.detach().cpu().numpy(), "loss": loss.detach().cpu().numpy(),
+            "grads": grads, "manual": manual, "sgd": np_state(work)}
+
+
+# --- flax side -------------------------------------------------------------------------------
+
+def _jnp_tree(params, dtype):
+    return jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
+
+
+def flax_run(flavour: str, params: dict, x_nhwc: np.ndarray, target: np.ndarray, lr: float) -> dict:
+    """The tutorial in one Flax flavour from the converted ``params``; results in torch layout."""
+    dtype = jnp.dtype(x_nhwc.dtype)
+    x, y = jnp.asarray(x_nhwc, dtype), jnp.asarray(target, dtype)
+    p = _jnp_tree(params, dtype)
+    k = convert.kernel_size_of(params)
+    tx = optax.sgd(lr)
+    if flavour == "nnx":
+        model = Net(k, param_dtype=dtype, rngs=nnx.Rngs(0))
+        nnx.update(model, p)
+        logits = model(x)
+        loss, grads = nnx.value_and_grad(train.loss_fn)(model, x, y)
+        grads = grads.to_pure_dict()
+        manual = train.sgd_update(nnx.state(model, nnx.Param).to_pure_dict(), grads, lr)
+        optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+        train.train_step(model, optimizer, x, y)
+        stepped = nnx.state(model, nnx.Param).to_pure_dict()
+    elif flavour in ("linen", "functional"):
+        if flavour == "linen":
+            net = linen.Net(k, param_dtype=dtype)
+            apply = lambda q, xb: net.apply({"params": q}, xb)  # noqa: E731
+        else:
+            apply = functional.forward
+        loss_of = lambda q: functional.mse_loss(apply(q, x), y)  # noqa: E731
+        logits = apply(p, x)
+        loss, grads = jax.value_and_grad(loss_of)(p)
+        manual = train.sgd_update(p, grads, lr)
+        updates, _ = tx.update(grads, tx.init(p), p)
+        stepped = optax.apply_updates(p, updates)
+    else:
+        raise ValueError(f"flavour must be one of {FLAVOURS}, found {flavour!r}")
+    return {"logits": np.asarray(logits), "loss": np.asarray(loss),
+            "grads": convert.flax_to_torch(grads), "manual": convert.flax_to_torch(manual),
+            "sgd": convert.flax_to_torch(stepped)}
+
+
+# --- deliberate faults, to show that the comparison can fail --------------------------------
+
+def _fault_flatten(state: dict, params: dict) -> None:
+    params["fc1"]["kernel"] = np.ascontiguousarray(state["fc1.weight"].T)   # forgot the flatten order
+
+
+def _fault_transpose(state: dict, params: dict) -> None:
+    w = state["conv1.weight"]                                               # reshape, not transpose
+    params["conv1"]["kernel"] = w.reshape(w.shape[2], w.shape[3], w.shape[1], w.shape[0]).copy()
+
+
+FAULTS = {"flatten": _fault_flatten, "transpose": _fault_transpose}
+
+
+# --- the comparison --------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def precision(tf32: bool):
+    """Full float32 (TF32 off) in both frameworks unless ``tf32``; no effect on CPU."""
+    set_torch_tf32(tf32)
+    with jax.default_matmul_precision("default" if tf32 else "highest"):
+        yield
+
+
+def compare_results(flavour: str, ref: dict, got: dict, tol: Tolerance) -> list[Row]:
+    """Rows for logits, loss, every gradient and the parameters after both updates."""
+    rows = [Row("logits", flavour, *diff(got["logits"], ref["logits"]), tol.rtol),
+            Row("loss", flavour, *diff(got["loss"], ref["loss"]), tol.rtol)]
+    for name in ref["grads"]:
+        rows.append(Row(f"grad {name}", flavour, *diff(got["grads"][name], ref["grads"][name]), tol.rtol))
+    for key, label in (("manual", "params after w - lr*g"), ("sgd", "params after SGD step")):
+        worst = max((diff(got[key][n], ref[key][n]) for n in ref[key]), key=lambda d: d[1])
+        rows.append(Row(label, flavour, *worst, tol.rtol))
+    return rows
+
+
+def compare(*, flavours=FLAVOURS, dtype="float32", kernel_size=3, batch=1, seed=0, lr=0.01,
+            tf32=False, fault=None) -> tuple[list[Row], Tolerance]:
+    """Run the tutorial in torch and each Flax flavour; return the diff rows and the tier."""
+    import torch
+
+    from torch_reference import Net as TorchNet
+    dev = torch_device()
+    tol = tolerance(dtype, "cpu" if dev.type == "cpu" else "gpu", tf32)
+    torch.manual_seed(seed)
+    net = TorchNet(kernel_size).to(getattr(torch, dtype)).to(dev)
+    state = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
+    x, target = tutorial_data(batch, seed, dtype)
+    params = convert.torch_to_flax(state)
+    back = convert.flax_to_torch(params)
+    rt = max((diff(back[k], state[k]) for k in state), key=lambda d: d[1])
+    rows = [Row("params round trip", "-", *rt, EXACT.rtol)]
+    if fault is not None:
+        FAULTS[fault](state, params)
+    with precision(tf32):
+        ref = torch_run(net, x, target, lr)
+        for flavour in flavours:
+            got = flax_run(flavour, params, nchw_to_nhwc(x), target, lr)
+            rows += compare_results(flavour, ref, got, tol)
+    return rows, tol

@@ -1,0 +1,31 @@
+"""Shared test helpers: one way to draw weights and data, one way to compare."""
+
+import numpy as np
+import torch
+
+from flax_lenet import parity
+from flax_lenet.tolerances import Tolerance
+
+
+def torch_net(kernel_size: int, dtype: str, seed: int = 0):
+    """``torch_reference.Net`` with torch's own init under ``seed``, cast to ``dtype``."""
+    from torch_reference import Net
+    torch.manual_seed(seed)
+    return Net(kernel_size).to(getattr(torch, dtype))
+
+
+def state_numpy(net) -> dict:
+    return {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
+
+
+def assert_close(actual, expected, tol: Tolerance, what: str = "") -> None:
+    """``max|a - e| <= tol.rtol * max|e|`` over the whole array (see flax_lenet.tolerances)."""
+    max_abs, max_rel = parity.diff(actual, expected)
+    assert max_rel <= tol.rtol, f"{what}: max rel diff {max_rel:.3e} > {tol.rtol:.0e} (max abs {max_abs:.3e})"
+
+
+def assert_tree_close(actual: dict, expected: dict, tol: Tolerance, what: str = "") -> None:
+    """Same keys first, then every leaf within ``tol``."""
+    assert sorted(actual) == sorted(expected), f"{what}: keys differ: {sorted(actual)} vs {sorted(expected)}"
+    for key in expected:
+        assert_close(actual[key], expected[key], tol, f"{what} {key}")
