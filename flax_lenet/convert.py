@@ -133,7 +133,8 @@ def torch_to_flax(state_dict: Mapping[str, Any]) -> dict[str, dict[str, np.ndarr
 
 def _flax_tree(params: Any) -> Mapping[str, Any]:
     if hasattr(params, "to_pure_dict"):                     # an nnx.State
-        params = params.to_pure_dict()
+        from flax import nnx
+        params = nnx.to_pure_dict(params)
     if isinstance(params, Mapping) and set(params) == {"params"}:
         params = params["params"]                           # Linen variables
     return params

@@ -17,18 +17,19 @@ from flax_lenet.model import flat_side
 
 class Net(nn.Module):
     kernel_size: int = 3
-    init: str = "torch"          # "torch": U(+-1/sqrt(fan_in)); "flax": lecun_normal, zero bias
+    weight_init: str = "torch"   # NNX's init=: "torch" U(+-1/sqrt(fan_in)); "flax" lecun_normal, zero bias
+    #                              (a Linen field cannot be called `init`: it would hide Module.init)
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):                                         # (N, 32, 32, 1)      k=3
         check_images(x)
         k, side, dt = self.kernel_size, flat_side(self.kernel_size), self.param_dtype
-        conv1 = nn.Conv(6, (k, k), padding="VALID", param_dtype=dt, name="conv1", **layer_inits(self.init, 1 * k * k))
-        conv2 = nn.Conv(16, (k, k), padding="VALID", param_dtype=dt, name="conv2", **layer_inits(self.init, 6 * k * k))
-        fc1 = nn.Dense(120, param_dtype=dt, name="fc1", **layer_inits(self.init, 16 * side * side))
-        fc2 = nn.Dense(84, param_dtype=dt, name="fc2", **layer_inits(self.init, 120))
-        fc3 = nn.Dense(10, param_dtype=dt, name="fc3", **layer_inits(self.init, 84))
+        conv1 = nn.Conv(6, (k, k), padding="VALID", param_dtype=dt, name="conv1", **layer_inits(self.weight_init, 1 * k * k))
+        conv2 = nn.Conv(16, (k, k), padding="VALID", param_dtype=dt, name="conv2", **layer_inits(self.weight_init, 6 * k * k))
+        fc1 = nn.Dense(120, param_dtype=dt, name="fc1", **layer_inits(self.weight_init, 16 * side * side))
+        fc2 = nn.Dense(84, param_dtype=dt, name="fc2", **layer_inits(self.weight_init, 120))
+        fc3 = nn.Dense(10, param_dtype=dt, name="fc3", **layer_inits(self.weight_init, 84))
 
         x = nn.max_pool(jax.nn.relu(conv1(x)), (2, 2), strides=(2, 2))  # (N, 30, 30, 6) -> (N, 15, 15, 6)
         x = nn.max_pool(jax.nn.relu(conv2(x)), (2, 2), strides=(2, 2))  # (N, 13, 13, 16) -> (N, 6, 6, 16)

@@ -129,11 +129,11 @@ def flax_run(flavour: str, params: dict, x_nhwc: np.ndarray, target: np.ndarray,
         nnx.update(model, p)
         logits = model(x)
         loss, grads = nnx.value_and_grad(train.loss_fn)(model, x, y)
-        grads = grads.to_pure_dict()
-        manual = train.sgd_update(nnx.state(model, nnx.Param).to_pure_dict(), grads, lr)
+        grads = nnx.to_pure_dict(grads)
+        manual = train.sgd_update(nnx.to_pure_dict(nnx.state(model, nnx.Param)), grads, lr)
         optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
         train.train_step(model, optimizer, x, y)
-        stepped = nnx.state(model, nnx.Param).to_pure_dict()
+        stepped = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     elif flavour in ("linen", "functional"):
         if flavour == "linen":
             net = linen.Net(k, param_dtype=dtype)

@@ -1,0 +1,110 @@
+"""``flax_lenet.convert``: exact, shape-checked, and matched by name to ``net.parameters()``."""
+
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+import flax_lenet
+from flax_lenet import convert, linen
+from tests.helpers import state_numpy, torch_net
+
+SEED_NET_PARAMS = 81_194       # the seed's revision, 3x3 kernels
+TUTORIAL_NET_PARAMS = 61_706   # today's official tutorial, 5x5 kernels
+PARAMS = {3: SEED_NET_PARAMS, 5: TUTORIAL_NET_PARAMS}
+
+
+def _count(tree) -> int:
+    return sum(int(np.prod(np.shape(a))) for a in convert.flatten_flax(tree).values())
+
+
+@pytest.mark.parametrize("kernel_size", (3, 5))
+def test_parameter_counts_match_the_tutorial(kernel_size):
+    import jax
+    import jax.numpy as jnp
+    torch_count = sum(p.numel() for p in torch_net(kernel_size, "float32").parameters())
+    nnx_count = _count(nnx.state(flax_lenet.Net(kernel_size, rngs=nnx.Rngs(0)), nnx.Param))
+    linen_count = _count(linen.Net(kernel_size).init(jax.random.key(0), jnp.zeros((1, 32, 32, 1))))
+    assert torch_count == nnx_count == linen_count == PARAMS[kernel_size]
+
+
+@pytest.mark.parametrize("dtype", ("float32", "float64"))
+@pytest.mark.parametrize("kernel_size", (3, 5))
+def test_round_trip_is_bit_identical(kernel_size, dtype):
+    state = state_numpy(torch_net(kernel_size, dtype, seed=3))
+    back = convert.flax_to_torch(convert.torch_to_flax(state))
+    assert list(back) == list(state)
+    for key in state:
+        assert back[key].dtype == state[key].dtype and np.array_equal(back[key], state[key]), key
+    params = convert.torch_to_flax(state)
+    again = convert.torch_to_flax(convert.flax_to_torch(params))
+    for layer in params:
+        for leaf in params[layer]:
+            assert np.array_equal(again[layer][leaf], params[layer][leaf]), (layer, leaf)
+
+
+def test_torch_tensors_and_numpy_arrays_convert_alike():
+    net = torch_net(5, "float32", seed=1)
+    from_tensors = convert.torch_to_flax(net.state_dict())
+    from_numpy = convert.torch_to_flax(state_numpy(net))
+    assert all(np.array_equal(from_tensors[l][k], from_numpy[l][k]) for l in from_numpy for k in from_numpy[l])
+
+
+@pytest.mark.parametrize("kernel_size", (3, 5))
+def test_converted_weights_load_into_torch_and_nnx(kernel_size):
+    net = torch_net(kernel_size, "float32", seed=2)
+    params = convert.torch_to_flax(state_numpy(net))
+    model = flax_lenet.Net(kernel_size, rngs=nnx.Rngs(0))
+    nnx.update(model, params)                                     # loads as the issue promises
+    sd = convert.flax_to_torch(nnx.state(model, nnx.Param))
+    fresh = torch_net(kernel_size, "float32", seed=99)
+    fresh.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+    assert all(torch.equal(fresh.state_dict()[k], net.state_dict()[k]) for k in sd)
+
+
+@pytest.mark.parametrize("kernel_size", (3, 5))
+def test_parameters_order_matches_the_flax_tree(kernel_size):
+    """``net.parameters()`` order is conv1.weight, conv1.bias, ..., fc3.bias; the Flax tree has the same layers."""
+    net = torch_net(kernel_size, "float32")
+    names = [n for n, _ in net.named_parameters()]
+    assert names == list(convert.torch_shapes(kernel_size))
+    assert [tuple(p.shape) for p in net.parameters()] == list(convert.torch_shapes(kernel_size).values())
+    flax_tree = nnx.to_pure_dict(nnx.state(flax_lenet.Net(kernel_size, rngs=nnx.Rngs(0)), nnx.Param))
+    flat = {k: v.shape for k, v in convert.flatten_flax(flax_tree).items()}
+    assert flat == convert.flax_shapes(kernel_size)
+    assert [n.split(".")[0] for n in names[::2]] == list(convert.LAYERS) == sorted(flax_tree)
+
+
+def test_missing_key_names_the_key_and_shape():
+    state = state_numpy(torch_net(3, "float32"))
+    del state["fc2.bias"]
+    with pytest.raises(KeyError, match=r"fc2\.bias.*\(84,\)"):
+        convert.torch_to_flax(state)
+
+
+def test_extra_key_is_named():
+    state = state_numpy(torch_net(3, "float32"))
+    state["fc4.weight"] = np.zeros((3, 10), np.float32)
+    with pytest.raises(KeyError, match=r"fc4\.weight.*\(3, 10\)"):
+        convert.torch_to_flax(state)
+
+
+def test_misshaped_key_names_expected_and_actual_shapes():
+    state = state_numpy(torch_net(3, "float32"))
+    state["fc1.weight"] = np.zeros((120, 400), np.float32)       # the 5x5 tutorial's fc1 in a 3x3 net
+    with pytest.raises(ValueError, match=r"fc1\.weight has shape \(120, 400\), expected \(120, 576\)"):
+        convert.torch_to_flax(state)
+
+
+def test_flax_params_with_wrong_shape_are_refused():
+    params = convert.torch_to_flax(state_numpy(torch_net(5, "float32")))
+    params["fc3"]["kernel"] = params["fc3"]["kernel"].T
+    with pytest.raises(ValueError, match=r"fc3/kernel has shape \(10, 84\), expected \(84, 10\)"):
+        convert.flax_to_torch(params)
+
+
+def test_unknown_kernel_size_is_refused():
+    state = state_numpy(torch_net(3, "float32"))
+    state["conv1.weight"] = np.zeros((6, 1, 4, 4), np.float32)
+    with pytest.raises(ValueError, match=r"conv1\.weight.*\(6, 1, 4, 4\)"):
+        convert.torch_to_flax(state)
