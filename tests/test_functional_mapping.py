@@ -42,6 +42,13 @@ def agree(outputs: dict, expected) -> None:
         assert_close(value, expected, FLOAT64, how)
 
 
+def nnx_net(params, kernel_size=3):
+    """An NNX ``Net`` holding ``params`` (float64); ``eval_shape`` skips the slow eager random init."""
+    model = nnx.eval_shape(lambda: Net(kernel_size, param_dtype=jnp.float64, rngs=nnx.Rngs(0)))
+    nnx.update(model, jax.tree.map(jnp.asarray, params))
+    return model
+
+
 @pytest.fixture(scope="module")
 def conv():
     torch.manual_seed(0)
@@ -51,8 +58,9 @@ def conv():
 def conv_outputs(conv, padding="VALID"):
     kernel = conv.weight.detach().numpy().transpose(2, 3, 1, 0)        # [O, I, kH, kW] -> [kH, kW, I, O]
     bias = conv.bias.detach().numpy()
-    layer = nnx.Conv(6, 16, (3, 3), padding=padding, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
-    layer.kernel[...], layer.bias[...] = kernel, bias
+    layer = nnx.eval_shape(lambda: nnx.Conv(6, 16, (3, 3), padding=padding, param_dtype=jnp.float64,
+                                            rngs=nnx.Rngs(0)))
+    nnx.update(layer, {"kernel": jnp.asarray(kernel), "bias": jnp.asarray(bias)})
     linen_conv = linen_nn.Conv(16, (3, 3), padding=padding)
     return {
         "nnx.Conv": layer(X_NHWC),
@@ -77,7 +85,10 @@ def test_conv_row_fails_with_flax_default_padding(conv):
 
 
 def test_flax_layer_two_ways_agree():
-    layer = nnx.Conv(6, 16, (3, 3), padding="VALID", param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+    layer = nnx.eval_shape(lambda: nnx.Conv(6, 16, (3, 3), padding="VALID", param_dtype=jnp.float64,
+                                            rngs=nnx.Rngs(0)))
+    nnx.update(layer, {"kernel": jnp.asarray(RNG.standard_normal((3, 3, 6, 16))),
+                       "bias": jnp.asarray(RNG.standard_normal(16))})
     module, fn = examples.flax_layer_two_ways(layer, X_NHWC)
     assert_close(fn, module, FLOAT64, "functional.conv2d vs nnx.Conv")
 
@@ -122,8 +133,8 @@ def test_linear_row_all_calls_agree():
     w, b = layer.weight.detach().numpy(), layer.bias.detach().numpy()
     expected = layer(torch.from_numpy(x)).detach().numpy()
     assert_close(F.linear(torch.from_numpy(x), layer.weight, layer.bias).detach().numpy(), expected, FLOAT64, "F.linear")
-    dense = nnx.Linear(120, 84, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
-    dense.kernel[...], dense.bias[...] = w.T, b
+    dense = nnx.eval_shape(lambda: nnx.Linear(120, 84, param_dtype=jnp.float64, rngs=nnx.Rngs(0)))
+    nnx.update(dense, {"kernel": jnp.asarray(w.T), "bias": jnp.asarray(b)})
     agree({"nnx.Linear": dense(x),
            "linen.Dense": linen_nn.Dense(84).apply({"params": {"kernel": w.T, "bias": b}}, x),
            "x @ W.T + b": x @ w.T + b, "functional.linear": functional.linear(x, w.T, b)}, expected)
@@ -152,9 +163,7 @@ def tutorial():
 
 
 def nnx_copy(net):
-    model = Net(3, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
-    nnx.update(model, convert.torch_to_flax(state_numpy(net)))
-    return model
+    return nnx_net(convert.torch_to_flax(state_numpy(net)))
 
 
 def torch_grads(grads):

@@ -25,7 +25,7 @@ def flax_losses(kernel_size):
     """``(loss_fn, params)`` for the functional, Linen and NNX flavours."""
     _, net = torch_loss(kernel_size)
     params = convert.torch_to_flax(state_numpy(net))
-    model = Net(kernel_size, rngs=nnx.Rngs(0))
+    model = nnx.eval_shape(lambda: Net(kernel_size, rngs=nnx.Rngs(0)))   # only traced
     graphdef, state = nnx.split(model)
     module = linen.Net(kernel_size)
     return {
