@@ -43,13 +43,17 @@ def test_docs_check_passes_on_the_committed_docs(capsys):
     assert cli.main(["docs", "--check"]) == 0, capsys.readouterr().out
 
 
+def write_docs(generated, folder: Path) -> Path:
+    for name, text in generated.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
 @pytest.mark.parametrize("obj", [content.SECTIONS[0].torch[0], content.SECTIONS[0].flax["NNX"][0],
                                  content.SECTIONS[0].flax["Linen"][0]], ids=["torch", "nnx", "linen"])
 def test_docs_check_fails_after_a_model_source_line_changes(generated, tmp_path, monkeypatch, capsys, obj):
-    for name, text in generated.items():
-        (tmp_path / name).write_text(text, encoding="utf-8")
-    monkeypatch.setattr(render, "build", lambda: generated)
-    assert cli.main(["docs", "--check", "--out", str(tmp_path)]) == 0
+    out = str(write_docs(generated, tmp_path))
+    assert cli.main(["docs", "--check", "--out", out]) == 0            # figures are cached: cheap
     original = render.source_of
 
     def edited(o):
@@ -57,11 +61,17 @@ def test_docs_check_fails_after_a_model_source_line_changes(generated, tmp_path,
         return (label, code.replace("relu", "gelu", 1)) if o is obj else (label, code)
 
     monkeypatch.setattr(render, "source_of", edited)
-    monkeypatch.setattr(render, "build", lambda: {"side_by_side.md": render.markdown(*inputs(generated)),
-                                                  "side_by_side.html": render.page(*inputs(generated))})
-    assert cli.main(["docs", "--check", "--out", str(tmp_path)]) == 1
-    out = capsys.readouterr().out
-    assert "side_by_side.md differs at line" in out and "side_by_side.html differs at line" in out
+    assert cli.main(["docs", "--check", "--out", out]) == 1
+    printed = capsys.readouterr().out
+    assert "side_by_side.md differs at line" in printed and "side_by_side.html differs at line" in printed
+
+
+def test_docs_check_fails_after_a_line_outside_the_shown_code_changes(generated, tmp_path, monkeypatch):
+    out = str(write_docs(generated, tmp_path))
+    original = render.file_text
+    monkeypatch.setattr(render, "file_text", lambda path: original(path) + (
+        "# a new comment\n" if path.name == "model.py" and path.parent.name == "flax_lenet" else ""))
+    assert cli.main(["docs", "--check", "--out", out]) == 1
 
 
 def inputs(generated):

@@ -34,6 +34,27 @@ def source_of(obj) -> tuple[str, str]:
     return f"{path.as_posix()}: {obj.__qualname__}", textwrap.dedent(inspect.getsource(obj)).rstrip() + "\n"
 
 
+def file_text(path: Path) -> str:
+    """A source file's text with normalised line endings."""
+    return path.read_text(encoding="utf-8").replace("\r\n", "\n")
+
+
+def fingerprints() -> list[tuple[str, str]]:
+    """``[(path, sha256[:16])]`` of every file a code block comes from, so that a change to any
+    line of them (not only the lines shown) makes ``--check`` fail."""
+    import hashlib
+    objs = [o for s in content.SECTIONS for o in (*s.torch, *[x for v in s.flax.values() for x in v])]
+    paths = sorted({Path(inspect.getsourcefile(inspect.unwrap(o))).resolve() for o in objs})
+    out = []
+    for path in paths:
+        try:
+            label = path.relative_to(ROOT).as_posix()
+        except ValueError:
+            label = path.name
+        out.append((label, hashlib.sha256(file_text(path).encode()).hexdigest()[:16]))
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def measure() -> dict:
     """``{dtype: [parity.Row, ...]}`` from ``parity.compare`` (all flavours, seed 0, batch 1)."""
@@ -119,7 +140,9 @@ def markdown(numbers, graph_rows) -> str:
                   [(f"`{r.torch}`", f"`{r.flax}`", r.note, f"`{r.test}`") for r in mapping.CONCEPTS]) + "\n",
     ]
     body = [_md_section(i, s, numbers, graph_rows) for i, s in enumerate(content.SECTIONS, 1)]
-    return "\n".join(head + body)
+    foot = ["## Generated from\n", _md_table(("file", "sha256 (first 16 hex digits)"),
+                                              [(f"`{p}`", h) for p, h in fingerprints()]) + "\n"]
+    return "\n".join(head + body + foot)
 
 
 # --- HTML --------------------------------------------------------------------------------------
@@ -230,6 +253,7 @@ def page(numbers, graph_rows) -> str:
                            [(r.torch, r.flax, r.note, r.test) for r in mapping.CONCEPTS], code_cols=(0, 1, 3))
     sections = "\n".join(_html_section(i, s, numbers, graph_rows) for i, s in enumerate(content.SECTIONS, 1))
     styles = CSS + _formatter().get_style_defs(".hl")
+    sources = _html_table(("file", "sha256 (first 16 hex digits)"), fingerprints(), code_cols=(0, 1))
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -249,6 +273,9 @@ click away).</p>
 <h2>How the pieces map</h2>
 {concepts}
 {sections}
+<section class="sources"><h2>Generated from</h2>
+{sources}
+</section>
 </main>
 </body>
 </html>
