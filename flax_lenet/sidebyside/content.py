@@ -125,7 +125,7 @@ SECTIONS = (
         tests=("tests/test_functional_mapping.py::test_mse_row_all_calls_agree",),
     ),
     Section(
-        "graph", "Follow loss.grad_fn: the graph", "计算图 (loss.grad_fn)",
+        "graph", "Follow loss.grad_fn: the graph", "计算图",
         "Following loss.grad_fn backwards through next_functions gives torch's graph of the forward "
         "pass. JAX records nothing on the arrays: jax.make_jaxpr(loss_fn) traces the function into "
         "primitives. Both reduce to the same layers, in the same order.",
