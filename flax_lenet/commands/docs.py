@@ -59,9 +59,9 @@ def main(args) -> int:
             if not path.is_file():
                 stale.append(f"{path} is missing")
             elif (old := path.read_text(encoding="utf-8")) != text:
-                stale.append(f"{path} differs at {first_difference(old, text)}")
+                stale.append(f"{path} differs at {first_difference(old, text)} from what the code generates now")
         for line in stale:
-            print(f"flax-lenet docs: {line} from what the code generates now; run `{render.GENERATOR}`")
+            print(f"flax-lenet docs: {line}; run `{render.GENERATOR}`")
         if not stale:
             print(f"flax-lenet docs: {', '.join(str(out / n) for n in files)} up to date")
         return 1 if stale else 0
