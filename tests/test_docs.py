@@ -124,6 +124,21 @@ def test_html_is_one_self_contained_file(generated):
         assert link in page
 
 
+def test_docs_writes_both_files_whole_and_leaves_no_temporary_files(generated, tmp_path):
+    out = tmp_path / "new" / "docs"
+    assert cli.main(["docs", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(render.FILES)
+    for name, text in generated.items():
+        assert (out / name).read_text(encoding="utf-8") == text
+        assert (out / name).stat().st_mode & 0o044 == 0o044 & ~current_umask()     # not mkstemp's 0600
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_docs_out_must_be_a_folder(tmp_path, capsys):
     target = tmp_path / "file.txt"
     target.write_text("keep me")
