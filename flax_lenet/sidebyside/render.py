@@ -181,6 +181,12 @@ pre.graph { background: var(--bg); padding: .5rem; overflow-x: auto; font-size: 
 @media (max-width: 900px) {
   .pair, .facts { grid-template-columns: minmax(0, 1fr); }
   main { padding: .5rem; }
+  thead { display: none; }
+  table, tbody, tr, td { display: block; width: 100%; }
+  tr { border: 1px solid var(--line); border-radius: 6px; margin-bottom: .5rem; }
+  td { border: none; border-top: 1px solid var(--line); }
+  td:first-child { border-top: none; }
+  td::before { content: attr(data-label); display: block; font-weight: 600; color: #656d76; font-size: .75rem; }
 }
 """
 
@@ -203,7 +209,10 @@ def _html_code(obj) -> str:
 
 
 def _html_table(header, rows, code_cols=()) -> str:
-    cell = lambda i, c: f"<td><code>{_esc(c)}</code></td>" if i in code_cols else f"<td>{_esc(c)}</td>"  # noqa: E731
+    """A table that turns into one card per row on a narrow screen (``data-label`` names each cell)."""
+    def cell(i, c):
+        text = f"<code>{_esc(c)}</code>" if i in code_cols else _esc(c)
+        return f'<td data-label="{_esc(header[i])}">{text}</td>'
     head = "".join(f"<th>{_esc(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(cell(i, c) for i, c in enumerate(r)) + "</tr>" for r in rows)
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
