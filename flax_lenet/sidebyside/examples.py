@@ -4,7 +4,6 @@ Each pair is run by a test that checks the two agree; the docs pull them with ``
 """
 
 import jax
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from flax import nnx
