@@ -19,3 +19,7 @@ from flax_lenet.train import sgd_update as sgd_update
 from flax_lenet.train import train_step as train_step
 
 __version__ = "0.1.0"
+
+# issue 4: the hooks ↔ interception mapping and the loss graph in both frameworks
+from flax_lenet import graph as graph  # noqa: E402
+from flax_lenet import hooks as hooks  # noqa: E402

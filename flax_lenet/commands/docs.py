@@ -1,0 +1,72 @@
+"""``flax-lenet docs``: write (or ``--check``) the side-by-side tutorial generated from the source."""
+
+import difflib
+import os
+import tempfile
+from pathlib import Path
+
+from flax_lenet.cli import UsageError
+
+
+def default_out() -> Path:
+    """The repository's ``docs/`` folder, found next to the ``flax_lenet`` package."""
+    from flax_lenet.sidebyside.render import ROOT
+    if not (ROOT / "pyproject.toml").is_file():
+        raise UsageError(f"expected a source checkout with pyproject.toml at {ROOT}, found none: pass --out DIR")
+    return ROOT / "docs"
+
+
+def add_arguments(p):
+    p.add_argument("--out", type=Path, default=None, help="folder to write into (default: the repo's docs/)")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 if the files in --out differ from what the code generates now")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)               # mkstemp makes it 0600
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def first_difference(old: str, new: str) -> str:
+    """``'line N: -old / +new'`` for the first differing line."""
+    for line in difflib.unified_diff(old.splitlines(), new.splitlines(), lineterm="", n=0):
+        if line.startswith("@@"):
+            number = line.split()[1].lstrip("-").split(",")[0]
+            return f"line {number}"
+    return "line endings or a trailing newline"
+
+
+def main(args) -> int:
+    out = args.out if args.out is not None else default_out()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out: expected a folder, found a file {out}")
+    from flax_lenet.sidebyside import render
+    files = render.build()
+    if args.check:
+        stale = []
+        for name, text in files.items():
+            path = out / name
+            if not path.is_file():
+                stale.append(f"{path} is missing")
+            elif (old := path.read_text(encoding="utf-8")) != text:
+                stale.append(f"{path} differs at {first_difference(old, text)} from what the code generates now")
+        for line in stale:
+            print(f"flax-lenet docs: {line}; run `{render.GENERATOR}`")
+        if not stale:
+            print(f"flax-lenet docs: {', '.join(str(out / n) for n in files)} up to date")
+        return 1 if stale else 0
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        _write_atomic(out / name, text)
+        print(f"wrote {out / name}")
+    return 0

@@ -1,0 +1,77 @@
+"""The mapping tables at the top of the side-by-side tutorial; each row names the test that proves it."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Row:
+    torch: str
+    flax: str
+    note: str
+    test: str     # tests/<file>.py::<test name>
+
+
+#: How a module is called, how gradients and updates are made: torch ↔ Flax.
+CONCEPTS = (
+    Row("nn.Module; net(x) → Module.__call__ → hooks + forward(x)",
+        "nnx.Module: model(x) → __call__(x); Linen: net.apply(variables, x) → __call__(x)",
+        "Keras: Model.__call__ → call(). Flax has no hook registry: Linen intercepts with "
+        "nn.intercept_methods, NNX swaps the layer's class (flax_lenet.hooks)",
+        "tests/test_hooks.py::test_torch_forward_called_directly_skips_that_modules_hooks"),
+    Row("register_forward_pre_hook / register_forward_hook",
+        "nn.intercept_methods(interceptor); nnx_hooks(layer, pre=, post=)",
+        "the same hook function, torch's signature, runs in both",
+        "tests/test_hooks.py::test_forward_pre_hook_replacing_input_equals_interceptor_changing_args"),
+    Row("forward hook that records",
+        "apply(.., capture_intermediates=True); sow; nnx.capture(.., method_outputs=nnx.Intermediate)",
+        "activations come back NHWC: transpose (0, 3, 1, 2) to compare",
+        "tests/test_hooks.py::test_forward_hook_recording_equals_capture_intermediates_sow_and_nnx_capture"),
+    Row("register_full_backward_hook / Tensor.register_hook",
+        "perturb + grad w.r.t. the 'perturbations'",
+        "d loss / d (layer output), the same numbers",
+        "tests/test_hooks.py::test_backward_hook_grad_output_equals_grad_wrt_linen_perturbation"),
+    Row("loss.grad_fn → next_functions", "jax.make_jaxpr(loss_fn)",
+        "torch records the graph on the tensors; JAX traces the function",
+        "tests/test_graph.py::test_grad_fn_chain_and_jaxpr_correspond_layer_by_layer"),
+    Row("optimizer.zero_grad(); loss.backward()", "jax.grad / nnx.grad: fresh gradients",
+        "a skipped zero_grad() makes .grad a running sum of gradients",
+        "tests/test_functional_mapping.py::test_skipped_zero_grad_accumulates_the_sum_of_fresh_gradients"),
+    Row("optimizer.step()", "optimizer.update(model, grads)", "optax.sgd(lr) ≡ optim.SGD(lr)",
+        "tests/test_functional_mapping.py::test_optimizer_step_equals_nnx_optimizer_update"),
+    Row("f.data.sub_(f.grad.data * lr)", "jax.tree.map(lambda p, g: p - lr * g, params, grads)",
+        "in place vs a new tree", "tests/test_functional_mapping.py::test_data_sub_equals_tree_map_update"),
+    Row("input.unsqueeze(0)", "x[None]", "add the batch dimension; the Net rejects a single image",
+        "tests/test_minibatch.py::test_unsqueeze0_equals_x_none_in_every_flavour"),
+)
+
+
+@dataclass(frozen=True)
+class OpRow:
+    op: str
+    torch_module: str
+    torch_functional: str
+    nnx: str
+    linen: str
+    jax: str
+    test: str
+
+
+#: nn.Xxx vs nn.functional.xxx, and the four ways to write each in Flax / JAX.
+OPS = (
+    OpRow("conv", "nn.Conv2d(1, 6, 3)", "F.conv2d(x, w, b)", "nnx.Conv(1, 6, (3, 3), padding='VALID')",
+          "nn.Conv(6, (3, 3), padding='VALID')",
+          "lax.conv_general_dilated(x, k, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + b",
+          "tests/test_functional_mapping.py::test_conv_row_all_calls_agree"),
+    OpRow("max-pool", "nn.MaxPool2d(2)", "F.max_pool2d(x, 2)", "nnx.max_pool(x, (2, 2), strides=(2, 2))",
+          "nn.max_pool(x, (2, 2), strides=(2, 2))",
+          "lax.reduce_window(x, -inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID')",
+          "tests/test_functional_mapping.py::test_max_pool_row_all_calls_agree"),
+    OpRow("relu", "nn.ReLU()", "F.relu(x)", "nnx.relu(x)", "nn.relu(x)", "jax.nn.relu(x) = jnp.maximum(x, 0)",
+          "tests/test_functional_mapping.py::test_relu_row_all_calls_agree"),
+    OpRow("linear", "nn.Linear(120, 84)", "F.linear(x, W, b) = x @ W.T + b", "nnx.Linear(120, 84)",
+          "nn.Dense(84)", "x @ kernel + b, kernel = W.T",
+          "tests/test_functional_mapping.py::test_linear_row_all_calls_agree"),
+    OpRow("mse", "nn.MSELoss()", "F.mse_loss(y, t)", "—", "—",
+          "jnp.mean((y - t) ** 2) = optax.squared_error(y, t).mean()",
+          "tests/test_functional_mapping.py::test_mse_row_all_calls_agree"),
+)

@@ -1,0 +1,226 @@
+"""``nn.Xxx`` vs ``nn.functional.xxx`` and their Flax / JAX rows, plus the gradient and update rows.
+
+Each row of ``flax_lenet.sidebyside.mapping`` is backed here: every way of writing the op gives
+the same values on the same inputs (float64), and the tempting wrong variant does not.
+"""
+
+import flax.linen as linen_nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from flax import nnx
+from jax import lax
+
+from flax_lenet import convert, functional, train
+from flax_lenet.model import Net
+from flax_lenet.parity import nchw_to_nhwc, tutorial_data
+from flax_lenet.sidebyside import examples
+from flax_lenet.tolerances import FLOAT64
+from tests.helpers import assert_close, state_numpy, torch_net
+
+BATCH = 2
+LR = 0.01
+ACCUMULATED_STEPS = 3
+RNG = np.random.default_rng(0)
+X_NCHW = RNG.standard_normal((BATCH, 6, 12, 12))                      # a conv2-like activation
+X_NHWC = nchw_to_nhwc(X_NCHW)
+KEY = jax.random.key(0)
+
+
+def nhwc(t):
+    return nchw_to_nhwc(t.detach().numpy())
+
+
+def agree(outputs: dict, expected) -> None:
+    """Every entry of ``outputs`` equals ``expected`` within the float64 tier."""
+    for how, value in outputs.items():
+        assert_close(value, expected, FLOAT64, how)
+
+
+def nnx_net(params, kernel_size=3):
+    """An NNX ``Net`` holding ``params`` (float64); ``eval_shape`` skips the slow eager random init."""
+    model = nnx.eval_shape(lambda: Net(kernel_size, param_dtype=jnp.float64, rngs=nnx.Rngs(0)))
+    nnx.update(model, jax.tree.map(jnp.asarray, params))
+    return model
+
+
+@pytest.fixture(scope="module")
+def conv():
+    torch.manual_seed(0)
+    return nn.Conv2d(6, 16, 3).double()
+
+
+def conv_outputs(conv, padding="VALID"):
+    kernel = conv.weight.detach().numpy().transpose(2, 3, 1, 0)        # [O, I, kH, kW] -> [kH, kW, I, O]
+    bias = conv.bias.detach().numpy()
+    layer = nnx.eval_shape(lambda: nnx.Conv(6, 16, (3, 3), padding=padding, param_dtype=jnp.float64,
+                                            rngs=nnx.Rngs(0)))
+    nnx.update(layer, {"kernel": jnp.asarray(kernel), "bias": jnp.asarray(bias)})
+    linen_conv = linen_nn.Conv(16, (3, 3), padding=padding)
+    return {
+        "nnx.Conv": layer(X_NHWC),
+        "linen.Conv": linen_conv.apply({"params": {"kernel": kernel, "bias": bias}}, X_NHWC),
+        "lax.conv_general_dilated": lax.conv_general_dilated(
+            X_NHWC, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias,
+        "functional.conv2d": functional.conv2d(X_NHWC, kernel, bias),
+    }
+
+
+def test_conv_row_all_calls_agree(conv):
+    x = torch.from_numpy(X_NCHW)
+    module, fn = examples.torch_layer_two_ways(conv, x)
+    assert_close(nhwc(fn), nhwc(module), FLOAT64, "F.conv2d")
+    agree(conv_outputs(conv), nhwc(module))
+
+
+def test_conv_row_fails_with_flax_default_padding(conv):
+    outputs = conv_outputs(conv, padding="SAME")
+    with pytest.raises(ValueError, match="shape mismatch"):
+        agree({k: outputs[k] for k in ("nnx.Conv", "linen.Conv")}, nhwc(conv(torch.from_numpy(X_NCHW))))
+
+
+def test_flax_layer_two_ways_agree():
+    layer = nnx.eval_shape(lambda: nnx.Conv(6, 16, (3, 3), padding="VALID", param_dtype=jnp.float64,
+                                            rngs=nnx.Rngs(0)))
+    nnx.update(layer, {"kernel": jnp.asarray(RNG.standard_normal((3, 3, 6, 16))),
+                       "bias": jnp.asarray(RNG.standard_normal(16))})
+    module, fn = examples.flax_layer_two_ways(layer, X_NHWC)
+    assert_close(fn, module, FLOAT64, "functional.conv2d vs nnx.Conv")
+
+
+def pool_outputs(strides=(2, 2)):
+    window = (1, 2, 2, 1)
+    return {
+        "nnx.max_pool": nnx.max_pool(X_NHWC, (2, 2), strides=strides),
+        "linen.max_pool": linen_nn.max_pool(X_NHWC, (2, 2), strides=strides),
+        "lax.reduce_window": lax.reduce_window(X_NHWC, -jnp.inf, lax.max, window, (1, *strides, 1), "VALID"),
+        "functional.max_pool2d": functional.max_pool2d(X_NHWC) if strides == (2, 2) else None,
+    }
+
+
+def test_max_pool_row_all_calls_agree():
+    x = torch.from_numpy(X_NCHW)
+    expected = nhwc(nn.MaxPool2d(2)(x))
+    assert_close(nhwc(F.max_pool2d(x, 2)), expected, FLOAT64, "F.max_pool2d")
+    agree(pool_outputs(), expected)
+
+
+def test_max_pool_row_fails_with_flax_default_stride():
+    outputs = pool_outputs(strides=(1, 1))
+    with pytest.raises(ValueError, match="shape mismatch"):
+        agree({"nnx.max_pool": outputs["nnx.max_pool"]}, nhwc(F.max_pool2d(torch.from_numpy(X_NCHW), 2)))
+
+
+def test_relu_row_all_calls_agree():
+    x = torch.from_numpy(X_NCHW)
+    expected = nhwc(nn.ReLU()(x))
+    assert_close(nhwc(F.relu(x)), expected, FLOAT64, "F.relu")
+    agree({"nnx.relu": nnx.relu(X_NHWC), "linen.relu": linen_nn.relu(X_NHWC), "jax.nn.relu": jax.nn.relu(X_NHWC),
+           "jnp.maximum": jnp.maximum(X_NHWC, 0)}, expected)
+    with pytest.raises(AssertionError):
+        agree({"jax.nn.gelu": jax.nn.gelu(X_NHWC)}, expected)
+
+
+def test_linear_row_all_calls_agree():
+    torch.manual_seed(0)
+    layer = nn.Linear(120, 84).double()
+    x = RNG.standard_normal((BATCH, 120))
+    w, b = layer.weight.detach().numpy(), layer.bias.detach().numpy()
+    expected = layer(torch.from_numpy(x)).detach().numpy()
+    assert_close(F.linear(torch.from_numpy(x), layer.weight, layer.bias).detach().numpy(), expected, FLOAT64, "F.linear")
+    dense = nnx.eval_shape(lambda: nnx.Linear(120, 84, param_dtype=jnp.float64, rngs=nnx.Rngs(0)))
+    nnx.update(dense, {"kernel": jnp.asarray(w.T), "bias": jnp.asarray(b)})
+    agree({"nnx.Linear": dense(x),
+           "linen.Dense": linen_nn.Dense(84).apply({"params": {"kernel": w.T, "bias": b}}, x),
+           "x @ W.T + b": x @ w.T + b, "functional.linear": functional.linear(x, w.T, b)}, expected)
+    with pytest.raises(ValueError):                                   # W instead of W.T: wrong shape
+        agree({"x @ W": functional.linear(x[:, :84], w, b)}, expected)
+
+
+def test_mse_row_all_calls_agree():
+    y, t = RNG.standard_normal((BATCH, 10)), RNG.standard_normal((BATCH, 10))
+    expected = nn.MSELoss()(torch.from_numpy(y), torch.from_numpy(t)).numpy()
+    assert_close(F.mse_loss(torch.from_numpy(y), torch.from_numpy(t)).numpy(), expected, FLOAT64, "F.mse_loss")
+    agree({"functional.mse_loss": functional.mse_loss(y, t), "optax.squared_error": optax.squared_error(y, t).mean()},
+          expected)
+    with pytest.raises(AssertionError):                               # 0.5 * squared error
+        agree({"optax.l2_loss": optax.l2_loss(y, t).mean()}, expected)
+
+
+# --- gradients and updates: zero_grad, step, .data.sub_ -----------------------------------------
+
+@pytest.fixture(scope="module")
+def tutorial():
+    """A float64 torch Net, the NNX model with its weights, and a batch in both layouts."""
+    x, target = tutorial_data(BATCH, 0, "float64")
+    return {"x_t": torch.from_numpy(x), "y_t": torch.from_numpy(target),
+            "x": jnp.asarray(nchw_to_nhwc(x)), "y": jnp.asarray(target)}
+
+
+def nnx_copy(net):
+    return nnx_net(convert.torch_to_flax(state_numpy(net)))
+
+
+def torch_grads(grads):
+    return {k: v.detach().numpy() for k, v in grads.items()}
+
+
+def test_torch_backprop_equals_nnx_grad_and_jax_grad(tutorial):
+    net = torch_net(3, "float64")
+    model = nnx_copy(net)
+    expected = torch_grads(examples.torch_backprop(net, tutorial["x_t"], tutorial["y_t"]))
+    got_nnx = convert.flax_to_torch(nnx.to_pure_dict(examples.flax_backprop(model, tutorial["x"], tutorial["y"])))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    got_fn = convert.flax_to_torch(examples.functional_backprop(params, tutorial["x"], tutorial["y"]))
+    for name in expected:
+        assert_close(got_nnx[name], expected[name], FLOAT64, f"nnx.grad {name}")
+        assert_close(got_fn[name], expected[name], FLOAT64, f"jax.grad {name}")
+
+
+def test_skipped_zero_grad_accumulates_the_sum_of_fresh_gradients(tutorial):
+    net = torch_net(3, "float64")
+    model = nnx_copy(net)
+    once = torch_grads(examples.torch_backprop(net, tutorial["x_t"], tutorial["y_t"]))
+    summed = torch_grads(examples.torch_accumulate(net, tutorial["x_t"], tutorial["y_t"], ACCUMULATED_STEPS))
+    got = convert.flax_to_torch(nnx.to_pure_dict(
+        examples.flax_accumulate(model, tutorial["x"], tutorial["y"], ACCUMULATED_STEPS)))
+    for name in once:
+        assert_close(summed[name], ACCUMULATED_STEPS * once[name], FLOAT64, f"torch sum {name}")
+        assert_close(got[name], summed[name], FLOAT64, f"flax sum {name}")
+    with pytest.raises(AssertionError):                                # fresh grads are not the sum
+        assert_close(once["fc3.bias"], summed["fc3.bias"], FLOAT64, "one fresh gradient")
+
+
+def test_optimizer_step_equals_nnx_optimizer_update(tutorial):
+    from torch_reference import sgd_step
+    net = torch_net(3, "float64")
+    model = nnx_copy(net)
+    sgd_step(net, torch.optim.SGD(net.parameters(), lr=LR), tutorial["x_t"], tutorial["y_t"])
+    train.train_step(model, nnx.Optimizer(model, optax.sgd(LR), wrt=nnx.Param), tutorial["x"], tutorial["y"])
+    got = convert.flax_to_torch(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    for name, value in state_numpy(net).items():
+        assert_close(got[name], value, FLOAT64, f"after step {name}")
+
+
+def test_data_sub_equals_tree_map_update(tutorial):
+    from torch_reference import manual_sgd_update
+    net = torch_net(3, "float64")
+    model = nnx_copy(net)
+    before = state_numpy(net)
+    examples.torch_backprop(net, tutorial["x_t"], tutorial["y_t"])
+    manual_sgd_update(net, LR)
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    grads = examples.functional_backprop(params, tutorial["x"], tutorial["y"])
+    got = convert.flax_to_torch(train.sgd_update(params, grads, LR))
+    after = state_numpy(net)
+    for name in after:
+        assert_close(got[name], after[name], FLOAT64, f"after w - lr*g {name}")
+    wrong = convert.flax_to_torch(train.sgd_update(params, grads, -LR))  # gradient ascent
+    with pytest.raises(AssertionError):
+        assert_close(wrong["fc3.bias"], after["fc3.bias"], FLOAT64, "w + lr*g")
+    assert not np.array_equal(before["fc3.bias"], after["fc3.bias"])
