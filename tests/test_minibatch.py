@@ -77,7 +77,7 @@ def test_flax_layers_accept_a_single_image_but_the_flatten_then_reads_height_as_
 
 def init_shapes(x):
     """Parameter shapes ``linen.Net(3)`` would create for ``x`` (traced, not run)."""
-    variables = jax.eval_shape(lambda: nn.Module.init(linen.Net(3), jax.random.key(0), x))
+    variables = jax.eval_shape(lambda: linen.Net(3).init(jax.random.key(0), x))
     return jax.tree.map(lambda a: a.shape, variables)
 
 

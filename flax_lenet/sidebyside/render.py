@@ -58,14 +58,10 @@ def fingerprints() -> list[tuple[str, str]]:
 @functools.lru_cache(maxsize=None)
 def measure() -> dict:
     """``{dtype: [parity.Row, ...]}`` from ``parity.compare`` (all flavours, seed 0, batch 1)."""
-    import warnings
-
     import jax
     jax.config.update("jax_enable_x64", True)      # the float64 tier; float32 runs are unaffected
     from flax_lenet import parity
-    with warnings.catch_warnings():                # parity's State.to_pure_dict(): flax deprecation only
-        warnings.filterwarnings("ignore", message="`flax.nnx.State` will be deprecated", category=DeprecationWarning)
-        return {d: tuple(parity.compare(dtype=d, kernel_size=3, batch=1, seed=0)[0]) for d in DTYPES}
+    return {d: tuple(parity.compare(dtype=d, kernel_size=3, batch=1, seed=0)[0]) for d in DTYPES}
 
 
 def figure(rows) -> str:
