@@ -125,7 +125,8 @@ def flax_run(flavour: str, params: dict, x_nhwc: np.ndarray, target: np.ndarray,
     k = convert.kernel_size_of(params)
     tx = optax.sgd(lr)
     if flavour == "nnx":
-        model = Net(k, param_dtype=dtype, rngs=nnx.Rngs(0))
+        # eval_shape: no random init to compile and run, the weights come from torch anyway
+        model = nnx.eval_shape(lambda: Net(k, param_dtype=dtype, rngs=nnx.Rngs(0)))
         nnx.update(model, p)
         logits = model(x)
         loss, grads = nnx.value_and_grad(train.loss_fn)(model, x, y)
