@@ -20,6 +20,7 @@ from helpers import assert_close
 TORCH = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 STEPS = 12          # enough for momentum, dampening and AMSGrad's running max to matter
 SHAPES = {"w": (5, 3), "b": (3,)}
+FLOAT32_ROUNDING = 1e-6     # a few float32 ulps (6e-8 each)
 
 CONFIGS = [
     ("sgd", {"lr": 0.1}),
@@ -172,3 +173,15 @@ def test_refuses_what_torch_refuses_with_torchs_reason(config):
     with pytest.raises(ValueError) as ours:
         getattr(optim, name)(**kwargs)
     assert str(ours.value) == str(theirs.value)
+
+
+def test_amsgrad_bias_correction_has_no_float32_cancellation():
+    """``1 - beta**t`` in float32 loses 2e-5 to cancellation; torch computes it in double."""
+    from flax_lenet.optim import _one_minus_power
+    t = jnp.arange(1, 101, dtype=jnp.float32)
+    exact = 1.0 - 0.999 ** np.arange(1, 101, dtype=np.float64)
+    ours = np.asarray(_one_minus_power(0.999, t), np.float64)
+    naive = np.asarray(1.0 - jnp.float32(0.999) ** t, np.float64)
+    assert np.max(np.abs(ours / exact - 1)) < FLOAT32_ROUNDING
+    assert np.max(np.abs(naive / exact - 1)) > 10 * FLOAT32_ROUNDING
+    assert float(_one_minus_power(0.0, jnp.float32(3))) == 1.0          # betas[0] = 0 is legal in torch
