@@ -20,7 +20,7 @@ from flax_lenet.train import train_step as train_step
 
 __version__ = "0.1.0"
 
-# issue 3: torch.optim-named optimizers, multi-step parity runs, torch-style gradient accumulation
+# issue 3: torch.optim-named optimizers (flax_lenet.optim.sgd/adam/adamw) and multi-step parity
+# runs; torch-style gradient accumulation is flax_lenet.accumulate.accumulate
 from flax_lenet import optim as optim  # noqa: E402
 from flax_lenet import trajectory as trajectory  # noqa: E402
-from flax_lenet.accumulate import accumulate as accumulate  # noqa: E402

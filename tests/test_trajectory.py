@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from flax_lenet import convert, trajectory
-from flax_lenet.tolerances import TRAJECTORY_FLOAT32_CPU, TRAJECTORY_FLOAT64
+from flax_lenet.tolerances import TRAJECTORY_FLOAT32_CPU, TRAJECTORY_FLOAT64, trajectory_tolerance
 from helpers import assert_close
 
 STEPS = 100          # issue 3: float64 within 1e-9 after 100 steps
@@ -144,7 +144,7 @@ def test_trajectory_check_fails_for_a_mismatched_optimizer(run, wrong_tx, proble
 
 def test_float32_adamw_run_stays_within_the_measured_drift():
     rows, tol = trajectory.compare(trajectory.preset("adamw", 1e-3), steps=STEPS, dtype="float32", batch=BATCH)
-    assert tol == TRAJECTORY_FLOAT32_CPU
+    assert tol in (TRAJECTORY_FLOAT32_CPU, trajectory_tolerance("float32", "gpu"))
     bad = [r for r in rows if not r.ok]
     assert not bad, f"adamw float32: {bad}"
 
@@ -157,3 +157,11 @@ def test_compare_reports_the_worst_step_and_fails_on_a_broken_conversion():
                                    fault="flatten")
     fc1 = next(r for r in broken if r.quantity == "params fc1.weight")
     assert not fc1.ok and fc1.max_rel > 1e3 * fc1.rtol
+
+
+@pytest.mark.gpu
+def test_float32_run_on_gpu_with_tf32_off_stays_within_the_gpu_bound():
+    rows, tol = trajectory.compare(trajectory.preset("adamw", 1e-3), steps=STEPS, dtype="float32", batch=BATCH)
+    assert tol.rtol == trajectory_tolerance("float32", "gpu", tf32=False).rtol
+    bad = [r for r in rows if not r.ok]
+    assert not bad, f"adamw float32 on GPU: {bad}"

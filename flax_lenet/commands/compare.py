@@ -1,4 +1,9 @@
-"""``flax-lenet compare``: the tutorial end to end in torch and Flax, one table of differences."""
+"""``flax-lenet compare``: the tutorial end to end in torch and Flax, one table of differences.
+
+With ``--steps N [--optimizer sgd|momentum|nesterov|adam|adamw]`` it trains N steps in both
+frameworks instead (``flax_lenet.trajectory``) and reports, per quantity, the largest difference
+over the run and the step where it happened.
+"""
 
 import json
 
