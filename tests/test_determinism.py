@@ -53,19 +53,23 @@ def record(steps: int, device: str) -> dict:
     return saved
 
 
-def run_in_processes(tmp_path, count: int, device: str, extra_env: dict) -> list[dict]:
-    """``record`` in ``count`` fresh processes at once (this file run as a script)."""
-    env = {**os.environ, **extra_env,
-           "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+def start_processes(tmp_path, count: int, device: str, extra_env: dict):
+    """Start ``record`` in ``count`` fresh processes (this file run as a script); return a collector."""
     import jax
-    env["JAX_ENABLE_X64"] = "1" if jax.config.jax_enable_x64 else "0"      # as in this process
+    env = {**os.environ, **extra_env,
+           "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+           "JAX_ENABLE_X64": "1" if jax.config.jax_enable_x64 else "0"}          # as in this process
     outs = [tmp_path / f"run{i}.npz" for i in range(count)]
     procs = [subprocess.Popen([sys.executable, __file__, str(out), str(STEPS), device], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for out in outs]
-    for proc in procs:
-        _, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, f"run failed:\n{err[-3000:]}"
-    return [dict(np.load(out)) for out in outs]
+
+    def collect() -> list[dict]:
+        for proc in procs:
+            _, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, f"run failed:\n{err[-3000:]}"
+        return [dict(np.load(out)) for out in outs]
+
+    return collect
 
 
 def assert_bit_identical(a: dict, b: dict, keys, what: str) -> None:
@@ -85,8 +89,9 @@ def test_same_seed_is_bit_identical_in_two_processes_cpu(tmp_path):
     import jax
     if jax.default_backend() != "cpu":
         pytest.skip("the CPU claim needs JAX on CPU in this process; the GPU test covers GPUs")
-    [other] = run_in_processes(tmp_path, 1, "cpu", {"JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": ""})
-    here = record(STEPS, "cpu")
+    collect = start_processes(tmp_path, 1, "cpu", {"JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": ""})
+    here = record(STEPS, "cpu")                                     # meanwhile, in this process
+    [other] = collect()
     keys = deterministic_keys(here)
     assert len(here["flax steps"]) == STEPS
     assert len(set(here["flax steps"])) == STEPS, "the run did not move the weights every step"
@@ -104,7 +109,7 @@ def test_same_seed_is_bit_identical_in_two_processes_cpu(tmp_path):
 def test_same_seed_is_bit_identical_in_two_processes_gpu_with_determinism_flags(tmp_path):
     flags = {"XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true").strip(),
              "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
-    first, second = run_in_processes(tmp_path, 2, "gpu", flags)
+    first, second = start_processes(tmp_path, 2, "gpu", flags)()
     assert_bit_identical(first, second, deterministic_keys(first), "GPU with determinism flags")
 
 
