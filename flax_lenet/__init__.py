@@ -23,3 +23,7 @@ __version__ = "0.1.0"
 # issue 4: the hooks ↔ interception mapping and the loss graph in both frameworks
 from flax_lenet import graph as graph  # noqa: E402
 from flax_lenet import hooks as hooks  # noqa: E402
+# issue 3: torch.optim-named optimizers (flax_lenet.optim.sgd/adam/adamw) and multi-step parity
+# runs; torch-style gradient accumulation is flax_lenet.accumulate.accumulate
+from flax_lenet import optim as optim  # noqa: E402
+from flax_lenet import trajectory as trajectory  # noqa: E402

@@ -47,3 +47,41 @@ def tolerance(dtype: str, platform: str = "cpu", tf32: bool = False) -> Toleranc
     if platform == "cpu":
         return FLOAT32_CPU
     return TF32_GPU if tf32 else FLOAT32_GPU
+
+
+# --- issue 3: whole training runs (flax_lenet.trajectory) -------------------------------------
+# A run's difference is the worst, over every step and every parameter tensor, of the relative
+# measure above. Measured with `flax_lenet.trajectory.compare` (batch 4, kernel 3, 100 steps).
+
+TRAJECTORY_FLOAT64 = Tolerance(1e-9, (
+    "float64, params after each of 100 optimizer steps (issue 3 asks for 1e-9): measured <=1e-15 "
+    "for SGD in all its variants and <=9e-13 for Adam/AdamW/AMSGrad, where the first step's "
+    "g / (|g| + eps) amplifies the rounding of gradients near eps. Mismatches land far outside: optax's "
+    "AdamW default decay 3e-4 after 5 steps (0.3 after 100), a missing dampening 2e-2 after 5, "
+    "a wrong fc1 flatten 2.0 after 3"))
+
+TRAJECTORY_FLOAT32_CPU = Tolerance(3e-3, (
+    "float32 on CPU, params after each of 100 steps: a kink (relu or max-pool switching on a "
+    "rounding-sized difference) or Adam's g / (|g| + eps) on a near-zero gradient turns 1e-7 "
+    "into a lasting difference. Measured over 50 runs (10 optimizer settings x 5 seeds): "
+    "median 3e-7, worst 7.6e-4 (nesterov); torch float32 itself drifts up to 3.6e-4 from torch "
+    "float64 on the same runs. 3e-3 is 4x the worst seen; a wrong flatten gives 2.0, optax's "
+    "AdamW default decay 0.3 after 100 steps"))
+
+TRAJECTORY_GPU = Tolerance(3e-3, (
+    "float32 on a GPU with TF32 off: not measured for whole runs; assumed as CPU because one "
+    "step agrees as on CPU (FLOAT32_GPU)"))
+
+TRAJECTORY_TF32_GPU = Tolerance(5e-2, (
+    "float32 on a GPU with TF32 on: not measured for whole runs; per-step TF32 differences "
+    "(~1e-3) grow through the same kinks as float32, so only a loose sanity bound is given"))
+
+
+def trajectory_tolerance(dtype: str, platform: str = "cpu", tf32: bool = False) -> Tolerance:
+    """The tier for a multi-step training run in ``dtype`` on ``platform``."""
+    tolerance(dtype, platform, tf32)                   # validates dtype
+    if dtype == "float64":
+        return TRAJECTORY_FLOAT64
+    if platform == "cpu":
+        return TRAJECTORY_FLOAT32_CPU
+    return TRAJECTORY_TF32_GPU if tf32 else TRAJECTORY_GPU

@@ -1,4 +1,9 @@
-"""``flax-lenet compare``: the tutorial end to end in torch and Flax, one table of differences."""
+"""``flax-lenet compare``: the tutorial end to end in torch and Flax, one table of differences.
+
+With ``--steps N [--optimizer sgd|momentum|nesterov|adam|adamw]`` it trains N steps in both
+frameworks instead (``flax_lenet.trajectory``) and reports, per quantity, the largest difference
+over the run and the step where it happened.
+"""
 
 import json
 
@@ -33,6 +38,12 @@ def add_arguments(p):
                    help="deliberately break the conversion (fc1 flatten order, or a conv kernel reshaped "
                         "instead of transposed) to see the comparison fail")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
+    p.add_argument("--steps", type=_positive, default=None,
+                   help="train N steps in both frameworks (functional flavour) and report, per quantity, the "
+                        "largest difference over the run and the step where it happened")
+    p.add_argument("--optimizer", choices=("sgd", "momentum", "nesterov", "adam", "adamw"), default=None,
+                   help="with --steps: torch.optim.SGD / SGD(momentum=0.9) / SGD(momentum=0.9, nesterov=True) / "
+                        "Adam / AdamW (torch's defaults, --lr) against flax_lenet.optim (default: sgd)")
 
 
 def _table(rows, header):
@@ -44,9 +55,15 @@ def _table(rows, header):
 def main(args) -> int:
     if args.seed < 0:
         raise UsageError(f"--seed: expected a non-negative integer, found {args.seed}")
+    if args.optimizer is not None and args.steps is None:
+        raise UsageError(f"--optimizer {args.optimizer}: expected --steps N as well (a training run), found none")
+    if args.steps is not None and args.flavour not in ("all", "functional"):
+        raise UsageError(f"--steps: trains the functional flavour only, found --flavour {args.flavour}")
     import jax
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
+    if args.steps is not None:
+        return _main_steps(args, jax.default_backend())
     from flax_lenet import parity
     flavours = FLAVOURS if args.flavour == "all" else (args.flavour,)
     rows, tol = parity.compare(flavours=flavours, dtype=args.dtype, kernel_size=args.kernel_size,
@@ -66,4 +83,28 @@ def main(args) -> int:
         print(f"relative = max|flax - torch| / max|torch|; tolerance: {tol.reason}")
         bad = sum(not r.ok for r in rows)
         print(f"{'all ' + str(len(rows)) + ' quantities agree' if ok else str(bad) + ' of ' + str(len(rows)) + ' quantities differ'}")
+    return 0 if ok else 1
+
+
+def _main_steps(args, device) -> int:
+    """``--steps N``: one row per quantity, its worst difference over the run and the step."""
+    from flax_lenet import trajectory
+    opt = trajectory.preset(args.optimizer or "sgd", args.lr)
+    rows, tol = trajectory.compare(opt, steps=args.steps, dtype=args.dtype, kernel_size=args.kernel_size,
+                                   batch=args.batch, seed=args.seed, tf32=args.tf32, fault=args.fault)
+    ok = all(r.ok for r in rows)
+    config = {"optimizer": str(opt), "steps": args.steps, "flavour": "functional", "device": device,
+              **{k: getattr(args, k) for k in ("dtype", "kernel_size", "batch", "seed", "tf32", "fault")}}
+    if args.json:
+        print(json.dumps({"config": config, "tolerance": {"rtol": tol.rtol, "reason": tol.reason},
+                          "rows": [r.as_dict() for r in rows], "ok": ok}, indent=2))
+        return 0 if ok else 1
+    print("flax-lenet compare: " + ", ".join(f"{k}={v}" for k, v in config.items() if v is not None))
+    body = [[r.quantity, f"{r.max_abs:.3e}", f"{r.max_rel:.3e}", str(r.step), f"{r.rtol:.0e}",
+             "ok" if r.ok else "FAIL"] for r in rows]
+    print(_table(body, ["quantity", "max abs diff", "max rel diff", "at step", "tolerance", "ok"]))
+    print(f"largest difference over {args.steps} steps, compared after every step; relative = "
+          f"max|flax - torch| / max|torch|; tolerance: {tol.reason}")
+    bad = sum(not r.ok for r in rows)
+    print(f"all {len(rows)} quantities agree" if ok else f"{bad} of {len(rows)} quantities differ")
     return 0 if ok else 1

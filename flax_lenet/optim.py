@@ -1,0 +1,225 @@
+"""``torch.optim.SGD``, ``Adam`` and ``AdamW`` as optax transformations, argument for argument.
+
+    torch                                            flax_lenet.optim
+    optim.SGD(net.parameters(), lr, momentum, ...)   tx = sgd(lr, momentum, ...)
+    optim.Adam(net.parameters(), lr, betas, ...)     tx = adam(lr, betas, ...)
+    optim.AdamW(net.parameters(), lr, betas, ...)    tx = adamw(lr, betas, ...)
+    optimizer.step()                                 updates, state = tx.update(grads, state, params)
+                                                     params = optax.apply_updates(params, updates)
+
+Same names, same defaults, same update to the last rounding error (``tests/test_trajectory*.py``
+checks 100 steps). Each function is built from optax's own transforms where optax already
+computes torch's equation; only two equations have no optax equivalent and are written here:
+SGD's dampening (``_dampened_trace``) and torch's AMSGrad (``_scale_by_torch_amsgrad``).
+Arguments torch refuses raise ``ValueError`` with torch's own message.
+"""
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _check_common(lr, weight_decay) -> None:
+    _check(lr >= 0.0, f"Invalid learning rate: {lr}")
+    _check(weight_decay >= 0.0, f"Invalid weight_decay value: {weight_decay}")
+
+
+def _prefix(maximize: bool, weight_decay: float) -> list:
+    """torch's first two lines: ``g <- -g`` if maximize, then ``g <- g + weight_decay * theta``."""
+    steps = [optax.scale(-1.0)] if maximize else []
+    if weight_decay:
+        steps.append(optax.add_decayed_weights(weight_decay))
+    return steps
+
+
+def _chain(steps: list) -> optax.GradientTransformation:
+    return steps[0] if len(steps) == 1 else optax.chain(*steps)
+
+
+class DampenedTraceState(NamedTuple):
+    count: jax.Array          # steps taken, int32
+    trace: optax.Params       # torch's momentum_buffer
+
+
+def _dampened_trace(momentum: float, dampening: float) -> optax.GradientTransformation:
+    """torch's momentum buffer with dampening: ``b_1 = g``; ``b_t = mu * b_{t-1} + (1 - tau) * g``.
+
+    optax has no equivalent: ``optax.trace`` is ``b_t = mu * b_{t-1} + g`` (tau = 0), and
+    ``optax.ema`` starts from 0 and debiases. torch does *not* dampen the first step.
+    """
+
+    def init(params):
+        return DampenedTraceState(jnp.zeros([], jnp.int32), optax.tree.zeros_like(params))
+
+    def update(updates, state, params=None):
+        del params
+        first = state.count == 0
+        trace = jax.tree.map(lambda g, b: jnp.where(first, g, momentum * b + (1.0 - dampening) * g),
+                             updates, state.trace)
+        return trace, DampenedTraceState(optax.safe_increment(state.count), trace)
+
+    return optax.GradientTransformation(init, update)
+
+
+def sgd(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False):
+    r"""``torch.optim.SGD`` as an optax transformation.
+
+    torch's update, per parameter ``theta`` with gradient ``g`` at step ``t``::
+
+        g <- -g                                   if maximize
+        g <- g + weight_decay * theta             if weight_decay != 0
+        b_1 = g;  b_t = mu * b_{t-1} + (1 - tau) * g          if momentum mu != 0 (tau: dampening)
+        g <- g + mu * b_t  if nesterov  else  g <- b_t
+        theta <- theta - lr * g
+
+    optax: ``chain(scale(-1), add_decayed_weights(weight_decay), sgd(lr, momentum, nesterov))``.
+    ``optax.trace`` starts its buffer at 0, so its ``b_1 = g`` is torch's: exact when tau = 0,
+    nesterov included. For tau != 0 the buffer is ``_dampened_trace`` (first step undampened).
+
+    Args:
+      lr, momentum, dampening, weight_decay, nesterov, maximize: as ``torch.optim.SGD``.
+
+    Returns:
+      An ``optax.GradientTransformation``; ``optax.apply_updates`` adds its output to the params.
+
+    Raises:
+      ValueError: the arguments torch refuses (negative lr, momentum or weight decay; nesterov
+        without momentum or with dampening), with torch's message.
+    """
+    _check_common(lr, weight_decay)
+    _check(momentum >= 0.0, f"Invalid momentum value: {momentum}")
+    _check(not (nesterov and (momentum <= 0 or dampening != 0)),
+           "Nesterov momentum requires a momentum and zero dampening")
+    if momentum and dampening:
+        core = optax.chain(_dampened_trace(momentum, dampening), optax.scale_by_learning_rate(lr))
+    else:
+        core = optax.sgd(lr, momentum=momentum or None, nesterov=nesterov)
+    return _chain(_prefix(maximize, weight_decay) + [core])
+
+
+def _check_adam(lr, betas, eps, weight_decay) -> None:
+    _check_common(lr, weight_decay)
+    _check(eps >= 0.0, f"Invalid epsilon value: {eps}")
+    _check(0.0 <= betas[0] < 1.0, f"Invalid beta parameter at index 0: {betas[0]}")
+    _check(0.0 <= betas[1] < 1.0, f"Invalid beta parameter at index 1: {betas[1]}")
+
+
+class TorchAmsgradState(NamedTuple):
+    count: jax.Array          # steps taken, int32
+    mu: optax.Params          # exp_avg
+    nu: optax.Params          # exp_avg_sq
+    nu_max: optax.Params      # max_exp_avg_sq: the running max of the *raw* exp_avg_sq
+
+
+def _one_minus_power(beta: float, t):
+    """``1 - beta**t`` without cancellation: ``-expm1(t * log(beta))``.
+
+    torch computes its bias corrections in Python floats (double). ``1 - 0.999**t`` in float32
+    loses 2e-5 of its value to cancellation at small t, and through AMSGrad's running max that
+    error made float32 runs leave torch's by 0.4 (relative) within 100 steps; this stays ~1e-7.
+    """
+    log_beta = math.log(beta) if beta > 0 else -math.inf
+    return -jnp.expm1(t * log_beta)
+
+
+def _scale_by_torch_amsgrad(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
+    """torch's AMSGrad direction ``(m_t / (1 - b1^t)) / (sqrt(max_{s<=t} v_s) / sqrt(1 - b2^t) + eps)``.
+
+    ``optax.scale_by_amsgrad`` takes the max of the bias-*corrected* ``v_s / (1 - b2^s)``;
+    torch takes the max of the raw ``v_s`` and corrects it with the current step's
+    ``1 - b2^t``. The two differ from the second step on, so this is written out.
+    """
+
+    def init(params):
+        zeros = optax.tree.zeros_like(params)
+        return TorchAmsgradState(jnp.zeros([], jnp.int32), zeros, zeros, zeros)
+
+    def update(updates, state, params=None):
+        del params
+        count = optax.safe_increment(state.count)
+        mu = jax.tree.map(lambda g, m: b1 * m + (1.0 - b1) * g, updates, state.mu)
+        nu = jax.tree.map(lambda g, v: b2 * v + (1.0 - b2) * g * g, updates, state.nu)
+        nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu)
+
+        def direction(m, v_max):
+            t = count.astype(m.dtype)
+            return (m / _one_minus_power(b1, t)) / (jnp.sqrt(v_max) / jnp.sqrt(_one_minus_power(b2, t)) + eps)
+
+        out = jax.tree.map(direction, mu, nu_max)
+        return out, TorchAmsgradState(count, mu, nu, nu_max)
+
+    return optax.GradientTransformation(init, update)
+
+
+def adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False):
+    r"""``torch.optim.Adam`` as an optax transformation.
+
+    torch's update, per parameter ``theta`` with gradient ``g`` at step ``t``::
+
+        g <- -g                                   if maximize
+        g <- g + weight_decay * theta             if weight_decay != 0  (coupled L2, not AdamW)
+        m_t = b1 * m_{t-1} + (1 - b1) * g;   v_t = b2 * v_{t-1} + (1 - b2) * g^2
+        theta <- theta - lr * (m_t / (1 - b1^t)) / (sqrt(v_t / (1 - b2^t)) + eps)
+
+    optax: ``chain(scale(-1), add_decayed_weights(weight_decay), adam(lr, b1, b2, eps))``;
+    ``scale_by_adam`` puts eps outside the square root, as torch (optax #571). With
+    ``amsgrad`` the ``v_t`` in the denominator is torch's ``max_{s<=t} v_s``
+    (``_scale_by_torch_amsgrad``; optax's own AMSGrad takes the max after bias correction).
+
+    Args:
+      lr, betas, eps, weight_decay, amsgrad, maximize: as ``torch.optim.Adam``.
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Raises:
+      ValueError: the arguments torch refuses (negative lr, eps or weight decay; a beta
+        outside [0, 1)), with torch's message.
+    """
+    _check_adam(lr, betas, eps, weight_decay)
+    b1, b2 = betas
+    if amsgrad:
+        core = optax.chain(_scale_by_torch_amsgrad(b1, b2, eps), optax.scale_by_learning_rate(lr))
+    else:
+        core = optax.adam(lr, b1=b1, b2=b2, eps=eps)
+    return _chain(_prefix(maximize, weight_decay) + [core])
+
+
+def adamw(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, maximize=False):
+    r"""``torch.optim.AdamW`` as an optax transformation; note torch's default weight decay 1e-2.
+
+    torch's update, per parameter ``theta`` with gradient ``g`` at step ``t``::
+
+        g <- -g                                   if maximize
+        theta <- theta * (1 - lr * weight_decay)  (decoupled: the decay never enters m or v)
+        m_t, v_t as Adam;  theta <- theta - lr * (m_t / (1 - b1^t)) / (sqrt(v_t / (1 - b2^t)) + eps)
+
+    optax: ``chain(scale(-1), adamw(lr, b1, b2, eps, weight_decay))``, which computes
+    ``theta - lr * (adam_direction + weight_decay * theta)``: the same sum. ``optax.adamw``'s own
+    default ``weight_decay`` is 1e-4 (optax #417); this function's is torch's 1e-2.
+
+    Args:
+      lr, betas, eps, weight_decay, amsgrad, maximize: as ``torch.optim.AdamW``.
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Raises:
+      ValueError: the arguments torch refuses, with torch's message.
+    """
+    _check_adam(lr, betas, eps, weight_decay)
+    b1, b2 = betas
+    if amsgrad:
+        core = optax.chain(_scale_by_torch_amsgrad(b1, b2, eps), optax.add_decayed_weights(weight_decay),
+                           optax.scale_by_learning_rate(lr))
+    else:
+        core = optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    return _chain(_prefix(maximize, False) + [core])

@@ -1,0 +1,191 @@
+"""N training steps in torch and in Flax from the same weights and batches, compared after every step.
+
+    torch (torch_steps)                               flax (flax_steps)
+    opt = torch.optim.SGD(net.parameters(), **kw)     tx = flax_lenet.optim.sgd(**kw); s = tx.init(p)
+    opt.zero_grad()                                   (nothing: jax.grad returns fresh gradients)
+    loss = MSELoss()(net(x_t), y_t); loss.backward()  loss, g = value_and_grad(functional.loss_fn)(p, x_t, y_t)
+    opt.step()                                        u, s = tx.update(g, s, p); p = apply_updates(p, u)
+
+One step's error is the rounding of one update; over many steps it is fed back through the
+network and (Adam) divided by ``sqrt(v)``, so ``flax_lenet.tolerances`` has its own trajectory
+tiers, measured. Weights and batches travel through numpy, never through a shared seed.
+"""
+
+import functools
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from flax_lenet import convert, functional, optim, parity
+from flax_lenet.tolerances import Tolerance, trajectory_tolerance
+
+#: ``flax-lenet compare --optimizer NAME``: (function in flax_lenet.optim, its keyword arguments).
+PRESETS = {
+    "sgd": ("sgd", {}),
+    "momentum": ("sgd", {"momentum": 0.9}),
+    "nesterov": ("sgd", {"momentum": 0.9, "nesterov": True}),
+    "adam": ("adam", {}),
+    "adamw": ("adamw", {}),
+}
+TORCH_CLASSES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """One optimizer configuration, built the same way in both frameworks."""
+    name: str            # 'sgd' | 'adam' | 'adamw'
+    kwargs: tuple = ()   # sorted (argument, value) pairs, torch's names
+
+    @classmethod
+    def of(cls, name: str, **kwargs) -> "Optimizer":
+        """``Optimizer.of('sgd', lr=0.01, momentum=0.9)``."""
+        if name not in TORCH_CLASSES:
+            raise ValueError(f"optimizer must be one of {sorted(TORCH_CLASSES)}, found {name!r}")
+        return cls(name, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items())))
+
+    def torch(self, parameters):
+        """``torch.optim.<Class>(parameters, **kwargs)``."""
+        import torch
+        return getattr(torch.optim, TORCH_CLASSES[self.name])(parameters, **dict(self.kwargs))
+
+    def optax(self) -> optax.GradientTransformation:
+        """``flax_lenet.optim.<name>(**kwargs)``."""
+        return getattr(optim, self.name)(**dict(self.kwargs))
+
+    def __str__(self) -> str:
+        return f"{self.name}(" + ", ".join(f"{k}={v}" for k, v in self.kwargs) + ")"
+
+
+def preset(name: str, lr: float) -> Optimizer:
+    """The ``--optimizer`` preset ``name`` with learning rate ``lr``."""
+    if name not in PRESETS:
+        raise ValueError(f"optimizer must be one of {list(PRESETS)}, found {name!r}")
+    function, kwargs = PRESETS[name]
+    return Optimizer.of(function, lr=lr, **kwargs)
+
+
+def batches(steps: int, batch: int, seed: int, dtype: str):
+    """``steps`` fixed batches, NCHW inputs ``(steps, N, 1, 32, 32)`` and targets ``(steps, N, 10)``."""
+    rng = np.random.default_rng(seed)
+    xs = rng.standard_normal((steps, batch, 1, 32, 32)).astype(dtype)
+    ys = rng.standard_normal((steps, batch, 10)).astype(dtype)
+    return xs, ys
+
+
+def torch_steps(state: dict, opt: Optimizer, xs: np.ndarray, ys: np.ndarray):
+    """Train ``torch_reference.Net`` from ``state``; yield ``(loss, state_dict as numpy)`` after each step."""
+    import torch
+
+    from torch_reference import Net
+    dev = parity.torch_device()
+    weights = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
+    net = Net(state["conv1.weight"].shape[-1]).to(weights["conv1.weight"].dtype)
+    net.load_state_dict(weights)
+    net = net.to(dev)
+    optimizer = opt.torch(net.parameters())
+    criterion = torch.nn.MSELoss()
+    for x, y in zip(xs, ys):
+        optimizer.zero_grad()
+        loss = criterion(net(torch.from_numpy(x).to(dev)), torch.from_numpy(y).to(dev))
+        loss.backward()
+        optimizer.step()
+        yield loss.item(), {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
+
+
+_value_and_grad = jax.jit(jax.value_and_grad(functional.loss_fn))
+
+
+def _compile(tx: optax.GradientTransformation):
+    """``(tx.init, jit(update, then apply the updates))``."""
+
+    def update(grads, opt_state, params):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return tx.init, jax.jit(update)
+
+
+@functools.cache
+def _compiled(opt: Optimizer):
+    """``_compile(opt.optax())``, once per configuration and process."""
+    return _compile(opt.optax())
+
+
+def flax_steps(params: dict, opt, xs_nhwc: np.ndarray, ys: np.ndarray):
+    """Train ``functional.forward`` from ``params`` with ``opt`` (an ``Optimizer`` or any optax
+    transformation); yield ``(loss, params)`` after each step."""
+    init, update = _compiled(opt) if isinstance(opt, Optimizer) else _compile(opt)
+    dtype = xs_nhwc.dtype
+    p = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
+    opt_state = init(p)
+    for x, y in zip(xs_nhwc, ys):
+        loss, grads = _value_and_grad(p, jnp.asarray(x), jnp.asarray(y))
+        p, opt_state = update(grads, opt_state, p)
+        yield float(loss), p
+
+
+@dataclass(frozen=True)
+class Row:
+    quantity: str
+    max_abs: float
+    max_rel: float
+    step: int            # the step (1-based) where max_rel happened
+    rtol: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_rel <= self.rtol
+
+    def as_dict(self) -> dict:
+        return {"quantity": self.quantity, "max_abs": self.max_abs, "max_rel": self.max_rel,
+                "step": self.step, "rtol": self.rtol, "ok": self.ok}
+
+
+def diff_trajectories(torch_run, flax_run, rtol: float) -> list[Row]:
+    """Per quantity (loss, then every parameter in torch layout): the worst step of the two runs."""
+    worst: dict[str, tuple] = {}
+    for step, ((t_loss, t_state), (f_loss, f_params)) in enumerate(zip(torch_run, flax_run), start=1):
+        diffs = {"loss": parity.diff(f_loss, t_loss)}
+        f_state = convert.flax_to_torch(f_params)
+        diffs.update({name: parity.diff(f_state[name], t_state[name]) for name in t_state})
+        for name, (max_abs, max_rel) in diffs.items():
+            if name not in worst or max_rel > worst[name][1]:
+                worst[name] = (max_abs, max_rel, step)
+    return [Row(name if name == "loss" else f"params {name}", *w, rtol) for name, w in worst.items()]
+
+
+def compare(opt: Optimizer, *, steps: int = 100, dtype: str = "float64", kernel_size: int = 3,
+            batch: int = 4, seed: int = 0, tf32: bool = False, fault=None) -> tuple[list[Row], Tolerance]:
+    """Train torch and Flax side by side for ``steps`` steps and diff them after every step.
+
+    Args:
+      opt: the optimizer, e.g. ``Optimizer.of('adam', lr=1e-3)`` or ``preset('nesterov', 0.01)``.
+      steps: number of training steps; one fresh batch per step.
+      dtype: 'float32' or 'float64' (needs ``jax_enable_x64``).
+      kernel_size, batch, seed: the Net (3 or 5), batch size, seed of torch's init and the data.
+      tf32: on a GPU, leave TF32 on in both frameworks. fault: a ``parity.FAULTS`` key.
+
+    Returns:
+      ``(rows, tolerance)``: one ``Row`` per quantity with its largest difference over the run
+      and the step where it happened.
+    """
+    import torch
+
+    from torch_reference import Net as TorchNet
+    if dtype == "float64" and not jax.config.jax_enable_x64:
+        raise ValueError("dtype float64 needs jax.config.update('jax_enable_x64', True) at start-up, found it off")
+    dev = parity.torch_device()
+    tol = trajectory_tolerance(dtype, "cpu" if dev.type == "cpu" else "gpu", tf32)
+    torch.manual_seed(seed)
+    state = {k: v.detach().numpy() for k, v in TorchNet(kernel_size).to(getattr(torch, dtype)).state_dict().items()}
+    params = convert.torch_to_flax(state)
+    if fault is not None:
+        parity.FAULTS[fault](state, params)
+    xs, ys = batches(steps, batch, seed, dtype)
+    xs_nhwc = np.ascontiguousarray(xs.transpose(0, 1, 3, 4, 2))     # (T, N, 1, 32, 32) -> (T, N, 32, 32, 1)
+    with parity.precision(tf32):
+        rows = diff_trajectories(torch_steps(state, opt, xs, ys), flax_steps(params, opt, xs_nhwc, ys), tol.rtol)
+    return rows, tol
