@@ -206,13 +206,22 @@ def make_flax_epoch(graphdef, tx, loss: str):
 
 
 def make_flax_python_epoch(graphdef, tx, loss: str):
-    """The same epoch as a Python loop over one jitted step per batch (faster on XLA:CPU)."""
-    step = jax.jit(make_flax_step(graphdef, tx, loss))
+    """The same epoch as a Python loop over one jitted step per batch (faster on XLA:CPU).
+
+    The batch is gathered inside the compiled step from the device-resident data and the
+    device-resident ``order``: per step only the step number crosses from the host.
+    """
+    step = make_flax_step(graphdef, tx, loss)
+
+    @jax.jit
+    def indexed_step(params, opt_state, x, y, order, i):
+        idx = order[i]
+        return step(params, opt_state, x[idx], y[idx])
 
     def epoch(params, opt_state, x, y, order, on_step=None):
         losses = []
-        for idx in order:
-            params, opt_state, value = step(params, opt_state, x[idx], y[idx])
+        for i in range(order.shape[0]):
+            params, opt_state, value = indexed_step(params, opt_state, x, y, order, i)
             losses.append(value)
             if on_step:
                 on_step()
@@ -378,7 +387,8 @@ def train(dataset: Dataset, cfg: TrainConfig = TrainConfig(), *,
             for _ in range(steps):
                 tick()
         else:
-            params, opt_state, losses = epoch_fn(params, opt_state, fx_train, fy_train, order[epoch], tick)
+            params, opt_state, losses = epoch_fn(params, opt_state, fx_train, fy_train,
+                                                 jnp.asarray(order[epoch]), tick)
         f_losses = np.asarray(losses, np.float64)
         f_acc = float(accuracy_fn(params, fx_test, fy_test))
         fr.seconds += time.perf_counter() - start
@@ -390,9 +400,8 @@ def train(dataset: Dataset, cfg: TrainConfig = TrainConfig(), *,
                 where = (f"step {epoch * steps + bad + 1} (epoch {epoch + 1}, batch {bad + 1})"
                          if bad is not None else f"the update of step {(epoch + 1) * steps}")
                 value = losses[bad] if bad is not None else "non-finite weights"
-                kept = f"epoch {epoch}" if epoch else "initialisation"
-                raise TrainingDiverged(f"the {name} loss became {value} at {where}; stopped "
-                                       f"(lower --lr?); kept the weights after {kept}", result)
+                raise TrainingDiverged(f"the {name} loss became {value} at {where}; stopped training "
+                                       "(a lower learning rate may help)", result)
 
         fr.step_loss += f_losses.tolist()
         tr.step_loss += t_losses
