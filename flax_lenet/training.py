@@ -176,6 +176,19 @@ def flax_loss(loss: str):
     return lambda logits, y: jnp.mean((logits - jax.nn.one_hot(y, NUM_CLASSES, dtype=logits.dtype)) ** 2)
 
 
+def flax_net(params: dict):
+    """``(graphdef, state)`` of the NNX Net holding ``params`` (Flax layout), without a random init.
+
+    ``nnx.eval_shape`` builds the Net abstractly (no initialiser runs: compiling the random
+    initialisers costs seconds on CPU) and the weights are then filled in.
+    """
+    k = convert.kernel_size_of(params)
+    dtype = np.asarray(params["conv1"]["kernel"]).dtype
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Net(k, param_dtype=dtype, rngs=nnx.Rngs(0))))
+    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
+    return graphdef, state
+
+
 def make_flax_step(graphdef, tx, loss: str):
     """A pure ``(params, opt_state, x, y) -> (params, opt_state, loss)``: one SGD step of the NNX Net."""
     criterion = flax_loss(loss)
@@ -242,11 +255,25 @@ def flax_accuracy(params: dict, x: np.ndarray, y: np.ndarray) -> float:
     check_images(x)
     check_finite(x)
     check_labels(y, len(x))
-    k = convert.kernel_size_of(params)
+    graphdef, state = flax_net(params)
     dtype = np.asarray(params["conv1"]["kernel"]).dtype
-    graphdef, _ = nnx.split(Net(k, param_dtype=dtype, rngs=nnx.Rngs(0)))
-    p = jax.tree.map(jnp.asarray, params)
-    return float(make_flax_accuracy(graphdef)(p, jnp.asarray(x, dtype), jnp.asarray(y)))
+    return float(make_flax_accuracy(graphdef)(state, jnp.asarray(x, dtype), jnp.asarray(y)))
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(graphdef, loop, loss, optimizer_key, tx):
+    """The jitted epoch and accuracy functions, reused by later runs with the same settings.
+
+    ``tx`` is rebuilt on every run from the same settings (``optimizer_key``), so it is left
+    out of the key; jit itself retraces for a new dtype or batch shape.
+    """
+    key = (graphdef, loop, loss, optimizer_key)
+    if key not in _COMPILED:
+        make = make_flax_epoch if loop == "scan" else make_flax_python_epoch
+        _COMPILED[key] = (make(graphdef, tx, loss), make_flax_accuracy(graphdef))
+    return _COMPILED[key]
 
 
 # --- torch ------------------------------------------------------------------------------------
@@ -351,14 +378,11 @@ def train(dataset: Dataset, cfg: TrainConfig = TrainConfig(), *,
     ty_test = torch.from_numpy(dataset.y_test.astype(np.int64))
 
     # Flax: the NNX Net split into a static graph and a parameter pytree; data on the device.
-    model = Net(cfg.kernel_size, param_dtype=dtype, rngs=nnx.Rngs(cfg.seed))
-    nnx.update(model, jax.tree.map(jnp.asarray, convert.torch_to_flax(state0)))
-    graphdef, params = nnx.split(model)
+    graphdef, params = flax_net(convert.torch_to_flax(state0))
     opt_state = tx.init(params)
     fy_train = jnp.asarray(dataset.y_train)
     fx_test, fy_test = jnp.asarray(dataset.x_test, dtype), jnp.asarray(dataset.y_test)
-    epoch_fn = (make_flax_epoch if loop == "scan" else make_flax_python_epoch)(graphdef, tx, cfg.loss)
-    accuracy_fn = make_flax_accuracy(graphdef)
+    epoch_fn, accuracy_fn = _compiled(graphdef, loop, cfg.loss, (cfg.lr, cfg.momentum, decay_step(cfg, steps)), tx)
 
     shift_rng = np.random.default_rng([cfg.seed, 1])
     fr, tr = FrameworkRun(), FrameworkRun()
@@ -417,6 +441,6 @@ def train(dataset: Dataset, cfg: TrainConfig = TrainConfig(), *,
 
 
 def _numpy_tree(params) -> dict:
-    if hasattr(params, "to_pure_dict"):
-        params = params.to_pure_dict()
+    if isinstance(params, nnx.State):
+        params = nnx.to_pure_dict(params)
     return jax.tree.map(lambda a: np.asarray(a).copy(), params)
