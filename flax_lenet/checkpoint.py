@@ -81,6 +81,13 @@ def atomic_write(path, write: Callable[[Path], None], *, overwrite: bool = False
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _weights_only_reason(e: BaseException) -> str:
+    """The line of torch's long ``weights_only`` message that says what was wrong."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    useful = [ln for ln in lines[1:] if not ln.startswith(("Please file", "Check the documentation"))]
+    return useful[0] if useful else _first_line(e)
+
+
 # --- loading ----------------------------------------------------------------------------------
 
 def _load_torch_pickle(path: Path) -> dict:
@@ -89,9 +96,12 @@ def _load_torch_pickle(path: Path) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(e))
-        found = f"a reference to {found.group(1)}" if found else "other Python objects"
-        raise ValueError(f"{path}: refused: expected a state_dict of tensors, found a pickle with {found}; "
-                         "nothing in it was run (torch.load weights_only=True)") from None
+        if found is None:           # not a forbidden object: a damaged pickle stream
+            raise ValueError(f"{path}: expected {_describe('torch')}, found a truncated or corrupt file "
+                             f"({_weights_only_reason(e)})") from None
+        raise ValueError(f"{path}: refused: expected a state_dict of tensors, found a pickle with a "
+                         f"reference to {found.group(1)}; nothing in it was run "
+                         "(torch.load weights_only=True)") from None
     except Exception as e:
         raise ValueError(f"{path}: expected {_describe('torch')}, found a truncated or corrupt file "
                          f"({_first_line(e)})") from None

@@ -244,10 +244,11 @@ def make_flax_python_epoch(graphdef, tx, loss: str):
 
 
 def make_flax_accuracy(graphdef):
+    """A jitted ``(params, x, y) -> number of correct predictions`` (an integer, as in torch)."""
     @jax.jit
-    def accuracy(params, x, y):
-        return jnp.mean(jnp.argmax(nnx.merge(graphdef, params)(x), -1) == y)
-    return accuracy
+    def correct(params, x, y):
+        return jnp.sum(jnp.argmax(nnx.merge(graphdef, params)(x), -1) == y)
+    return correct
 
 
 def flax_accuracy(params: dict, x: np.ndarray, y: np.ndarray) -> float:
@@ -257,7 +258,7 @@ def flax_accuracy(params: dict, x: np.ndarray, y: np.ndarray) -> float:
     check_labels(y, len(x))
     graphdef, state = flax_net(params)
     dtype = np.asarray(params["conv1"]["kernel"]).dtype
-    return float(make_flax_accuracy(graphdef)(state, jnp.asarray(x, dtype), jnp.asarray(y)))
+    return int(make_flax_accuracy(graphdef)(state, jnp.asarray(x, dtype), jnp.asarray(y))) / len(y)
 
 
 _COMPILED: dict = {}
@@ -316,7 +317,7 @@ def _torch_images(x: np.ndarray, dtype):
 def _torch_accuracy(net, x, y) -> float:
     import torch
     with torch.no_grad():
-        return float((net(x).argmax(-1) == y).double().mean())
+        return int((net(x).argmax(-1) == y).sum()) / len(y)
 
 
 # --- side by side -----------------------------------------------------------------------------
@@ -414,7 +415,7 @@ def train(dataset: Dataset, cfg: TrainConfig = TrainConfig(), *,
             params, opt_state, losses = epoch_fn(params, opt_state, fx_train, fy_train,
                                                  jnp.asarray(order[epoch]), tick)
         f_losses = np.asarray(losses, np.float64)
-        f_acc = float(accuracy_fn(params, fx_test, fy_test))
+        f_acc = int(accuracy_fn(params, fx_test, fy_test)) / len(dataset.y_test)
         fr.seconds += time.perf_counter() - start
 
         for name, losses, ok in (("flax", f_losses, _finite_tree(params)),
