@@ -19,3 +19,8 @@ from flax_lenet.train import sgd_update as sgd_update
 from flax_lenet.train import train_step as train_step
 
 __version__ = "0.1.0"
+
+# issue 5: real data, side-by-side training, checkpoints (see each module's docstring)
+from flax_lenet import checkpoint as checkpoint  # noqa: E402
+from flax_lenet import data as data  # noqa: E402
+from flax_lenet import training as training  # noqa: E402

@@ -16,6 +16,7 @@ import os
 import pickle
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -44,10 +45,16 @@ def _describe(fmt: str) -> str:
             "orbax": "an Orbax checkpoint directory"}[fmt]
 
 
+MAX_REASON = 240   # characters of a library's own message kept in ours (tensorstore adds a JSON spec)
+
+
 def _first_line(e: BaseException) -> str:
     """``'TypeName: first sentence of the message'``, to keep an error on one line."""
     text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0].split('. ')[0]}" if text else type(e).__name__
+    if not text:
+        return type(e).__name__
+    reason = text[0].split(". ")[0].split(" [tensorstore_spec=")[0]
+    return f"{type(e).__name__}: {reason[:MAX_REASON]}{'...' if len(reason) > MAX_REASON else ''}"
 
 
 # --- atomic writes ----------------------------------------------------------------------------
@@ -120,6 +127,29 @@ def _load_safetensors(path: Path) -> dict:
                          f"({_first_line(e)})") from None
 
 
+def _ignore_closed_loop_callbacks() -> None:
+    """Silence the late ``RuntimeError('Event loop is closed')`` of a failed Orbax read, only that.
+
+    When tensorstore fails to read damaged array data, Orbax closes its asyncio loop while
+    tensorstore still has callbacks queued; they raise in a background thread, and Python
+    prints each as "Exception ignored in: ..." with a traceback, after our one-line error.
+    This wraps ``sys.unraisablehook`` once so that exactly that error is dropped and every
+    other unraisable exception still goes to the previous hook.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_closed_loop", False):
+        return
+
+    def hook(unraisable):
+        exc = unraisable.exc_value
+        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._drops_closed_loop = True
+    sys.unraisablehook = hook
+
+
 def _load_orbax(path: Path) -> dict:
     import orbax.checkpoint as ocp
     if not path.is_dir():
@@ -129,6 +159,7 @@ def _load_orbax(path: Path) -> dict:
         with ocp.StandardCheckpointer() as ckptr:
             tree = ckptr.restore(path.absolute())
     except Exception as e:
+        _ignore_closed_loop_callbacks()
         raise ValueError(f"{path}: expected {_describe('orbax')}, found one that cannot be read "
                          f"({_first_line(e)})") from None
     if not isinstance(tree, dict):
