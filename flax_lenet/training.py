@@ -7,7 +7,9 @@ loss and optimizer. The torch side is the tutorial's loop::
     for input, target in batches:
         optimizer.zero_grad(); loss = criterion(net(input), target); loss.backward(); optimizer.step()
 
-The Flax side keeps the data on the device and runs either one compiled call per batch
+The Flax side puts each epoch's images on the device once (the random shifts are drawn in
+numpy so both frameworks see the same pixels; without shifts the array is the same every
+epoch) and gathers every batch there, in either one compiled call per batch
 (``flax_loop='python'``) or a whole epoch in one compiled ``lax.scan`` over the batches
 (``flax_loop='scan'``); ``'auto'`` picks the faster for the backend (see ``FLAX_LOOP_AUTO``).
 """
@@ -29,9 +31,11 @@ from flax_lenet.model import Net
 
 LOSSES = ("ce", "mse")
 FLAX_LOOPS = ("auto", "scan", "python")
-# Measured on 2 CPU cores (digits, B=32, k=3, 45 steps/epoch): a Python loop of jitted steps
-# beats one scanned epoch on XLA:CPU (REFERENCE.md: scan over steps is 3-5x slower there);
-# on a GPU the scanned epoch wins (no per-step dispatch). See the report of issue 5.
+# Measured on 2 (shared) CPU cores, default run (digits, B=32, 44 steps/epoch), steady state:
+# one scanned epoch 686 ms, a Python loop of 44 jitted steps 268 ms (XLA:CPU runs the
+# select-and-scatter of max-pool's gradient slowly inside a scan; REFERENCE.md saw 3-5x).
+# GPU: not measured here; REFERENCE.md's H200 figures have scan well ahead (no per-step
+# dispatch), hence 'scan' there.
 FLAX_LOOP_AUTO = {"cpu": "python", "gpu": "scan", "tpu": "scan"}
 
 

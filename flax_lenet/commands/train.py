@@ -12,6 +12,12 @@ import sys
 from flax_lenet.cli import UsageError
 
 
+# A batch of 32 through this Net is too little work to share between threads, and torch's
+# OpenMP threads spin while waiting: on 2 shared cores a step took 145 ms with 2 threads and
+# 13 ms with 1 (issue 5's report). The Flax side keeps XLA's own thread pool.
+TORCH_THREADS = 1
+
+
 def _positive(text):
     try:
         value = int(text)
@@ -46,8 +52,8 @@ def add_arguments(p):
                    help="scan: one compiled call per epoch; python: one per batch; auto: the faster "
                         "for the backend (default: auto)")
     p.add_argument("--max-steps", type=_positive, help="at most this many batches per epoch (smoke runs)")
-    p.add_argument("--torch-threads", type=_positive,
-                   help="torch.set_num_threads (default: torch's own choice)")
+    p.add_argument("--torch-threads", type=_positive, default=TORCH_THREADS,
+                   help=f"torch.set_num_threads (default: {TORCH_THREADS}; see TORCH_THREADS)")
     p.add_argument("--out", help="directory for metrics.json, curves.png and the checkpoints")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
@@ -133,9 +139,8 @@ def main(args) -> int:
     import jax
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
-    if args.torch_threads:
-        import torch
-        torch.set_num_threads(args.torch_threads)
+    import torch
+    torch.set_num_threads(args.torch_threads)
     from flax_lenet import checkpoint, data, training
 
     cfg = training.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
