@@ -13,9 +13,7 @@ The IDX reader and writer are the project's own (``read_idx``, ``write_idx``).
 """
 
 import gzip
-import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,14 +162,8 @@ def write_idx(path, array) -> None:
     path = Path(path)
     if path.suffix == ".gz":
         data = gzip.compress(data)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from flax_lenet.checkpoint import atomic_write
+    atomic_write(path, lambda tmp: tmp.write_bytes(data), overwrite=True)
 
 
 def _find_idx(data_dir: Path, stem: str) -> Path:

@@ -148,8 +148,8 @@ def main(args) -> int:
                                loss=args.loss, seed=args.seed, dtype=args.dtype,
                                kernel_size=args.kernel_size, flax_loop=args.flax_loop,
                                max_steps_per_epoch=args.max_steps)
+    dataset = data.load(args.data, args.data_dir)       # bad data: fail before --out is created
     out = checkpoint.prepare_run_dir(args.out, overwrite=args.overwrite) if args.out else None
-    dataset = data.load(args.data, args.data_dir)
     progress, say = _progress_factory(cfg, args.quiet)
     if not args.quiet:
         say(f"flax-lenet train: {dataset.name} ({len(dataset.y_train)} train / {len(dataset.y_test)} test "
