@@ -62,7 +62,7 @@ def add_arguments(p):
 def _progress_factory(cfg, quiet):
     """A per-epoch tqdm bar over the torch and Flax batches (off when quiet or not a terminal)."""
     if quiet or not sys.stderr.isatty():
-        return None, print
+        return None, print, lambda: None
     from tqdm import tqdm
     bar = [None]
 
@@ -72,7 +72,11 @@ def _progress_factory(cfg, quiet):
         bar[0] = tqdm(total=total, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
         return lambda: bar[0].update()
 
-    return start, tqdm.write
+    def close():
+        if bar[0] is not None:
+            bar[0].close()
+
+    return start, tqdm.write, close
 
 
 def epoch_line(epoch: int, result) -> str:
@@ -150,7 +154,7 @@ def main(args) -> int:
                                max_steps_per_epoch=args.max_steps)
     dataset = data.load(args.data, args.data_dir)       # bad data: fail before --out is created
     out = checkpoint.prepare_run_dir(args.out, overwrite=args.overwrite) if args.out else None
-    progress, say = _progress_factory(cfg, args.quiet)
+    progress, say, close_bar = _progress_factory(cfg, args.quiet)
     if not args.quiet:
         say(f"flax-lenet train: {dataset.name} ({len(dataset.y_train)} train / {len(dataset.y_test)} test "
             f"images), {cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.loss} loss, {cfg.dtype}, "
@@ -159,6 +163,7 @@ def main(args) -> int:
     try:
         result = training.train(dataset, cfg, on_epoch=on_epoch, progress=progress)
     except training.TrainingDiverged as e:
+        close_bar()
         done = len(e.last_good.flax.train_loss)
         kept = f"the weights after epoch {done}" if done else "the initial weights"
         if out is None:
@@ -166,6 +171,7 @@ def main(args) -> int:
         save_weights(out, e.last_good)
         raise UsageError(f"{e}; kept {kept} (the last with a finite loss) in {out}/flax.orbax and "
                          f"{out}/torch.safetensors") from None
+    close_bar()
     metrics = result.metrics(dataset.describe())
     metrics["seconds_total"] = time.perf_counter() - start
     f_acc, t_acc = metrics["flax"]["test_accuracy"], metrics["torch"]["test_accuracy"]
