@@ -378,9 +378,9 @@ def train(dataset: Dataset, cfg: TrainConfig = TrainConfig(), *,
     net.load_state_dict({k: torch.from_numpy(v) for k, v in state0.items()})
     tx, t_opt, t_sched = build_optimizers(cfg, net.parameters(), steps)
     criterion = torch_criterion(cfg.loss)
-    tx_test = _torch_images(dataset.x_test, dtype)
-    ty_train = torch.from_numpy(dataset.y_train.astype(np.int64))
-    ty_test = torch.from_numpy(dataset.y_test.astype(np.int64))
+    torch_x_test = _torch_images(dataset.x_test, dtype)
+    torch_y_train = torch.from_numpy(dataset.y_train.astype(np.int64))
+    torch_y_test = torch.from_numpy(dataset.y_test.astype(np.int64))
 
     # Flax: the NNX Net split into a static graph and a parameter pytree; data on the device.
     graphdef, params = flax_net(convert.torch_to_flax(state0))
@@ -397,16 +397,16 @@ def train(dataset: Dataset, cfg: TrainConfig = TrainConfig(), *,
         x_epoch = random_shifts(dataset.x_train, cfg.shift, shift_rng)   # the same images for both
 
         start = time.perf_counter()
-        tx_train = _torch_images(x_epoch, dtype)
+        torch_x_train = _torch_images(x_epoch, dtype)
         net.train()
         t_losses = []
-        for idx in order[epoch]:
+        for idx in order[epoch]:                    # the tutorial's loop, one batch at a time
             i = torch.from_numpy(idx)
-            t_losses.append(float(sgd_step(net, t_opt, tx_train[i], ty_train[i], criterion)))
+            t_losses.append(float(sgd_step(net, t_opt, torch_x_train[i], torch_y_train[i], criterion)))
             t_sched.step()
             tick()
         net.eval()
-        t_acc = _torch_accuracy(net, tx_test, ty_test)
+        t_acc = _torch_accuracy(net, torch_x_test, torch_y_test)
         tr.seconds += time.perf_counter() - start
 
         start = time.perf_counter()
@@ -425,12 +425,13 @@ def train(dataset: Dataset, cfg: TrainConfig = TrainConfig(), *,
         for name, losses, ok in (("flax", f_losses, _finite_tree(params)),
                                  ("torch", np.asarray(t_losses), _finite_tree(net.state_dict()))):
             bad = _first_bad(losses)
+            if bad is not None:
+                what = (f"the {name} loss became {losses[bad]} at step {epoch * steps + bad + 1} "
+                        f"(epoch {epoch + 1}, batch {bad + 1})")
+            elif not ok:
+                what = f"the {name} weights became NaN or Inf at the update of step {(epoch + 1) * steps}"
             if bad is not None or not ok:
-                where = (f"step {epoch * steps + bad + 1} (epoch {epoch + 1}, batch {bad + 1})"
-                         if bad is not None else f"the update of step {(epoch + 1) * steps}")
-                value = losses[bad] if bad is not None else "non-finite weights"
-                raise TrainingDiverged(f"the {name} loss became {value} at {where}; stopped training "
-                                       "(a lower learning rate may help)", result)
+                raise TrainingDiverged(f"{what}; stopped training (a lower learning rate may help)", result)
 
         fr.step_loss += f_losses.tolist()
         tr.step_loss += t_losses
