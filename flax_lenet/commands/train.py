@@ -13,8 +13,8 @@ from flax_lenet.cli import UsageError
 
 
 # A batch of 32 through this Net is too little work to share between threads, and torch's
-# OpenMP threads spin while waiting: on 2 shared cores a step took 145 ms with 2 threads and
-# 13 ms with 1 (issue 5's report). The Flax side keeps XLA's own thread pool.
+# OpenMP threads spin while waiting: on 2 shared cores a step took 35-145 ms with 2 threads
+# and 6-13 ms with 1 (issue 5's report). The Flax side keeps XLA's own thread pool.
 TORCH_THREADS = 1
 
 
