@@ -184,6 +184,7 @@ def _mnist_split(data_dir: Path, split: str):
     if len(labels) != len(images):
         raise ValueError(f"{labels_path}: expected {len(images)} labels (one per image in "
                          f"{images_path.name}), found {len(labels)}")
+    check_finite(images, f"images in {images_path}")
     if images.dtype == np.uint8:
         images = images.astype(np.float32) / 255.0
     pad = ((0, 0), (MNIST_PAD, MNIST_PAD), (MNIST_PAD, MNIST_PAD))

@@ -126,6 +126,15 @@ def test_wrong_magic_number_names_what_was_found(tmp_path, capsys):
     assert "magic number" in err and "found 0x01080000" in err
 
 
+def test_nan_in_float_idx_images_exits_2(tmp_path, capsys):
+    folder = _mnist(tmp_path, None)
+    images = np.zeros((32, 28, 28), np.float32)
+    images[3, 4, 5] = np.nan
+    data.write_idx(folder / "train-images-idx3-ubyte", images)
+    err = run_cli(capsys, "train", "--data", "mnist", "--data-dir", folder, "--quiet")
+    assert re.search(r"expected finite images in \S+train-images-idx3-ubyte, found 1 NaN .* \(3, 4, 5\)", err), err
+
+
 def test_mnist_without_data_dir_is_a_usage_error(capsys):
     assert "expected --data-dir DIR" in run_cli(capsys, "train", "--data", "mnist")
 

@@ -70,11 +70,17 @@ def test_weights_trained_in_either_framework_keep_their_accuracy_through_convert
         assert report["flax"] == report["torch"] == pytest.approx(m[side]["test_accuracy"], abs=1e-12)
 
 
-def test_an_existing_run_is_replaced_only_with_overwrite(run_dir, capsys):
-    before = (run_dir / "metrics.json").read_bytes()
-    rc, out, err = run(capsys, "train", "--out", run_dir, *TINY)
+def test_an_existing_run_is_replaced_only_with_overwrite(run_dir, tmp_path, capsys):
+    import shutil
+    earlier = shutil.copytree(run_dir, tmp_path / "run")
+    before = (earlier / "metrics.json").read_bytes()
+    rc, out, err = run(capsys, "train", "--out", earlier, *TINY)
     assert rc == 2 and "earlier run" in err and "--overwrite" in err
-    assert (run_dir / "metrics.json").read_bytes() == before
+    assert (earlier / "metrics.json").read_bytes() == before
+    rc, out, err = run(capsys, "train", "--out", earlier, "--overwrite", "--epochs", "1", "--max-steps", "2", "--quiet")
+    assert rc == 0, err
+    assert json.loads((earlier / "metrics.json").read_text())["config"]["epochs"] == 1
+    assert sorted(p.name for p in earlier.iterdir()) == sorted(p.name for p in run_dir.iterdir())
 
 
 def test_train_on_small_mnist_idx_files(tmp_path, capsys):
