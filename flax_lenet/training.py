@@ -69,6 +69,10 @@ class TrainConfig:
             raise ValueError(f"lr_decay_at: expected a fraction in [0, 1], found {self.lr_decay_at}")
         if not 0 <= self.shift <= 8:
             raise ValueError(f"shift: expected 0..8 pixels, found {self.shift}")
+        if self.seed < 0:
+            raise ValueError(f"seed: expected a non-negative integer, found {self.seed}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum: expected 0 <= momentum < 1, found {self.momentum}")
         if not self.lr > 0:
             raise ValueError(f"lr: expected a positive learning rate, found {self.lr}")
 

@@ -105,7 +105,8 @@ def test_a_loss_that_becomes_nan_stops_training_and_says_at_which_step(tiny):
 @pytest.mark.parametrize("kw, message", [
     (dict(loss="l1"), "loss: expected one of"), (dict(dtype="float16"), "dtype: expected"),
     (dict(epochs=0), "epochs: expected a positive integer, found 0"), (dict(lr=-1.0), "lr: expected"),
-    (dict(lr_decay_at=2.0), "lr_decay_at: expected a fraction"), (dict(flax_loop="vmap"), "flax_loop")])
+    (dict(lr_decay_at=2.0), "lr_decay_at: expected a fraction"), (dict(flax_loop="vmap"), "flax_loop"),
+    (dict(seed=-1), "seed: expected a non-negative integer, found -1"), (dict(momentum=1.5), "momentum")])
 def test_bad_configuration_is_refused(kw, message):
     with pytest.raises(ValueError, match=message):
         training.TrainConfig(**kw)
