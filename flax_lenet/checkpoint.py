@@ -60,7 +60,10 @@ def _first_line(e: BaseException) -> str:
 # --- atomic writes ----------------------------------------------------------------------------
 
 def atomic_write(path, write: Callable[[Path], None], *, overwrite: bool = False) -> None:
-    """Call ``write(tmp)`` on a temporary sibling of ``path``, then rename it to ``path``.
+    """Call ``write(tmp)`` on a path in a temporary folder beside ``path``, then rename it to ``path``.
+
+    The folder is on the same file system, so the rename is atomic for a file; an existing
+    directory is first moved aside (and moved back if the second rename fails).
 
     Args:
       path: the final file or directory.
@@ -79,9 +82,13 @@ def atomic_write(path, write: Callable[[Path], None], *, overwrite: bool = False
     try:
         write(target)
         if path.is_dir() and not path.is_symlink():
-            old = tmp / "old"
+            old = tmp / f"{path.name}.previous"
             os.replace(path, old)           # a directory cannot be replaced in one rename
-            os.replace(target, path)
+            try:
+                os.replace(target, path)
+            except OSError:
+                os.replace(old, path)
+                raise
         else:
             os.replace(target, path)
     finally:
