@@ -28,6 +28,7 @@ from flax_lenet import convert
 from flax_lenet._checks import check_finite, check_images, check_labels
 from flax_lenet.data import NUM_CLASSES, Dataset, random_shifts
 from flax_lenet.model import Net
+from flax_lenet.tolerances import ACCURACY_POINTS
 
 LOSSES = ("ce", "mse")
 FLAX_LOOPS = ("auto", "scan", "python")
@@ -101,10 +102,12 @@ class TrainResult:
             return {"test_accuracy": run.test_accuracy[-1], "test_accuracy_per_epoch": run.test_accuracy,
                     "train_loss": run.train_loss, "step_loss": run.step_loss, "seconds": run.seconds}
         gap = step_loss_diff(self.flax.step_loss, self.torch.step_loss)
+        points = 100 * abs(self.flax.test_accuracy[-1] - self.torch.test_accuracy[-1])
         return {"flax": side(self.flax), "torch": side(self.torch), "data": data,
                 "config": {**asdict(self.config), "flax_loop": self.flax_loop},
-                "difference": {"test_accuracy_points": 100 * abs(self.flax.test_accuracy[-1]
-                                                                 - self.torch.test_accuracy[-1]),
+                "difference": {"test_accuracy_points": points,
+                               "test_accuracy_within_points": ACCURACY_POINTS,
+                               "test_accuracy_agrees": points <= ACCURACY_POINTS,
                                "step_loss_max_rel": gap}}
 
 

@@ -45,6 +45,9 @@ def test_train_writes_metrics_curves_and_both_checkpoints(run_dir):
         assert 0.0 <= m[side]["test_accuracy"] <= 1.0 and m[side]["seconds"] > 0
     assert m["data"]["name"] == "digits" and m["data"]["test"] == 360
     assert m["config"]["epochs"] == 2 and m["config"]["loss"] == "ce"
+    gap = m["difference"]["test_accuracy_points"]
+    assert gap == pytest.approx(100 * abs(m["flax"]["test_accuracy"] - m["torch"]["test_accuracy"]))
+    assert m["difference"]["test_accuracy_agrees"] == (gap <= 1.0)
     png = (run_dir / "curves.png").read_bytes()
     assert png.startswith(PNG_MAGIC) and len(png) > 20_000      # a real figure, not an empty canvas
 
