@@ -144,7 +144,19 @@ def main(args) -> int:
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     import torch
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.torch_threads)
+    try:
+        return _train(args, start)
+    finally:
+        torch.set_num_threads(threads)      # in-process callers (tests) keep their setting
+
+
+def _train(args, start) -> int:
+    import time
+
+    import jax
+
     from flax_lenet import checkpoint, data, training
 
     cfg = training.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
