@@ -27,3 +27,7 @@ from flax_lenet import hooks as hooks  # noqa: E402
 # runs; torch-style gradient accumulation is flax_lenet.accumulate.accumulate
 from flax_lenet import optim as optim  # noqa: E402
 from flax_lenet import trajectory as trajectory  # noqa: E402
+# issue 5: real data, side-by-side training, checkpoints (see each module's docstring)
+from flax_lenet import checkpoint as checkpoint  # noqa: E402
+from flax_lenet import data as data  # noqa: E402
+from flax_lenet import training as training  # noqa: E402

@@ -33,3 +33,27 @@ def check_images(x) -> None:
         raise ValueError(f"expected {expected}, found {shape[3]} channels in {shape}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"expected {expected}, found dtype {np.dtype(x.dtype)}: cast with x.astype('float32')")
+
+
+def check_finite(x, what: str = "images") -> None:
+    """Raise ``ValueError`` if a concrete array ``x`` holds NaN or Inf (not for traced values)."""
+    a = np.asarray(x)
+    if not np.issubdtype(a.dtype, np.floating):
+        return
+    bad = ~np.isfinite(a)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"expected finite {what}, found {int(np.isnan(a).sum())} NaN and "
+                         f"{int(np.isinf(a).sum())} Inf values (first at index {first})")
+
+
+def check_labels(y, count: int, what: str = "labels") -> None:
+    """Raise ``ValueError`` unless ``y`` is ``count`` integer class labels in 0..9."""
+    a = np.asarray(y)
+    if a.ndim != 1 or len(a) != count:
+        raise ValueError(f"{what}: expected {count} labels (one per image) of shape ({count},), "
+                         f"found shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"{what}: expected integer class labels 0..9, found dtype {a.dtype}")
+    if a.size and (a.min() < 0 or a.max() > 9):
+        raise ValueError(f"{what}: expected class labels 0..9, found values {int(a.min())}..{int(a.max())}")

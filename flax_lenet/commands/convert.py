@@ -1,0 +1,26 @@
+"""``flax-lenet convert IN OUT``: move weights between torch and Flax formats, by the file names.
+
+    IN / OUT name      format
+    *.pt, *.pth        torch state_dict (read with torch.load(weights_only=True) only)
+    *.safetensors      safetensors, torch layout
+    anything else      Orbax checkpoint directory, Flax layout
+"""
+
+
+def add_arguments(p):
+    p.add_argument("src", metavar="IN", help=".pt/.pth, .safetensors, or an Orbax checkpoint directory")
+    p.add_argument("dst", metavar="OUT", help="the same choices; the format follows the name")
+    p.add_argument("--kernel-size", type=int, choices=(3, 5),
+                   help="refuse a checkpoint for another kernel size (default: read from the weights)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+
+def main(args) -> int:
+    from flax_lenet import checkpoint, convert
+    state = checkpoint.convert_checkpoint(args.src, args.dst, overwrite=args.overwrite,
+                                          kernel_size=args.kernel_size)
+    k = convert.kernel_size_of(convert.torch_to_flax(state))
+    print(f"{args.src} ({checkpoint.checkpoint_format(args.src)}) -> {args.dst} "
+          f"({checkpoint.checkpoint_format(args.dst)}): Net(kernel_size={k}), "
+          f"{sum(v.size for v in state.values()):,} parameters")
+    return 0

@@ -1,0 +1,48 @@
+"""``flax-lenet eval CKPT``: the test accuracy of a checkpoint, in Flax and in torch.
+
+CKPT is a ``.pt``/``.pth`` or ``.safetensors`` file (torch layout) or an Orbax checkpoint
+directory (Flax layout); the format is read from the name (``flax_lenet.checkpoint``).
+"""
+
+import json
+
+from flax_lenet.cli import UsageError
+
+
+def add_arguments(p):
+    p.add_argument("checkpoint", metavar="CKPT", help=".pt/.pth, .safetensors, or an Orbax checkpoint directory")
+    p.add_argument("--data", choices=("digits", "mnist"), default="digits", help="default: digits")
+    p.add_argument("--data-dir", help="folder with the MNIST IDX files (for --data mnist)")
+    p.add_argument("--framework", choices=("both", "flax", "torch"), default="both",
+                   help="which framework runs the Net (default: both)")
+    p.add_argument("--kernel-size", type=int, choices=(3, 5),
+                   help="refuse a checkpoint for another kernel size (default: read from the weights)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def main(args) -> int:
+    if args.data == "mnist" and not args.data_dir:
+        raise UsageError("--data mnist: expected --data-dir DIR with the IDX files, found none")
+    import jax
+    import numpy as np
+
+    from flax_lenet import checkpoint, convert, data, training
+    state = checkpoint.load_state(args.checkpoint, kernel_size=args.kernel_size)
+    dtype = next(iter(state.values())).dtype
+    if dtype == np.float64:
+        jax.config.update("jax_enable_x64", True)
+    dataset = data.load(args.data, args.data_dir)
+    x = dataset.x_test.astype(dtype)
+    report = {"checkpoint": str(args.checkpoint), "format": checkpoint.checkpoint_format(args.checkpoint),
+              "kernel_size": convert.kernel_size_of(convert.torch_to_flax(state)), "data": dataset.describe()}
+    if args.framework in ("both", "flax"):
+        report["flax"] = training.flax_accuracy(convert.torch_to_flax(state), x, dataset.y_test)
+    if args.framework in ("both", "torch"):
+        report["torch"] = training.torch_accuracy(state, x, dataset.y_test)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        accs = "  ".join(f"{name} {100 * report[name]:.2f}%" for name in ("flax", "torch") if name in report)
+        print(f"{args.checkpoint} ({report['format']}, kernel size {report['kernel_size']}): test accuracy "
+              f"on {dataset.name} ({len(dataset.y_test)} images): {accs}")
+    return 0

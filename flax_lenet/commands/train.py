@@ -1,0 +1,201 @@
+"""``flax-lenet train``: the Flax Net and the torch reference learn handwritten digits side by side.
+
+Writes to ``--out``: ``metrics.json``, ``curves.png``, the Flax-trained weights as an Orbax
+checkpoint (``flax.orbax``, Flax layout) and the torch-trained weights as ``torch.safetensors``
+(torch layout). Library: ``flax_lenet.training``; this file only parses, calls and prints.
+"""
+
+import argparse
+import json
+import sys
+
+from flax_lenet.cli import UsageError
+
+
+# A batch of 32 through this Net is too little work to share between threads, and torch's
+# OpenMP threads spin while waiting: on 2 shared cores a step took 35-145 ms with 2 threads
+# and 6-13 ms with 1 (issue 5's report). The Flax side keeps XLA's own thread pool.
+TORCH_THREADS = 1
+
+
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}")
+    return value
+
+
+def add_arguments(p):
+    from flax_lenet.training import FLAX_LOOPS, TrainConfig
+    d = TrainConfig()
+    p.add_argument("--data", choices=("digits", "mnist"), default="digits",
+                   help="digits: scikit-learn's 1,797 handwritten digits (no download); "
+                        "mnist: the IDX files in --data-dir (default: digits)")
+    p.add_argument("--data-dir", help="folder with train-images-idx3-ubyte[.gz] etc. (for --data mnist)")
+    p.add_argument("--loss", choices=("ce", "mse"), default=d.loss,
+                   help="ce: cross-entropy; mse: the tutorial's MSELoss on one-hot targets (default: ce)")
+    p.add_argument("--epochs", type=_positive, default=d.epochs, help=f"default: {d.epochs}")
+    p.add_argument("--batch-size", type=_positive, default=d.batch_size, help=f"default: {d.batch_size}")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"SGD learning rate (default: {d.lr})")
+    p.add_argument("--momentum", type=float, default=d.momentum, help=f"default: {d.momentum}")
+    p.add_argument("--lr-decay-at", type=float, default=d.lr_decay_at,
+                   help=f"fraction of the epochs after which lr drops 10x (default: {d.lr_decay_at})")
+    p.add_argument("--shift", type=int, default=d.shift,
+                   help=f"random shifts of up to this many pixels, 0 for none (default: {d.shift})")
+    p.add_argument("--seed", type=int, default=d.seed, help="initial weights and batch order (default: 0)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default=d.dtype, help="default: float32")
+    p.add_argument("--kernel-size", type=int, choices=(3, 5), default=d.kernel_size, help="default: 3")
+    p.add_argument("--flax-loop", choices=FLAX_LOOPS, default=d.flax_loop,
+                   help="scan: one compiled call per epoch; python: one per batch; auto: the faster "
+                        "for the backend (default: auto)")
+    p.add_argument("--max-steps", type=_positive, help="at most this many batches per epoch (smoke runs)")
+    p.add_argument("--torch-threads", type=_positive, default=TORCH_THREADS,
+                   help=f"torch.set_num_threads (default: {TORCH_THREADS}; see TORCH_THREADS)")
+    p.add_argument("--out", help="directory for metrics.json, curves.png and the checkpoints")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+
+
+def _progress_factory(cfg, quiet):
+    """A per-epoch tqdm bar over the torch and Flax batches (off when quiet or not a terminal)."""
+    if quiet or not sys.stderr.isatty():
+        return None, print, lambda: None
+    from tqdm import tqdm
+    bar = [None]
+
+    def start(epoch, total):
+        if bar[0] is not None:
+            bar[0].close()
+        bar[0] = tqdm(total=total, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
+        return lambda: bar[0].update()
+
+    def close():
+        if bar[0] is not None:
+            bar[0].close()
+
+    return start, tqdm.write, close
+
+
+def epoch_line(epoch: int, result) -> str:
+    """``epoch  3/20  flax loss 0.1234 acc 97.22%  torch loss 0.1230 acc 97.50%  diff ...``."""
+    f, t = result.flax, result.torch
+    return (f"epoch {epoch + 1:>2}/{result.config.epochs}  "
+            f"flax loss {f.train_loss[-1]:.4f} acc {100 * f.test_accuracy[-1]:6.2f}%  "
+            f"torch loss {t.train_loss[-1]:.4f} acc {100 * t.test_accuracy[-1]:6.2f}%  "
+            f"diff loss {abs(f.train_loss[-1] - t.train_loss[-1]):.1e} "
+            f"acc {100 * abs(f.test_accuracy[-1] - t.test_accuracy[-1]):.2f} pt")
+
+
+def plot_curves(path, result, data_name: str) -> None:
+    """Loss and test accuracy per epoch, both frameworks on the same axes, to a PNG (atomically)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    from flax_lenet.checkpoint import atomic_write
+    epochs = range(1, len(result.flax.train_loss) + 1)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, run, style in (("Flax", result.flax, dict(color="tab:blue", lw=2.5, alpha=0.7)),
+                             ("torch", result.torch, dict(color="tab:orange", lw=1.2, ls="--", marker="o", ms=3))):
+        ax_loss.plot(epochs, run.train_loss, label=name, **style)
+        ax_acc.plot(epochs, [100 * a for a in run.test_accuracy], label=name, **style)
+    ax_loss.set(xlabel="epoch", ylabel=f"mean training loss ({result.config.loss})", yscale="log",
+                title="training loss")
+    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
+    c = result.config
+    drop = round(c.lr_decay_at * c.epochs)              # epochs 1..drop at lr, then lr / 10
+    for ax in (ax_loss, ax_acc):
+        if drop < c.epochs:
+            ax.axvline(drop + 0.5, color="grey", lw=0.8, ls=":", label="lr / 10")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"Flax vs torch on {data_name}: same initial weights, same batches "
+                 f"(lr {c.lr}, batch {c.batch_size}, {c.dtype})")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110), overwrite=True)
+    plt.close(fig)
+
+
+def _write_json(path, obj) -> None:
+    from flax_lenet.checkpoint import atomic_write
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"), overwrite=True)
+
+
+def save_weights(out, result) -> None:
+    """The Flax-trained weights as Orbax (Flax layout), the torch-trained as safetensors (torch layout)."""
+    from flax_lenet import checkpoint, convert
+    checkpoint.save(out / "flax.orbax", convert.flax_to_torch(result.flax_params), overwrite=True)
+    checkpoint.save(out / "torch.safetensors", result.torch_state, overwrite=True)
+
+
+def main(args) -> int:
+    import time
+    start = time.perf_counter()
+    if args.data == "mnist" and not args.data_dir:
+        raise UsageError("--data mnist: expected --data-dir DIR with the IDX files, found none")
+    if args.data_dir and args.data != "mnist":
+        raise UsageError("--data-dir: expected --data mnist with it, found --data digits")
+    import jax
+    if args.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.torch_threads)
+    try:
+        return _train(args, start)
+    finally:
+        torch.set_num_threads(threads)      # in-process callers (tests) keep their setting
+
+
+def _train(args, start) -> int:
+    import time
+
+    import jax
+
+    from flax_lenet import checkpoint, data, training
+
+    cfg = training.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                               momentum=args.momentum, lr_decay_at=args.lr_decay_at, shift=args.shift,
+                               loss=args.loss, seed=args.seed, dtype=args.dtype,
+                               kernel_size=args.kernel_size, flax_loop=args.flax_loop,
+                               max_steps_per_epoch=args.max_steps)
+    dataset = data.load(args.data, args.data_dir)       # bad data: fail before --out is created
+    out = checkpoint.prepare_run_dir(args.out, overwrite=args.overwrite) if args.out else None
+    progress, say, close_bar = _progress_factory(cfg, args.quiet)
+    if not args.quiet:
+        say(f"flax-lenet train: {dataset.name} ({len(dataset.y_train)} train / {len(dataset.y_test)} test "
+            f"images), {cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.loss} loss, {cfg.dtype}, "
+            f"jax on {jax.default_backend()}")
+    on_epoch = None if args.quiet else (lambda epoch, result: say(epoch_line(epoch, result)))
+    try:
+        result = training.train(dataset, cfg, on_epoch=on_epoch, progress=progress)
+    except training.TrainingDiverged as e:
+        close_bar()
+        done = len(e.last_good.flax.train_loss)
+        kept = f"the weights after epoch {done}" if done else "the initial weights"
+        if out is None:
+            raise UsageError(f"{e}; nothing saved (no --out)") from None
+        save_weights(out, e.last_good)
+        raise UsageError(f"{e}; kept {kept} (the last with a finite loss) in {out}/flax.orbax and "
+                         f"{out}/torch.safetensors") from None
+    close_bar()
+    metrics = result.metrics(dataset.describe())
+    metrics["seconds_total"] = time.perf_counter() - start
+    f_acc, t_acc = metrics["flax"]["test_accuracy"], metrics["torch"]["test_accuracy"]
+    print(f"test accuracy: flax {100 * f_acc:.2f}%  torch {100 * t_acc:.2f}%  "
+          f"(difference {metrics['difference']['test_accuracy_points']:.2f} points); "
+          f"step losses differ by at most {metrics['difference']['step_loss_max_rel']:.1e} relative; "
+          f"train time flax {result.flax.seconds:.1f} s ({result.flax_loop} loop), torch {result.torch.seconds:.1f} s")
+    if out is not None:
+        save_weights(out, result)
+        plot_curves(out / "curves.png", result, dataset.name)
+        metrics["seconds_total"] = time.perf_counter() - start
+        _write_json(out / "metrics.json", metrics)
+        print(f"wrote {out}/metrics.json, curves.png, flax.orbax (Flax layout), torch.safetensors (torch layout) "
+              f"in {metrics['seconds_total']:.1f} s")
+    return 0

@@ -1,0 +1,238 @@
+"""Real handwritten digits for the side-by-side training run, as NHWC ``(N, 32, 32, 1)`` float batches.
+
+Two sources, both without a download:
+
+* ``load_digits()``: scikit-learn's 1,797 handwritten digits (8x8, grey levels 0..16, shipped
+  inside scikit-learn), resized to 32x32 and split 80/20, stratified, with a fixed seed;
+* ``load_mnist(data_dir)``: the standard MNIST IDX files (Fashion-MNIST uses the same format),
+  28x28 images padded by 2 pixels on each side to 32x32, as LeNet-5 does.
+
+Images are scaled to [0, 1] and standardised with the training set's mean and standard
+deviation; the layout is NHWC, as ``flax_lenet.Net`` expects (torch: ``.transpose(0, 3, 1, 2)``).
+The IDX reader and writer are the project's own (``read_idx``, ``write_idx``).
+"""
+
+import gzip
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from flax_lenet._checks import check_finite, check_images, check_labels
+
+NUM_CLASSES = 10
+DIGITS_TEST_FRACTION = 0.2      # 360 of the 1,797 digits are held out
+DIGITS_SPLIT_SEED = 0           # the split is fixed: it does not follow --seed
+DIGITS_SIDE = 8
+MNIST_SIDE = 28
+MNIST_PAD = (32 - MNIST_SIDE) // 2  # 2 pixels on each side, as LeNet-5
+
+# IDX type codes (http://yann.lecun.com/exdb/mnist/): the third byte of the magic number.
+IDX_DTYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"),
+              0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+MNIST_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+               "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train and test images ``(N, 32, 32, 1)`` float32 in NHWC, labels ``(N,)`` int32 in 0..9."""
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    def describe(self) -> dict:
+        return {"name": self.name, "train": int(len(self.y_train)), "test": int(len(self.y_test)),
+                "image_shape": list(self.x_train.shape[1:]), "layout": "NHWC"}
+
+
+def _standardise(x_train: np.ndarray, x_test: np.ndarray):
+    """Subtract the training mean and divide by the training standard deviation (one scalar each)."""
+    mean, std = float(x_train.mean()), float(x_train.std())
+    return (x_train - mean) / std, (x_test - mean) / std
+
+
+def make_dataset(name, x_train, y_train, x_test, y_test) -> Dataset:
+    """Check a dataset in the Net's layout and wrap it; raises ``ValueError`` on bad input."""
+    for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        check_images(x)
+        check_finite(x, f"{name} {split} images")
+        check_labels(y, len(x), f"{name} {split}")
+    return Dataset(name, np.asarray(x_train, np.float32), np.asarray(y_train, np.int32),
+                   np.asarray(x_test, np.float32), np.asarray(y_test, np.int32))
+
+
+def resize_nearest(images: np.ndarray, side: int) -> np.ndarray:
+    """``(N, h, h) -> (N, side, side)`` by repeating each pixel ``side // h`` times (no interpolation)."""
+    factor, rest = divmod(side, images.shape[-1])
+    if rest:
+        raise ValueError(f"expected an image side that divides {side}, found {images.shape[-1]}")
+    return images.repeat(factor, axis=1).repeat(factor, axis=2)
+
+
+def load_digits() -> Dataset:
+    """scikit-learn's handwritten digits, resized 8x8 -> 32x32, fixed stratified 80/20 split.
+
+    Returns:
+      A ``Dataset`` with 1,437 training and 360 test images ``(N, 32, 32, 1)`` float32.
+    """
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = sk_digits()
+    images = digits.images.astype(np.float32) / 16.0                # (1797, 8, 8), grey levels 0..16
+    images = resize_nearest(images, 32)[..., None]                  # (1797, 32, 32, 1)
+    x_train, x_test, y_train, y_test = train_test_split(
+        images, digits.target, test_size=DIGITS_TEST_FRACTION, stratify=digits.target,
+        random_state=DIGITS_SPLIT_SEED)
+    x_train, x_test = _standardise(x_train, x_test)
+    return make_dataset("digits", x_train, y_train, x_test, y_test)
+
+
+# --- IDX files (MNIST, Fashion-MNIST) ----------------------------------------------------------
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: expected an IDX file, found no such file") from None
+    if path.suffix != ".gz":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:   # BadGzipFile is an OSError
+        raise ValueError(f"{path}: expected a gzip-compressed IDX file, found a corrupt or "
+                         f"truncated gzip stream ({e})") from None
+
+
+def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
+    """Decode the bytes of an IDX file: magic ``0 0 type ndim``, ``ndim`` big-endian int32 sizes, data."""
+    if len(data) < 4:
+        raise ValueError(f"{name}: expected an IDX file (4-byte magic number), found {len(data)} bytes")
+    zero, code, ndim = data[:2], data[2], data[3]
+    if zero != b"\x00\x00" or code not in IDX_DTYPES or ndim == 0:
+        raise ValueError(f"{name}: expected an IDX magic number 0x0000TTDD (type TT in "
+                         f"{{08,09,0B,0C,0D,0E}}, DD dimensions >= 1), found 0x{data[:4].hex().upper()}")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(f"{name}: truncated: expected a {header}-byte header for {ndim} dimensions, "
+                         f"found {len(data)} bytes")
+    shape = struct.unpack(f">{ndim}i", data[4:header])
+    dtype = IDX_DTYPES[code]
+    expected = int(np.prod(shape)) * dtype.itemsize
+    found = len(data) - header
+    if found < expected:
+        raise ValueError(f"{name}: truncated: expected {expected} data bytes for shape {shape}, found {found}")
+    if found > expected:
+        raise ValueError(f"{name}: expected {expected} data bytes for shape {shape}, found {found} "
+                         f"({found - expected} extra: not an IDX file of this shape)")
+    return np.frombuffer(data, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def read_idx(path) -> np.ndarray:
+    """Read an IDX file (``.gz`` or not) into a numpy array of its own dtype and shape.
+
+    Args:
+      path: the file, e.g. ``train-images-idx3-ubyte`` or ``train-images-idx3-ubyte.gz``.
+
+    Returns:
+      The array, e.g. ``(60000, 28, 28)`` uint8 for MNIST training images.
+
+    Raises:
+      FileNotFoundError: no such file. ValueError: a wrong magic number, a truncated or
+      corrupt file, or a size that does not match the header.
+    """
+    path = Path(path)
+    return parse_idx(_read_bytes(path), str(path))
+
+
+def write_idx(path, array) -> None:
+    """Write ``array`` as an IDX file (gzip-compressed if ``path`` ends in ``.gz``), atomically."""
+    array = np.asarray(array)
+    codes = {dt.newbyteorder("="): code for code, dt in IDX_DTYPES.items()}
+    code = codes.get(array.dtype.newbyteorder("="))
+    if code is None:
+        raise ValueError(f"expected a dtype in {sorted(str(d) for d in codes)}, found {array.dtype}")
+    data = (bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}i", *array.shape)
+            + array.astype(IDX_DTYPES[code]).tobytes())
+    path = Path(path)
+    if path.suffix == ".gz":
+        data = gzip.compress(data)
+    from flax_lenet.checkpoint import atomic_write
+    atomic_write(path, lambda tmp: tmp.write_bytes(data), overwrite=True)
+
+
+def _find_idx(data_dir: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (data_dir / name).is_file():
+            return data_dir / name
+    raise FileNotFoundError(f"{data_dir}: expected {stem} or {stem}.gz (MNIST IDX format), found neither")
+
+
+def _mnist_split(data_dir: Path, split: str):
+    images_path = _find_idx(data_dir, MNIST_FILES[f"{split}_images"])
+    labels_path = _find_idx(data_dir, MNIST_FILES[f"{split}_labels"])
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or images.shape[1:] != (MNIST_SIDE, MNIST_SIDE):
+        raise ValueError(f"{images_path}: expected images (N, 28, 28), found shape {images.shape}")
+    if labels.ndim != 1:
+        raise ValueError(f"{labels_path}: expected labels (N,), found shape {labels.shape}")
+    if len(labels) != len(images):
+        raise ValueError(f"{labels_path}: expected {len(images)} labels (one per image in "
+                         f"{images_path.name}), found {len(labels)}")
+    check_finite(images, f"images in {images_path}")
+    if images.dtype == np.uint8:
+        images = images.astype(np.float32) / 255.0
+    pad = ((0, 0), (MNIST_PAD, MNIST_PAD), (MNIST_PAD, MNIST_PAD))
+    return np.pad(images.astype(np.float32), pad)[..., None], labels     # (N, 32, 32, 1)
+
+
+def load_mnist(data_dir) -> Dataset:
+    """MNIST (or Fashion-MNIST) from the four standard IDX files in ``data_dir``, padded 28 -> 32.
+
+    Args:
+      data_dir: a folder with ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+        ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte``, each optionally ``.gz``.
+
+    Returns:
+      A ``Dataset`` of ``(N, 32, 32, 1)`` float32 images, standardised with the training statistics.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"--data-dir: expected a folder with MNIST IDX files, found "
+                                f"{'a file' if data_dir.exists() else 'nothing'} at {data_dir}")
+    x_train, y_train = _mnist_split(data_dir, "train")
+    x_test, y_test = _mnist_split(data_dir, "test")
+    x_train, x_test = _standardise(x_train, x_test)
+    return make_dataset(f"mnist:{data_dir}", x_train, y_train, x_test, y_test)
+
+
+def load(name: str = "digits", data_dir=None) -> Dataset:
+    """``'digits'`` (default, no download) or ``'mnist'`` (IDX files in ``data_dir``)."""
+    if name == "digits":
+        return load_digits()
+    if name == "mnist":
+        if data_dir is None:
+            raise ValueError("--data mnist: expected --data-dir DIR with the IDX files, found none")
+        return load_mnist(data_dir)
+    raise ValueError(f"data: expected 'digits' or 'mnist', found {name!r}")
+
+
+def random_shifts(x: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
+    """Shift every image of ``x`` ``(N, H, W, C)`` by its own random ``-max_shift..max_shift`` pixels.
+
+    Borders are filled by repeating the edge pixel. Pure data movement, done once per epoch in
+    numpy so that both frameworks see exactly the same images.
+    """
+    if max_shift == 0:
+        return x
+    n, h, w = x.shape[:3]
+    padded = np.pad(x, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)), mode="edge")
+    dy, dx = rng.integers(0, 2 * max_shift + 1, n), rng.integers(0, 2 * max_shift + 1, n)
+    rows = (dy[:, None] + np.arange(h))[:, :, None]                 # (N, H, 1)
+    cols = (dx[:, None] + np.arange(w))[:, None, :]                 # (N, 1, W)
+    return padded[np.arange(n)[:, None, None], rows, cols]          # (N, H, W, C)

@@ -1,0 +1,459 @@
+"""Train the Flax ``Net`` and the torch reference side by side on the same batches.
+
+Both start from the same weights (torch's initialisation, converted once through numpy), see
+the same batches in the same order (one numpy permutation per epoch, shared), and use the same
+loss and optimizer. The torch side is the tutorial's loop::
+
+    for input, target in batches:
+        optimizer.zero_grad(); loss = criterion(net(input), target); loss.backward(); optimizer.step()
+
+The Flax side puts each epoch's images on the device once (the random shifts are drawn in
+numpy so both frameworks see the same pixels; without shifts the array is the same every
+epoch) and gathers every batch there, in either one compiled call per batch
+(``flax_loop='python'``) or a whole epoch in one compiled ``lax.scan`` over the batches
+(``flax_loop='scan'``); ``'auto'`` picks the faster for the backend (see ``FLAX_LOOP_AUTO``).
+"""
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from flax_lenet import convert
+from flax_lenet._checks import check_finite, check_images, check_labels
+from flax_lenet.data import NUM_CLASSES, Dataset, random_shifts
+from flax_lenet.model import Net
+from flax_lenet.tolerances import ACCURACY_POINTS
+
+LOSSES = ("ce", "mse")
+FLAX_LOOPS = ("auto", "scan", "python")
+# Measured on 2 (shared) CPU cores, default run (digits, B=32, 44 steps/epoch), steady state:
+# one scanned epoch 686 ms, a Python loop of 44 jitted steps 268 ms (XLA:CPU runs the
+# select-and-scatter of max-pool's gradient slowly inside a scan; REFERENCE.md saw 3-5x).
+# GPU: not measured here; REFERENCE.md's H200 figures have scan well ahead (no per-step
+# dispatch), hence 'scan' there.
+FLAX_LOOP_AUTO = {"cpu": "python", "gpu": "scan", "tpu": "scan"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One side-by-side training run; ``flax-lenet train`` flags override these defaults."""
+    epochs: int = 20                # passes over the training set
+    batch_size: int = 32            # the last partial batch is dropped (torch: drop_last=True)
+    lr: float = 0.02                # SGD learning rate
+    momentum: float = 0.9           # SGD momentum (torch and optax agree exactly with dampening 0)
+    lr_decay_at: float = 0.7        # lr x 0.1 from this fraction of the epochs on (1.0: never)
+    shift: int = 2                  # random shifts of -2..2 pixels per image and epoch (0: none)
+    loss: str = "ce"                # 'ce': cross-entropy; 'mse': the tutorial's MSELoss on one-hot targets
+    seed: int = 0                   # initial weights (torch.manual_seed) and batch order (numpy)
+    dtype: str = "float32"          # 'float64' needs jax_enable_x64
+    kernel_size: int = 3            # 3: the seed's Net; 5: today's tutorial
+    flax_loop: str = "auto"         # 'scan' | 'python' | 'auto' (per backend, FLAX_LOOP_AUTO)
+    max_steps_per_epoch: int | None = None  # cap on batches per epoch (smoke tests)
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss: expected one of {LOSSES}, found {self.loss!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype: expected 'float32' or 'float64', found {self.dtype!r}")
+        if self.flax_loop not in FLAX_LOOPS:
+            raise ValueError(f"flax_loop: expected one of {FLAX_LOOPS}, found {self.flax_loop!r}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected a positive integer, found {getattr(self, name)}")
+        if not 0.0 <= self.lr_decay_at <= 1.0:
+            raise ValueError(f"lr_decay_at: expected a fraction in [0, 1], found {self.lr_decay_at}")
+        if not 0 <= self.shift <= 8:
+            raise ValueError(f"shift: expected 0..8 pixels, found {self.shift}")
+        if self.seed < 0:
+            raise ValueError(f"seed: expected a non-negative integer, found {self.seed}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum: expected 0 <= momentum < 1, found {self.momentum}")
+        if not self.lr > 0:
+            raise ValueError(f"lr: expected a positive learning rate, found {self.lr}")
+
+
+@dataclass
+class FrameworkRun:
+    """What one framework did: per-step and per-epoch losses, test accuracy per epoch, time."""
+    step_loss: list = field(default_factory=list)
+    train_loss: list = field(default_factory=list)
+    test_accuracy: list = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class TrainResult:
+    config: TrainConfig
+    flax: FrameworkRun
+    torch: FrameworkRun
+    flax_params: dict               # Flax layout, numpy: the weights the Flax side trained
+    torch_state: dict               # torch layout, numpy: the weights the torch side trained
+    flax_loop: str
+
+    def metrics(self, data: dict) -> dict:
+        """The content of ``metrics.json``."""
+        def side(run):
+            return {"test_accuracy": run.test_accuracy[-1], "test_accuracy_per_epoch": run.test_accuracy,
+                    "train_loss": run.train_loss, "step_loss": run.step_loss, "seconds": run.seconds}
+        gap = step_loss_diff(self.flax.step_loss, self.torch.step_loss)
+        points = 100 * abs(self.flax.test_accuracy[-1] - self.torch.test_accuracy[-1])
+        return {"flax": side(self.flax), "torch": side(self.torch), "data": data,
+                "config": {**asdict(self.config), "flax_loop": self.flax_loop},
+                "difference": {"test_accuracy_points": points,
+                               "test_accuracy_within_points": ACCURACY_POINTS,
+                               "test_accuracy_agrees": points <= ACCURACY_POINTS,
+                               "step_loss_max_rel": gap}}
+
+
+class TrainingDiverged(ValueError):
+    """The loss (or a weight) became NaN or Inf; ``last_good`` holds the weights before that epoch."""
+
+    def __init__(self, message: str, last_good: "TrainResult"):
+        super().__init__(message)
+        self.last_good = last_good
+
+
+def step_loss_diff(a, b) -> float:
+    """``max|a - b| / max|b|`` over two loss curves of equal length."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b))) if len(b) else 0.0
+
+
+# --- the pieces both frameworks share ---------------------------------------------------------
+
+LR_DECAY = 0.1
+
+
+def decay_step(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """The first step (0-based) that uses ``lr * LR_DECAY``."""
+    return round(cfg.lr_decay_at * cfg.epochs) * steps_per_epoch
+
+
+def build_optimizers(cfg: TrainConfig, torch_params, steps_per_epoch: int):
+    """The ONE place the optimizer is built, for both frameworks (switch to ``flax_lenet.optim`` here).
+
+    torch ``SGD(lr, momentum)`` and ``optax.sgd(lr, momentum)`` are the same update when
+    dampening is 0: ``b = mu * b + g`` (``b = g`` on step 1), ``w = w - lr_t * b``. The
+    learning rate drops to ``lr * LR_DECAY`` at ``decay_step``: torch ``MultiStepLR`` stepped
+    once per batch, optax ``piecewise_constant_schedule`` on the step count.
+
+    Returns:
+      ``(optax transformation, torch optimizer, torch scheduler)``.
+    """
+    import torch
+    milestone = decay_step(cfg, steps_per_epoch)
+    schedule = optax.piecewise_constant_schedule(cfg.lr, {milestone: LR_DECAY})
+    tx = optax.sgd(schedule, momentum=cfg.momentum or None)
+    t_opt = torch.optim.SGD(torch_params, lr=cfg.lr, momentum=cfg.momentum)
+    t_sched = torch.optim.lr_scheduler.MultiStepLR(t_opt, milestones=[milestone], gamma=LR_DECAY)
+    return tx, t_opt, t_sched
+
+
+def batch_order(num_examples: int, cfg: TrainConfig) -> np.ndarray:
+    """``(epochs, steps, batch_size)`` example indices: one shared permutation per epoch."""
+    steps = num_examples // cfg.batch_size
+    if steps == 0:
+        raise ValueError(f"batch_size: expected at most {num_examples} (the training set size), "
+                         f"found {cfg.batch_size}")
+    if cfg.max_steps_per_epoch is not None:
+        steps = min(steps, cfg.max_steps_per_epoch)
+    rng = np.random.default_rng(cfg.seed)
+    return np.stack([rng.permutation(num_examples)[:steps * cfg.batch_size].reshape(steps, cfg.batch_size)
+                     for _ in range(cfg.epochs)])
+
+
+def initial_state(cfg: TrainConfig) -> dict:
+    """torch's own initialisation of ``Net(kernel_size)`` under ``seed``, as numpy arrays."""
+    import torch
+
+    from torch_reference import Net as TorchNet
+    torch.manual_seed(cfg.seed)
+    net = TorchNet(cfg.kernel_size).to(getattr(torch, cfg.dtype))
+    return {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+
+
+# --- Flax -------------------------------------------------------------------------------------
+
+def flax_loss(loss: str):
+    """``(logits, labels) -> scalar``: ``F.cross_entropy`` or ``nn.MSELoss()`` on one-hot targets."""
+    if loss == "ce":
+        return lambda logits, y: optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return lambda logits, y: jnp.mean((logits - jax.nn.one_hot(y, NUM_CLASSES, dtype=logits.dtype)) ** 2)
+
+
+def flax_net(params: dict):
+    """``(graphdef, state)`` of the NNX Net holding ``params`` (Flax layout), without a random init.
+
+    ``nnx.eval_shape`` builds the Net abstractly (no initialiser runs: compiling the random
+    initialisers costs seconds on CPU) and the weights are then filled in.
+    """
+    k = convert.kernel_size_of(params)
+    dtype = np.asarray(params["conv1"]["kernel"]).dtype
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Net(k, param_dtype=dtype, rngs=nnx.Rngs(0))))
+    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
+    return graphdef, state
+
+
+def make_flax_step(graphdef, tx, loss: str):
+    """A pure ``(params, opt_state, x, y) -> (params, opt_state, loss)``: one SGD step of the NNX Net."""
+    criterion = flax_loss(loss)
+
+    def step(params, opt_state, x, y):
+        def loss_of(p):
+            return criterion(nnx.merge(graphdef, p)(x), y)
+        value, grads = jax.value_and_grad(loss_of)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    return step
+
+
+def make_flax_epoch(graphdef, tx, loss: str):
+    """One jitted call per epoch: ``lax.scan`` of the step over ``order`` ``(steps, B)`` on device data."""
+    step = make_flax_step(graphdef, tx, loss)
+
+    @jax.jit
+    def epoch(params, opt_state, x, y, order):
+        def body(carry, idx):
+            p, s, value = step(*carry, x[idx], y[idx])
+            return (p, s), value
+        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), order)
+        return params, opt_state, losses
+
+    return epoch
+
+
+def make_flax_python_epoch(graphdef, tx, loss: str):
+    """The same epoch as a Python loop over one jitted step per batch (faster on XLA:CPU).
+
+    The batch is gathered inside the compiled step from the device-resident data and the
+    device-resident ``order``: per step only the step number crosses from the host.
+    """
+    step = make_flax_step(graphdef, tx, loss)
+
+    @jax.jit
+    def indexed_step(params, opt_state, x, y, order, i):
+        idx = order[i]
+        return step(params, opt_state, x[idx], y[idx])
+
+    def epoch(params, opt_state, x, y, order, on_step=None):
+        losses = []
+        for i in range(order.shape[0]):
+            params, opt_state, value = indexed_step(params, opt_state, x, y, order, i)
+            losses.append(value)
+            if on_step:
+                on_step()
+        return params, opt_state, jnp.stack(losses)
+
+    return epoch
+
+
+def make_flax_accuracy(graphdef):
+    """A jitted ``(params, x, y) -> number of correct predictions`` (an integer, as in torch)."""
+    @jax.jit
+    def correct(params, x, y):
+        return jnp.sum(jnp.argmax(nnx.merge(graphdef, params)(x), -1) == y)
+    return correct
+
+
+def flax_accuracy(params: dict, x: np.ndarray, y: np.ndarray) -> float:
+    """Fraction of ``x`` (NHWC) that the Flax Net with ``params`` (Flax layout) classifies as ``y``."""
+    check_images(x)
+    check_finite(x)
+    check_labels(y, len(x))
+    graphdef, state = flax_net(params)
+    dtype = np.asarray(params["conv1"]["kernel"]).dtype
+    return int(make_flax_accuracy(graphdef)(state, jnp.asarray(x, dtype), jnp.asarray(y))) / len(y)
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(graphdef, loop, loss, optimizer_key, tx):
+    """The jitted epoch and accuracy functions, reused by later runs with the same settings.
+
+    ``tx`` is rebuilt on every run from the same settings (``optimizer_key``), so it is left
+    out of the key; jit itself retraces for a new dtype or batch shape.
+    """
+    key = (graphdef, loop, loss, optimizer_key)
+    if key not in _COMPILED:
+        make = make_flax_epoch if loop == "scan" else make_flax_python_epoch
+        _COMPILED[key] = (make(graphdef, tx, loss), make_flax_accuracy(graphdef))
+    return _COMPILED[key]
+
+
+# --- torch ------------------------------------------------------------------------------------
+
+def torch_criterion(loss: str):
+    """``nn.CrossEntropyLoss()`` on class labels, or ``nn.MSELoss()`` on one-hot targets."""
+    import torch
+    import torch.nn.functional as F
+    if loss == "ce":
+        return torch.nn.CrossEntropyLoss()
+    mse = torch.nn.MSELoss()
+    return lambda output, y: mse(output, F.one_hot(y, NUM_CLASSES).to(output.dtype))
+
+
+def torch_accuracy(state: dict, x: np.ndarray, y: np.ndarray) -> float:
+    """Fraction of ``x`` (NHWC, transposed here to NCHW) that torch's Net with ``state`` gets right."""
+    import torch
+
+    from torch_reference import Net as TorchNet
+    check_images(x)
+    check_finite(x)
+    check_labels(y, len(x))
+    k = convert.kernel_size_of(convert.torch_to_flax(state))
+    dtype = np.asarray(next(iter(state.values()))).dtype
+    net = TorchNet(k).to(getattr(torch, str(dtype)))
+    net.load_state_dict({name: torch.as_tensor(np.asarray(v)) for name, v in state.items()})
+    return _torch_accuracy(net, _torch_images(x, dtype), torch.from_numpy(np.asarray(y, np.int64)))
+
+
+def _torch_images(x: np.ndarray, dtype):
+    """NHWC numpy -> NCHW torch tensor with fresh C-order strides.
+
+    ``np.ascontiguousarray(x.transpose(0, 3, 1, 2))`` is a no-op for one channel (numpy calls it
+    contiguous already) and hands torch strides that make the tutorial's ``x.view(...)`` fail.
+    """
+    import torch
+    return torch.from_numpy(np.array(x.transpose(0, 3, 1, 2), dtype=dtype, order="C"))
+
+
+def _torch_accuracy(net, x, y) -> float:
+    import torch
+    with torch.no_grad():
+        return int((net(x).argmax(-1) == y).sum()) / len(y)
+
+
+# --- side by side -----------------------------------------------------------------------------
+
+def _first_bad(losses: np.ndarray):
+    bad = np.flatnonzero(~np.isfinite(losses))
+    return int(bad[0]) if len(bad) else None
+
+
+def _finite_tree(tree) -> bool:
+    return all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree.leaves(tree))
+
+
+def train(dataset: Dataset, cfg: TrainConfig = TrainConfig(), *,
+          on_epoch: Callable[[int, "TrainResult"], None] | None = None,
+          progress: Callable[[int, int], Callable[[], None]] | None = None) -> TrainResult:
+    """Train the Flax Net and the torch reference side by side.
+
+    Args:
+      dataset: images ``(N, 32, 32, 1)`` NHWC float, labels 0..9 (``flax_lenet.data``).
+      cfg: the run's configuration.
+      on_epoch: called as ``on_epoch(epoch, result_so_far)`` after every epoch.
+      progress: called as ``progress(epoch, total_ticks)`` at the start of an epoch; returns a
+        ``tick()`` to call once per torch batch and once per Flax batch.
+
+    Returns:
+      A ``TrainResult`` with per-step losses, per-epoch losses and test accuracies of both
+      frameworks, and the trained weights of each (numpy; Flax and torch layouts).
+
+    Raises:
+      ValueError: bad images, labels or configuration. TrainingDiverged: a loss became NaN or
+        Inf; the exception holds the result up to the last finite epoch.
+    """
+    import torch
+
+    from torch_reference import Net as TorchNet
+    from torch_reference import sgd_step
+
+    if cfg.dtype == "float64" and not jax.config.jax_enable_x64:
+        raise ValueError("dtype float64: expected jax_enable_x64 to be on "
+                         "(jax.config.update('jax_enable_x64', True)), found it off")
+    for split, x, y in (("train", dataset.x_train, dataset.y_train), ("test", dataset.x_test, dataset.y_test)):
+        check_images(x)
+        check_finite(x, f"{split} images")
+        check_labels(y, len(x), f"{split} labels")
+    dtype = np.dtype(cfg.dtype)
+    order = batch_order(len(dataset.y_train), cfg)
+    steps = order.shape[1]
+    state0 = initial_state(cfg)
+    loop = FLAX_LOOP_AUTO.get(jax.default_backend(), "scan") if cfg.flax_loop == "auto" else cfg.flax_loop
+
+    # torch: NCHW tensors, the tutorial's loop.
+    net = TorchNet(cfg.kernel_size).to(getattr(torch, cfg.dtype))
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in state0.items()})
+    tx, t_opt, t_sched = build_optimizers(cfg, net.parameters(), steps)
+    criterion = torch_criterion(cfg.loss)
+    torch_x_test = _torch_images(dataset.x_test, dtype)
+    torch_y_train = torch.from_numpy(dataset.y_train.astype(np.int64))
+    torch_y_test = torch.from_numpy(dataset.y_test.astype(np.int64))
+
+    # Flax: the NNX Net split into a static graph and a parameter pytree; data on the device.
+    graphdef, params = flax_net(convert.torch_to_flax(state0))
+    opt_state = tx.init(params)
+    fy_train = jnp.asarray(dataset.y_train)
+    fx_test, fy_test = jnp.asarray(dataset.x_test, dtype), jnp.asarray(dataset.y_test)
+    epoch_fn, accuracy_fn = _compiled(graphdef, loop, cfg.loss, (cfg.lr, cfg.momentum, decay_step(cfg, steps)), tx)
+
+    shift_rng = np.random.default_rng([cfg.seed, 1])
+    fr, tr = FrameworkRun(), FrameworkRun()
+    result = TrainResult(cfg, fr, tr, _numpy_tree(params), state0, loop)
+    for epoch in range(cfg.epochs):
+        tick = progress(epoch, 2 * steps) if progress else (lambda: None)
+        x_epoch = random_shifts(dataset.x_train, cfg.shift, shift_rng)   # the same images for both
+
+        start = time.perf_counter()
+        torch_x_train = _torch_images(x_epoch, dtype)
+        net.train()
+        t_losses = []
+        for idx in order[epoch]:                    # the tutorial's loop, one batch at a time
+            i = torch.from_numpy(idx)
+            t_losses.append(float(sgd_step(net, t_opt, torch_x_train[i], torch_y_train[i], criterion)))
+            t_sched.step()
+            tick()
+        net.eval()
+        t_acc = _torch_accuracy(net, torch_x_test, torch_y_test)
+        tr.seconds += time.perf_counter() - start
+
+        start = time.perf_counter()
+        fx_train = jnp.asarray(x_epoch, dtype)
+        if loop == "scan":
+            params, opt_state, losses = epoch_fn(params, opt_state, fx_train, fy_train, jnp.asarray(order[epoch]))
+            for _ in range(steps):
+                tick()
+        else:
+            params, opt_state, losses = epoch_fn(params, opt_state, fx_train, fy_train,
+                                                 jnp.asarray(order[epoch]), tick)
+        f_losses = np.asarray(losses, np.float64)
+        f_acc = int(accuracy_fn(params, fx_test, fy_test)) / len(dataset.y_test)
+        fr.seconds += time.perf_counter() - start
+
+        for name, losses, ok in (("flax", f_losses, _finite_tree(params)),
+                                 ("torch", np.asarray(t_losses), _finite_tree(net.state_dict()))):
+            bad = _first_bad(losses)
+            if bad is not None:
+                what = (f"the {name} loss became {losses[bad]} at step {epoch * steps + bad + 1} "
+                        f"(epoch {epoch + 1}, batch {bad + 1})")
+            elif not ok:
+                what = f"the {name} weights became NaN or Inf at the update of step {(epoch + 1) * steps}"
+            if bad is not None or not ok:
+                raise TrainingDiverged(f"{what}; stopped training (a lower learning rate may help)", result)
+
+        fr.step_loss += f_losses.tolist()
+        tr.step_loss += t_losses
+        fr.train_loss.append(float(np.mean(f_losses)))
+        tr.train_loss.append(float(np.mean(t_losses)))
+        fr.test_accuracy.append(f_acc)
+        tr.test_accuracy.append(t_acc)
+        result.flax_params = _numpy_tree(params)
+        result.torch_state = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+        if on_epoch:
+            on_epoch(epoch, result)
+    return result
+
+
+def _numpy_tree(params) -> dict:
+    if isinstance(params, nnx.State):
+        params = nnx.to_pure_dict(params)
+    return jax.tree.map(lambda a: np.asarray(a).copy(), params)

@@ -1,0 +1,151 @@
+"""Checkpoints: three formats by file name, exact round trips, atomic writes, no pickle code run."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file as load_safetensors_torch
+
+from flax_lenet import checkpoint, convert, training
+from flax_lenet.tolerances import FLOAT32_CPU
+from tests.helpers import assert_close, state_numpy, torch_net
+
+NAMES = ("w.pt", "w.pth", "w.safetensors", "w.orbax")
+
+
+@pytest.fixture(scope="module")
+def state():
+    return state_numpy(torch_net(3, "float32", seed=0))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_format_round_trips_bit_for_bit(tmp_path, state, name):
+    checkpoint.save(tmp_path / name, state)
+    got = checkpoint.load_state(tmp_path / name)
+    assert sorted(got) == sorted(state)
+    for k in state:
+        assert got[k].dtype == state[k].dtype
+        np.testing.assert_array_equal(got[k], state[k])
+
+
+def test_orbax_checkpoint_holds_the_flax_layout(tmp_path, state):
+    import orbax.checkpoint as ocp
+    checkpoint.save(tmp_path / "w.orbax", state)
+    with ocp.StandardCheckpointer() as ck:
+        tree = ck.restore((tmp_path / "w.orbax").absolute())
+    assert tree["conv1"]["kernel"].shape == (3, 3, 1, 6)                    # [kH, kW, I, O]
+    np.testing.assert_array_equal(tree["fc1"]["kernel"], convert.torch_to_flax(state)["fc1"]["kernel"])
+
+
+def test_safetensors_loads_into_torch_reference_net(tmp_path, state):
+    from torch_reference import Net
+    checkpoint.save(tmp_path / "w.safetensors", state)
+    net = Net()
+    net.load_state_dict(load_safetensors_torch(tmp_path / "w.safetensors"))  # strict: every key, no extra
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(v.numpy(), state[k])
+
+
+@pytest.mark.parametrize("src", ["a.pt", "a.safetensors", "a.orbax"])
+@pytest.mark.parametrize("dst", ["b.pt", "b.safetensors", "b.orbax"])
+def test_convert_between_formats_keeps_every_weight(tmp_path, state, src, dst):
+    checkpoint.save(tmp_path / src, state)
+    checkpoint.convert_checkpoint(tmp_path / src, tmp_path / dst)
+    got = checkpoint.load_state(tmp_path / dst)
+    for k in state:
+        np.testing.assert_array_equal(got[k], state[k])
+
+
+def _flax_logits(params, x):
+    from flax import nnx
+    graphdef, state = training.flax_net(params)
+    return np.asarray(nnx.merge(graphdef, state)(x))
+
+
+def test_weights_converted_from_torch_give_torchs_logits_in_flax(tmp_path, state):
+    from torch_reference import Net
+    x = np.random.default_rng(0).standard_normal((8, 32, 32, 1)).astype(np.float32)
+    checkpoint.save(tmp_path / "t.safetensors", state)
+    checkpoint.convert_checkpoint(tmp_path / "t.safetensors", tmp_path / "f.orbax")
+    net = Net()
+    net.load_state_dict(load_safetensors_torch(tmp_path / "t.safetensors"))
+    expected = net(torch.from_numpy(np.array(x.transpose(0, 3, 1, 2), order="C"))).detach().numpy()
+    params = checkpoint.load_flax_params(tmp_path / "f.orbax")
+    assert_close(_flax_logits(params, x), expected, FLOAT32_CPU, "logits")
+    # a conversion that forgot fc1's flatten order fails the same check
+    params["fc1"]["kernel"] = np.ascontiguousarray(state["fc1.weight"].T)
+    with pytest.raises(AssertionError):
+        assert_close(_flax_logits(params, x), expected, FLOAT32_CPU, "logits")
+
+
+class _RunsCode:
+    """A pickle payload that creates a folder when unpickled: the shape of a malicious .pt."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_a_pt_file_that_carries_code_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "code-ran"
+    torch.save({"conv1.weight": _RunsCode(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match=r"refused: .* found a pickle with a reference to \S*mkdir; nothing in it was run"):
+        checkpoint.load_state(tmp_path / "evil.pt")
+    assert not marker.exists()
+    # the file really does carry code: an unrestricted unpickler runs it
+    import zipfile
+    with zipfile.ZipFile(tmp_path / "evil.pt") as z:
+        payload = next(n for n in z.namelist() if n.endswith("data.pkl"))
+        pickle.loads(z.read(payload))
+    assert marker.exists()
+
+
+def test_a_whole_pickled_module_is_refused(tmp_path):
+    from torch_reference import Net
+    torch.save(Net(), tmp_path / "model.pt")
+    with pytest.raises(ValueError, match="refused"):
+        checkpoint.load_state(tmp_path / "model.pt")
+
+
+def test_save_refuses_to_overwrite_unless_asked(tmp_path, state):
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"keep me")
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        checkpoint.save(path, state)
+    assert path.read_bytes() == b"keep me"
+    checkpoint.save(path, state, overwrite=True)
+    assert checkpoint.load_state(path).keys() == state.keys()
+
+
+@pytest.mark.parametrize("name", ["w.safetensors", "w.orbax"])
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, state, name):
+    path = tmp_path / name
+    checkpoint.save(path, state)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+
+    def half_then_crash(tmp):
+        tmp.write_bytes(b"half") if not name.endswith("orbax") else tmp.mkdir()
+        raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError, match="disk full"):
+        checkpoint.atomic_write(path, half_then_crash, overwrite=True)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    np.testing.assert_array_equal(checkpoint.load_state(path)["fc3.bias"], state["fc3.bias"])
+
+
+def test_overwriting_an_orbax_directory_replaces_it(tmp_path, state):
+    checkpoint.save(tmp_path / "w.orbax", state)
+    other = {k: v + 1 for k, v in state.items()}
+    checkpoint.save(tmp_path / "w.orbax", other, overwrite=True)
+    np.testing.assert_array_equal(checkpoint.load_state(tmp_path / "w.orbax")["fc3.bias"], other["fc3.bias"])
+    assert [p.name for p in tmp_path.iterdir()] == ["w.orbax"]
+
+
+def test_float64_weights_keep_their_dtype(tmp_path):
+    state = state_numpy(torch_net(5, "float64", seed=1))
+    checkpoint.save(tmp_path / "w.safetensors", state)
+    got = checkpoint.load_state(tmp_path / "w.safetensors", kernel_size=5)
+    assert got["conv1.weight"].dtype == np.float64 and got["conv1.weight"].shape == (6, 1, 5, 5)
