@@ -19,3 +19,6 @@ from flax_lenet.train import sgd_update as sgd_update
 from flax_lenet.train import train_step as train_step
 
 __version__ = "0.1.0"
+
+from flax_lenet import layers as layers  # noqa: E402  fast conv/pool lowerings behind the layers
+from flax_lenet import parallel as parallel  # noqa: E402  data-parallel over a batch Mesh

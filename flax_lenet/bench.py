@@ -14,6 +14,9 @@ torch  ``eager``            ``cudnn.benchmark = True`` on a GPU; ``torch.get_num
 flax   ``train_step``       the public ``flax_lenet.train_step(model, optimizer, x, y)``
        ``jit``              the functional step under ``jax.jit`` with donated buffers
        ``scan``             ``K`` steps fused with ``lax.scan`` in one call (counts ``K`` steps)
+       ``train_step-graph`` (reference) the same step under graph-mode ``nnx.jit``, as before issue 6
+       ``jit-lax``          (reference) ``jit`` with the library ops ``lax.conv_general_dilated`` and
+                            ``reduce_window`` max-pool instead of ``flax_lenet.layers``
 
 Precision: ``default`` is each framework's own (on Ampere/Hopper both run convs in TF32, JAX
 its dots too); ``highest`` switches TF32 off in both. On a CPU the two are the same computation,
@@ -35,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 TORCH_IMPLS = ("eager", "eager-1t", "compile", "compile-cg")
-FLAX_IMPLS = ("train_step", "jit", "scan")
+FLAX_IMPLS = ("train_step", "jit", "scan", "train_step-graph", "jit-lax")
 IMPLS = tuple(f"torch:{i}" for i in TORCH_IMPLS) + tuple(f"flax:{i}" for i in FLAX_IMPLS)
 CPU_BATCHES = (1, 4, 16, 64, 256, 1024)
 GPU_BATCHES = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536)
@@ -174,16 +177,18 @@ class _FlaxRunner:
         tx = optax.sgd(cfg.lr)
         self.steps_per_call = 1
         self.compiled = None
-        if impl == "train_step":
+        if impl in ("train_step", "train_step-graph"):
             # weights come from torch: skip Net's eager initialisers (seconds of small compiles)
             model = nnx.eval_shape(lambda: Net(cfg.kernel_size, rngs=nnx.Rngs(0)))
             nnx.update(model, params)
             opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
-            self._call = lambda: train.train_step(model, opt, xj, yj)
+            fn = train.train_step if impl == "train_step" else nnx.jit(_nnx_step)   # graph mode
+            self._call = lambda: fn(model, opt, xj, yj)
             return
+        loss_fn = _library_loss if impl == "jit-lax" else functional.loss_fn
 
         def step(p, s, xb, yb):
-            loss, g = jax.value_and_grad(functional.loss_fn)(p, xb, yb)
+            loss, g = jax.value_and_grad(loss_fn)(p, xb, yb)
             u, s = tx.update(g, s, p)
             return optax.apply_updates(p, u), s, loss
 
@@ -226,6 +231,35 @@ class _FlaxRunner:
             return None
         total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
         return total / 2**20
+
+
+def _nnx_step(model, optimizer, x, y):
+    """``flax_lenet.train_step``'s body, to be jitted in NNX graph mode (walks the object graph per call)."""
+    from flax import nnx
+
+    from flax_lenet import train
+    loss, grads = nnx.value_and_grad(train.loss_fn)(model, x, y)
+    optimizer.update(model, grads)
+    return loss
+
+
+def _library_loss(p, x, y):
+    """The Net's MSE loss written with ``lax.conv_general_dilated`` and ``reduce_window`` max-pool."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    def conv(x, kernel, bias):
+        return lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
+
+    def pool(x):
+        return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    x = pool(jax.nn.relu(conv(x, **p["conv1"])))
+    x = pool(jax.nn.relu(conv(x, **p["conv2"])))
+    x = x.reshape(x.shape[0], -1)
+    x = jax.nn.relu(x @ p["fc1"]["kernel"] + p["fc1"]["bias"])
+    x = jax.nn.relu(x @ p["fc2"]["kernel"] + p["fc2"]["bias"])
+    return jnp.mean((x @ p["fc3"]["kernel"] + p["fc3"]["bias"] - y) ** 2)
 
 
 def _make_runner(name, precision, x, y, cfg):

@@ -62,6 +62,12 @@ def main(args) -> int:
     for path in (args.json, args.png):
         if path:
             _check_writable(path)
+    if args.png:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("--png: expected matplotlib to be installed, found none "
+                             "(pip install 'flax-lenet[bench]')") from None
     if cfg.device == "gpu":
         import jax
         import torch
