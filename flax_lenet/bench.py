@@ -417,7 +417,10 @@ def write_atomic(path: str, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, then rename: never half-written."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)                 # mkstemp makes it 0600; give it a normal file's mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
