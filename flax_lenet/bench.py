@@ -26,7 +26,6 @@ so only ``default`` runs there.
 import contextlib
 import dataclasses
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -462,7 +461,7 @@ def plot(results: list[Result], env: dict, path: str) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def summary(results: list[Result], env: dict, cfg: BenchConfig) -> list[str]:
+def summary(results: list[Result], cfg: BenchConfig) -> list[str]:
     """Headline lines: flax train_step vs torch eager, and the best flax vs the best torch."""
     lines = []
     rat = ratios(results)

@@ -1,6 +1,9 @@
 """``flax-lenet bench`` smoke run: it prints the table and writes the JSON and PNG. No timing claims."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -60,3 +63,22 @@ def test_gpu_only_implementations_are_skipped_on_cpu():
     cfg = bench.BenchConfig(device="cpu")
     assert "torch:compile-cg" not in bench.applicable(cfg)
     assert "torch:compile-cg" in bench.applicable(bench.BenchConfig(device="gpu"))
+
+
+def test_compilation_cache_writes_entries_for_a_second_process(tmp_path):
+    # in a subprocess: turning the cache on is process-wide
+    code = ("import jax, jax.numpy as jnp; from flax_lenet import cache; "
+            f"cache.enable({str(tmp_path / 'jax')!r}); jax.jit(lambda x: x * 2 + 1)(jnp.ones(3)).block_until_ready()")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+               JAX_PLATFORMS="cpu")
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=repo, timeout=120)
+    assert any(files for _, _, files in os.walk(tmp_path / "jax"))
+
+
+def test_compilation_cache_refuses_a_file(tmp_path):
+    from flax_lenet import cache
+    path = tmp_path / "not-a-dir"
+    path.write_text("x")
+    with pytest.raises(OSError, match="expected a directory"):
+        cache.enable(str(path))

@@ -82,7 +82,7 @@ def main(args) -> int:
         print("note: on a CPU 'highest' and 'default' are the same computation; measuring 'default' only")
     results = bench.run(cfg, log=lambda s: print(s, flush=True))
     print(bench.table(results, cfg))
-    for line in bench.summary(results, env, cfg):
+    for line in bench.summary(results, cfg):
         print(line)
     if args.json:
         bench.write_atomic(args.json, (json.dumps(bench.to_json(results, cfg, env), indent=2) + "\n").encode())
