@@ -3,6 +3,7 @@
 #   bash benchmarks/gpu.sh [OUTDIR]
 # Writes OUTDIR/gpu.json, OUTDIR/gpu.png, OUTDIR/gpu.txt and OUTDIR/startup.txt.
 set -euo pipefail
+export XLA_PYTHON_CLIENT_PREALLOCATE=false   # torch and JAX share the GPU in one process
 out=${1:-benchmarks/results}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"

@@ -304,6 +304,7 @@ def run(cfg: BenchConfig, log=None) -> list[Result]:
                     r.run(1)
                     res.compile_s = time.perf_counter() - t0
                     r.run(1)                             # second call: steady state from here
+                    res.peak_mb = r.peak_mb()            # before the others run (torch's peak is global)
                     runners[name] = (r, res)
                     say(f"  set up {name} [{precision}] N={batch}: {res.compile_s:.2f} s")
                 except Exception as e:  # noqa: BLE001 - one broken peer must not stop the others
@@ -324,7 +325,6 @@ def run(cfg: BenchConfig, log=None) -> list[Result]:
                 med = statistics.median(res.rounds)
                 res.samples_per_s, res.step_ms = med, 1e3 * batch / med
                 res.spread = (max(res.rounds) - min(res.rounds)) / med
-                res.peak_mb = r.peak_mb()
                 if isinstance(r, _TorchRunner):
                     res.note = (res.note + f" threads={r.threads}").strip()
             del runners

@@ -69,6 +69,8 @@ def main(args) -> int:
             raise UsageError("--png: expected matplotlib to be installed, found none "
                              "(pip install 'flax-lenet[bench]')") from None
     if cfg.device == "gpu":
+        # JAX would otherwise take 75% of the GPU's memory at start-up and starve torch
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         import jax
         import torch
         if not torch.cuda.is_available() or not any(d.platform == "gpu" for d in jax.devices()):
