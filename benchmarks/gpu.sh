@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurement, as one short script (about 5 minutes on an H100/H200):
+# The GPU measurement, as one script (minutes on an H100/H200; torch.compile dominates):
 #   bash benchmarks/gpu.sh [OUTDIR]
 # Writes OUTDIR/gpu.json, OUTDIR/gpu.png, OUTDIR/gpu.txt and OUTDIR/startup.txt.
 set -euo pipefail
