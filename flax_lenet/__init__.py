@@ -31,3 +31,5 @@ from flax_lenet import trajectory as trajectory  # noqa: E402
 from flax_lenet import checkpoint as checkpoint  # noqa: E402
 from flax_lenet import data as data  # noqa: E402
 from flax_lenet import training as training  # noqa: E402
+from flax_lenet import layers as layers  # noqa: E402  fast conv/pool lowerings behind the layers
+from flax_lenet import parallel as parallel  # noqa: E402  data-parallel over a batch Mesh

@@ -1,28 +1,30 @@
 """The tutorial's ``Net`` as pure functions of ``(params, x)``: the analogue of ``torch.nn.functional``.
 
 ``nn.Conv2d`` holds its weight and calls ``F.conv2d(input, weight, bias)``; here every layer is
-a plain ``jax.lax`` / ``jax.nn`` call and the weights are passed in. ``params`` is the inner
+a plain ``jax.lax`` / ``jax.nn`` call (conv and pool through ``flax_lenet.layers``, which
+lowers the same operations faster) and the weights are passed in. ``params`` is the inner
 Linen tree, ``{'conv1': {'kernel': (kH, kW, I, O), 'bias': (O,)}, ..., 'fc3': {...}}``.
 """
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
+from flax_lenet import layers
 from flax_lenet._checks import check_images
 
 
 def conv2d(x, kernel, bias):
     """``F.conv2d(x, w, b)`` with stride 1 and no padding, in NHWC / HWIO layout."""
-    y = lax.conv_general_dilated(x, kernel, window_strides=(1, 1), padding="VALID",
-                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    # lax.conv_general_dilated, lowered per platform (flax_lenet.layers)
+    y = layers.conv_general_dilated(x, kernel, window_strides=(1, 1), padding="VALID",
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y + bias
 
 
 def max_pool2d(x, size=2):
     """``F.max_pool2d(x, size)``: non-overlapping ``size x size`` windows, stride = size."""
-    window = (1, size, size, 1)
-    return lax.reduce_window(x, -jnp.inf, lax.max, window, window, "VALID")
+    # = lax.reduce_window(x, -inf, lax.max, (1, size, size, 1), (1, size, size, 1), "VALID")
+    return layers.max_pool(x, (size, size), strides=(size, size))
 
 
 def linear(x, kernel, bias):

@@ -12,6 +12,7 @@ import flax.linen as nn
 
 from flax_lenet._checks import check_images
 from flax_lenet.initializers import layer_inits
+from flax_lenet.layers import conv_general_dilated, max_pool  # Flax's ops, lowered faster
 from flax_lenet.model import flat_side
 
 
@@ -25,14 +26,15 @@ class Net(nn.Module):
     def __call__(self, x):                                         # (N, 32, 32, 1)      k=3
         check_images(x)
         k, side, dt = self.kernel_size, flat_side(self.kernel_size), self.param_dtype
-        conv1 = nn.Conv(6, (k, k), padding="VALID", param_dtype=dt, name="conv1", **layer_inits(self.weight_init, 1 * k * k))
-        conv2 = nn.Conv(16, (k, k), padding="VALID", param_dtype=dt, name="conv2", **layer_inits(self.weight_init, 6 * k * k))
+        fast = dict(conv_general_dilated=conv_general_dilated)     # lowered per platform
+        conv1 = nn.Conv(6, (k, k), padding="VALID", param_dtype=dt, name="conv1", **layer_inits(self.weight_init, 1 * k * k), **fast)
+        conv2 = nn.Conv(16, (k, k), padding="VALID", param_dtype=dt, name="conv2", **layer_inits(self.weight_init, 6 * k * k), **fast)
         fc1 = nn.Dense(120, param_dtype=dt, name="fc1", **layer_inits(self.weight_init, 16 * side * side))
         fc2 = nn.Dense(84, param_dtype=dt, name="fc2", **layer_inits(self.weight_init, 120))
         fc3 = nn.Dense(10, param_dtype=dt, name="fc3", **layer_inits(self.weight_init, 84))
 
-        x = nn.max_pool(jax.nn.relu(conv1(x)), (2, 2), strides=(2, 2))  # (N, 30, 30, 6) -> (N, 15, 15, 6)
-        x = nn.max_pool(jax.nn.relu(conv2(x)), (2, 2), strides=(2, 2))  # (N, 13, 13, 16) -> (N, 6, 6, 16)
+        x = max_pool(jax.nn.relu(conv1(x)), (2, 2), strides=(2, 2))     # (N, 30, 30, 6) -> (N, 15, 15, 6)
+        x = max_pool(jax.nn.relu(conv2(x)), (2, 2), strides=(2, 2))     # (N, 13, 13, 16) -> (N, 6, 6, 16)
         x = x.reshape(x.shape[0], -1)                              # (N, 576), H*W*C order
         x = jax.nn.relu(fc1(x))                                    # (N, 120)
         x = jax.nn.relu(fc2(x))                                    # (N, 84)

@@ -101,3 +101,16 @@ TRAIN_FLOAT32_FIRST_STEPS = Tolerance(1e-5, (
     "epoch loss after ~250 steps), so only the final accuracies are compared from then on"))
 
 ACCURACY_POINTS = 1.0   # issue 5: final float32 test accuracies of the two frameworks within 1 point
+
+
+# --- issue 6: data parallelism (flax_lenet.parallel) ----------------------------------------
+
+SHARDED_FLOAT32 = Tolerance(1e-6, (
+    "sharded vs single-device step, float32, both in JAX on CPU: the same arithmetic except "
+    "that the batch-mean gradient is summed per device and then across 8 devices (another "
+    "order); measured 9e-8 on parameters after 3 SGD-momentum steps; a step that skips the "
+    "cross-device gradient sum is off by ~1e-2"))
+
+SHARDED_FLOAT64 = Tolerance(1e-14, (
+    "sharded vs single-device step, float64: only the summation order differs, measured "
+    "1.7e-16 after 3 steps; 1e-14 pins it to a few hundred ulps"))

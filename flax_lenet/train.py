@@ -20,7 +20,7 @@ def loss_fn(model, x, target):
     return mse_loss(model(x), target)
 
 
-@nnx.jit
+@nnx.jit(graph=False)  # the Net is a tree (no shared Variables): skips the per-call graph walk
 def train_step(model, optimizer, x, target):
     """One ``zero_grad(); loss = criterion(net(x), y); loss.backward(); optimizer.step()``.
 

@@ -1,0 +1,483 @@
+"""Train-step throughput of the Net in torch and Flax, side by side, in one process.
+
+Every implementation runs the same step -- forward, MSE loss, backward, ``SGD(lr)`` update --
+on the same numpy batch. For each batch size all implementations are set up first (their
+compile / warm-up time is recorded separately), then measured in interleaved rounds that
+rotate the order, so that drift (other processes, clocks, thermals) hits both sides alike; the
+reported figure is the median round. Each peer runs at its best settings:
+
+torch  ``eager``            ``cudnn.benchmark = True`` on a GPU; ``torch.get_num_threads()`` reported
+       ``eager-1t``         (CPU) eager with one thread: on a loaded machine OpenMP's spinning
+                            workers can cost torch more than the second core gains
+       ``compile``          ``torch.compile(net)``; the optimizer step stays eager
+       ``compile-cg``       (GPU) ``torch.compile(net, mode="reduce-overhead")``: CUDA graphs
+flax   ``train_step``       the public ``flax_lenet.train_step(model, optimizer, x, y)``
+       ``jit``              the functional step under ``jax.jit`` with donated buffers
+       ``scan``             ``K`` steps fused with ``lax.scan`` in one call (counts ``K`` steps)
+       ``train_step-graph`` (reference) the same step under graph-mode ``nnx.jit``, as before issue 6
+       ``jit-lax``          (reference) ``jit`` with the library ops ``lax.conv_general_dilated`` and
+                            ``reduce_window`` max-pool instead of ``flax_lenet.layers``
+
+Precision: ``default`` is each framework's own (on Ampere/Hopper both run convs in TF32, JAX
+its dots too); ``highest`` switches TF32 off in both. On a CPU the two are the same computation,
+so only ``default`` runs there.
+"""
+
+import contextlib
+import dataclasses
+import datetime
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+TORCH_IMPLS = ("eager", "eager-1t", "compile", "compile-cg")
+FLAX_IMPLS = ("train_step", "jit", "scan", "train_step-graph", "jit-lax")
+IMPLS = tuple(f"torch:{i}" for i in TORCH_IMPLS) + tuple(f"flax:{i}" for i in FLAX_IMPLS)
+CPU_BATCHES = (1, 4, 16, 64, 256, 1024)
+GPU_BATCHES = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536)
+PRECISIONS = ("default", "highest")
+#: training FLOPs per sample and step: 6 x the forward multiply-adds (k=3: 274,656; k=5: 416,520)
+FLOPS_PER_SAMPLE = {3: 1.65e6, 5: 2.50e6}
+GPU_ONLY = ("torch:compile-cg",)
+CPU_ONLY = ("torch:eager-1t",)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    device: str = "cpu"                 # "cpu" or "gpu"; both frameworks run there
+    batches: tuple = CPU_BATCHES        # batch sizes N
+    impls: tuple = IMPLS                # "torch:eager", ... ; those not meant for the device are skipped
+    precisions: tuple = ("default",)    # "default" and/or "highest" (TF32 off in both)
+    kernel_size: int = 3                # 3: the seed's Net, 5: today's tutorial
+    rounds: int = 5                     # interleaved measurement rounds; the median is reported
+    min_time: float = 0.2               # seconds per implementation per round (at least 2 steps)
+    scan_steps: int = 10                # K of the fused lax.scan implementation
+    lr: float = 0.01
+
+
+@dataclass
+class Result:
+    impl: str
+    precision: str
+    batch: int
+    samples_per_s: float | None = None  # median over rounds
+    step_ms: float | None = None        # median time of one training step
+    spread: float | None = None         # (max - min) / median over rounds
+    compile_s: float | None = None      # first call: tracing, compiling (or torch warm-up) and one step
+    peak_mb: float | None = None        # torch: max_memory_allocated (GPU); flax: compiled args+out+temp
+    note: str = ""
+    rounds: list = field(default_factory=list)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+def _batch(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 1, 32, 32)).astype(np.float32)
+    return x, rng.standard_normal((n, 10)).astype(np.float32)
+
+
+def _torch_state(kernel_size: int):
+    import torch
+
+    from torch_reference import Net as TorchNet
+    torch.manual_seed(0)
+    return TorchNet(kernel_size)
+
+
+@contextlib.contextmanager
+def _torch_precision(precision: str):
+    """``default``: torch's own flags (cudnn TF32 on, matmul TF32 off); ``highest``: both off."""
+    import torch
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    if precision == "highest":
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+# --- runners: set up once per (impl, precision, batch); run(n) does n steps and synchronises --
+
+class _TorchRunner:
+    def __init__(self, impl, precision, x, y, cfg):
+        import copy
+
+        import torch
+        self.torch, self.impl, self.precision = torch, impl, precision
+        self.dev = torch.device("cuda" if cfg.device == "gpu" else "cpu")
+        self.threads = 1 if impl == "eager-1t" else torch.get_num_threads()
+        self.default_threads = torch.get_num_threads()
+        net = copy.deepcopy(_torch_state(cfg.kernel_size)).to(self.dev)
+        if self.dev.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.model = net
+        if impl.startswith("compile"):
+            mode = "reduce-overhead" if impl == "compile-cg" else None
+            self.model = torch.compile(net, mode=mode)
+        self.opt = torch.optim.SGD(net.parameters(), lr=cfg.lr)
+        self.crit = torch.nn.MSELoss()
+        self.x = torch.from_numpy(x).to(self.dev)
+        self.y = torch.from_numpy(y).to(self.dev)
+        self.steps_per_call = 1
+
+    def _sync(self):
+        if self.dev.type == "cuda":
+            self.torch.cuda.synchronize()
+
+    def run(self, n):
+        torch = self.torch
+        torch.set_num_threads(self.threads)
+        try:
+            with _torch_precision(self.precision):
+                for _ in range(n):
+                    self.opt.zero_grad(set_to_none=True)
+                    loss = self.crit(self.model(self.x), self.y)
+                    loss.backward()
+                    self.opt.step()
+                self._sync()
+        finally:
+            torch.set_num_threads(self.default_threads)
+
+    def reset_peak(self):
+        if self.dev.type == "cuda":
+            self.torch.cuda.reset_peak_memory_stats()
+
+    def peak_mb(self):
+        if self.dev.type == "cuda":
+            return self.torch.cuda.max_memory_allocated() / 2**20
+        return None
+
+
+class _FlaxRunner:
+    def __init__(self, impl, precision, x, y, cfg):
+        import jax
+        import jax.numpy as jnp
+        import optax
+        from flax import nnx
+
+        from flax_lenet import convert, functional, train
+        from flax_lenet.model import Net
+        self.jax, self.impl = jax, impl
+        self.prec = "default" if precision == "default" else "highest"
+        dev = jax.devices("gpu" if cfg.device == "gpu" else "cpu")[0]
+        state = {k: v.detach().numpy() for k, v in _torch_state(cfg.kernel_size).state_dict().items()}
+        params = jax.device_put(jax.tree.map(jnp.asarray, convert.torch_to_flax(state)), dev)
+        xj = jax.device_put(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), dev)   # NCHW -> NHWC
+        yj = jax.device_put(y, dev)
+        tx = optax.sgd(cfg.lr)
+        self.steps_per_call = 1
+        self.compiled = None
+        if impl in ("train_step", "train_step-graph"):
+            # weights come from torch: skip Net's eager initialisers (seconds of small compiles)
+            model = nnx.eval_shape(lambda: Net(cfg.kernel_size, rngs=nnx.Rngs(0)))
+            nnx.update(model, params)
+            opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+            fn = train.train_step if impl == "train_step" else nnx.jit(_nnx_step)   # graph mode
+            self._call = lambda: fn(model, opt, xj, yj)
+            return
+        loss_fn = _library_loss if impl == "jit-lax" else functional.loss_fn
+
+        def step(p, s, xb, yb):
+            loss, g = jax.value_and_grad(loss_fn)(p, xb, yb)
+            u, s = tx.update(g, s, p)
+            return optax.apply_updates(p, u), s, loss
+
+        if impl == "jit":
+            fn = step
+        else:  # scan: K steps on the same batch in one call
+            k = cfg.scan_steps
+            self.steps_per_call = k
+
+            def fn(p, s, xb, yb):
+                def body(carry, _):
+                    p, s, _ = carry
+                    return step(p, s, xb, yb), None
+                (p, s, loss), _ = jax.lax.scan(body, (p, s, jnp.zeros((), xb.dtype)), None, length=k)
+                return p, s, loss
+        carry = {"p": params, "s": tx.init(params)}
+        with jax.default_matmul_precision(self.prec):
+            self.compiled = jax.jit(fn, donate_argnums=(0, 1)).lower(carry["p"], carry["s"], xj, yj).compile()
+
+        def call():
+            carry["p"], carry["s"], loss = self.compiled(carry["p"], carry["s"], xj, yj)
+            return loss
+        self._call = call
+
+    def run(self, n):
+        with self.jax.default_matmul_precision(self.prec):
+            loss = None
+            for _ in range(n):
+                loss = self._call()
+            loss.block_until_ready()
+
+    def reset_peak(self):
+        pass
+
+    def peak_mb(self):
+        if self.compiled is None:
+            return None
+        m = self.compiled.memory_analysis()
+        if m is None:
+            return None
+        total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+        return total / 2**20
+
+
+def _nnx_step(model, optimizer, x, y):
+    """``flax_lenet.train_step``'s body, to be jitted in NNX graph mode (walks the object graph per call)."""
+    from flax import nnx
+
+    from flax_lenet import train
+    loss, grads = nnx.value_and_grad(train.loss_fn)(model, x, y)
+    optimizer.update(model, grads)
+    return loss
+
+
+def _library_loss(p, x, y):
+    """The Net's MSE loss written with ``lax.conv_general_dilated`` and ``reduce_window`` max-pool."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    def conv(x, kernel, bias):
+        return lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
+
+    def pool(x):
+        return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    x = pool(jax.nn.relu(conv(x, **p["conv1"])))
+    x = pool(jax.nn.relu(conv(x, **p["conv2"])))
+    x = x.reshape(x.shape[0], -1)
+    x = jax.nn.relu(x @ p["fc1"]["kernel"] + p["fc1"]["bias"])
+    x = jax.nn.relu(x @ p["fc2"]["kernel"] + p["fc2"]["bias"])
+    return jnp.mean((x @ p["fc3"]["kernel"] + p["fc3"]["bias"] - y) ** 2)
+
+
+def _make_runner(name, precision, x, y, cfg):
+    framework, impl = name.split(":")
+    return (_TorchRunner if framework == "torch" else _FlaxRunner)(impl, precision, x, y, cfg)
+
+
+def applicable(cfg: BenchConfig) -> list[str]:
+    """The implementations of ``cfg.impls`` that make sense on ``cfg.device``."""
+    skip = CPU_ONLY if cfg.device == "gpu" else GPU_ONLY
+    return [i for i in cfg.impls if i not in skip]
+
+
+def _precisions(cfg):
+    return [p for p in cfg.precisions if cfg.device == "gpu" or p == "default"]
+
+
+# --- the measurement ----------------------------------------------------------------------------
+
+def run(cfg: BenchConfig, log=None) -> list[Result]:
+    """Measure every applicable implementation at every batch size and precision.
+
+    Args:
+      cfg: what to measure (``BenchConfig``).
+      log: optional ``print``-like callable for progress lines.
+
+    Returns:
+      One ``Result`` per (implementation, precision, batch size), in that order of loops.
+    """
+    results = []
+    say = log or (lambda *a, **k: None)
+    for batch in cfg.batches:
+        x, y = _batch(batch)
+        for precision in _precisions(cfg):
+            runners = {}
+            for name in applicable(cfg):
+                res = Result(name, precision, batch)
+                results.append(res)
+                try:
+                    t0 = time.perf_counter()
+                    r = _make_runner(name, precision, x, y, cfg)
+                    r.reset_peak()
+                    r.run(1)
+                    res.compile_s = time.perf_counter() - t0
+                    r.run(1)                             # second call: steady state from here
+                    res.peak_mb = r.peak_mb()            # before the others run (torch's peak is global)
+                    runners[name] = (r, res)
+                    say(f"  set up {name} [{precision}] N={batch}: {res.compile_s:.2f} s")
+                except Exception as e:  # noqa: BLE001 - one broken peer must not stop the others
+                    res.note = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+                    say(f"  {name} [{precision}] N={batch} unavailable: {res.note}")
+            names = list(runners)
+            for rnd in range(cfg.rounds):
+                order = names[rnd % len(names):] + names[:rnd % len(names)] if names else []
+                for name in order:
+                    r, res = runners[name]
+                    n = _steps_for(r, cfg.min_time)
+                    t0 = time.perf_counter()
+                    r.run(n)
+                    dt = time.perf_counter() - t0
+                    res.rounds.append(batch * n * r.steps_per_call / dt)
+            for name in names:
+                r, res = runners[name]
+                med = statistics.median(res.rounds)
+                res.samples_per_s, res.step_ms = med, 1e3 * batch / med
+                res.spread = (max(res.rounds) - min(res.rounds)) / med
+                if isinstance(r, _TorchRunner):
+                    res.note = (res.note + f" threads={r.threads}").strip()
+            del runners
+    return results
+
+
+def _steps_for(runner, min_time) -> int:
+    """Calls that fill about ``min_time`` seconds, judged from one timed call (at least 2)."""
+    t0 = time.perf_counter()
+    runner.run(1)
+    dt = max(time.perf_counter() - t0, 1e-6)
+    return max(2, int(min_time / dt))
+
+
+# --- reporting ------------------------------------------------------------------------------------
+
+def environment(cfg: BenchConfig) -> dict:
+    """Device, versions, thread counts, date and command line: what the numbers depend on."""
+    import flax
+    import jax
+    import torch
+    dev = jax.devices("gpu" if cfg.device == "gpu" else "cpu")[0]
+    env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+        "device": cfg.device,
+        "jax_device": dev.device_kind,
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "jax": jax.__version__, "flax": flax.__version__, "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+    if cfg.device == "gpu" and torch.cuda.is_available():
+        env["torch_device"] = torch.cuda.get_device_name()
+    return env
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def ratios(results: list[Result], versus: str = "torch:eager") -> dict:
+    """``{(impl, precision, batch): samples/s / samples/s of versus}`` where both were measured."""
+    base = {(r.precision, r.batch): r.samples_per_s for r in results if r.impl == versus and r.samples_per_s}
+    return {(r.impl, r.precision, r.batch): r.samples_per_s / base[(r.precision, r.batch)]
+            for r in results if r.samples_per_s and (r.precision, r.batch) in base}
+
+
+def table(results: list[Result], cfg: BenchConfig) -> str:
+    """A fixed-width table: one row per result, ratio to torch eager, and the compute-bound fraction."""
+    rat = ratios(results)
+    header = ["impl", "prec", "N", "samples/s", "step ms", "x torch eager", "compile s", "peak MB", "note"]
+    rows = []
+    for r in results:
+        ratio = rat.get((r.impl, r.precision, r.batch))
+        rows.append([r.impl, r.precision, str(r.batch),
+                     f"{r.samples_per_s:,.0f}" if r.samples_per_s else "-",
+                     f"{r.step_ms:.3f}" if r.step_ms else "-",
+                     f"{ratio:.2f}" if ratio else "-",
+                     f"{r.compile_s:.2f}" if r.compile_s is not None else "-",
+                     f"{r.peak_mb:.1f}" if r.peak_mb is not None else "-",
+                     (r.note + (f" spread={r.spread:.0%}" if r.spread is not None else "")).strip()])
+    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
+    fmt = lambda row: "  ".join(c.rjust(w) if 2 <= i <= 7 else c.ljust(w)  # noqa: E731
+                                for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+    flops = FLOPS_PER_SAMPLE.get(cfg.kernel_size)
+    foot = (f"training FLOPs per sample ~{flops / 1e6:.2f} M; spread = (max - min) / median over "
+            f"{cfg.rounds} interleaved rounds")
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows] + [foot])
+
+
+def to_json(results: list[Result], cfg: BenchConfig, env: dict) -> dict:
+    """The whole run as a JSON-ready dict: config, environment, results."""
+    return {"config": dataclasses.asdict(cfg), "environment": env,
+            "results": [dataclasses.asdict(r) for r in results]}
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename: never half-written."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)                 # mkstemp makes it 0600; give it a normal file's mode
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def plot(results: list[Result], env: dict, path: str) -> None:
+    """PNG of throughput against batch size, both frameworks, log-log axes."""
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    series = {}
+    for r in results:
+        if r.samples_per_s:
+            series.setdefault((r.impl, r.precision), []).append((r.batch, r.samples_per_s))
+    for (impl, prec), pts in sorted(series.items()):
+        pts.sort()
+        style = "-" if impl.startswith("flax") else "--"
+        marker = "o" if impl.startswith("flax") else "s"
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker=marker, label=f"{impl} [{prec}]")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size N")
+    ax.set_ylabel("training samples / s")
+    ax.set_title(f"Net train step, {env.get('torch_device') or env.get('jax_device')} "
+                 f"(jax {env['jax']}, torch {env['torch']})", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
+
+
+def summary(results: list[Result], cfg: BenchConfig) -> list[str]:
+    """Headline lines: flax train_step vs torch eager, and the best flax vs the best torch."""
+    lines = []
+    rat = ratios(results)
+    for prec in _precisions(cfg):
+        for n in cfg.batches:
+            ts = rat.get(("flax:train_step", prec, n))
+            best = lambda fw: max((r for r in results if r.impl.startswith(fw) and r.precision == prec  # noqa: E731
+                                   and r.batch == n and r.samples_per_s), default=None,
+                                  key=lambda r: r.samples_per_s)
+            bf, bt = best("flax"), best("torch")
+            if ts is None or bf is None or bt is None:
+                continue
+            frac = ""
+            flops = FLOPS_PER_SAMPLE.get(cfg.kernel_size)
+            if flops:
+                frac = f"; best flax = {bf.samples_per_s * flops / 1e9:.1f} GFLOP/s"
+            lines.append(f"N={n} [{prec}]: flax train_step {ts:.2f}x torch eager; best flax {bf.impl} "
+                         f"{bf.samples_per_s / bt.samples_per_s:.2f}x best torch {bt.impl}{frac}")
+    return lines

@@ -1,0 +1,95 @@
+"""``flax-lenet bench``: train-step throughput of Flax and torch side by side; table, JSON, PNG."""
+
+import json
+import os
+
+from flax_lenet.cli import UsageError
+
+
+def _int_list(text):
+    import argparse
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, found {text!r}")
+    return values
+
+
+def add_arguments(p):
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="where both frameworks run (default: cpu)")
+    p.add_argument("--batch", type=_int_list, default=None,
+                   help="comma-separated batch sizes (default: 1,4,...,1024 on cpu; up to 65536 on gpu)")
+    p.add_argument("--impl", default="all",
+                   help="comma-separated implementations, e.g. torch:eager,flax:train_step (default: all)")
+    p.add_argument("--precision", choices=("default", "highest", "both"), default=None,
+                   help="default: each framework's own (TF32 on GPUs); highest: TF32 off in both "
+                        "(default: both on gpu, default on cpu)")
+    p.add_argument("--kernel-size", type=int, choices=(3, 5), default=3, help="default: 3")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is reported (default: 5)")
+    p.add_argument("--min-time", type=float, default=0.2, help="seconds per implementation per round (default: 0.2)")
+    p.add_argument("--scan-steps", type=int, default=10, help="K of the lax.scan implementation (default: 10)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    p.add_argument("--png", metavar="PATH", help="also write a throughput-vs-batch plot to PATH")
+
+
+def _config(args):
+    from flax_lenet import bench
+    if args.rounds < 1 or args.min_time <= 0 or args.scan_steps < 1:
+        raise UsageError(f"--rounds and --scan-steps must be >= 1 and --min-time > 0, found "
+                         f"{args.rounds}, {args.scan_steps}, {args.min_time}")
+    impls = bench.IMPLS if args.impl == "all" else tuple(i.strip() for i in args.impl.split(","))
+    unknown = [i for i in impls if i not in bench.IMPLS]
+    if unknown:
+        raise UsageError(f"--impl: expected some of {', '.join(bench.IMPLS)}, found {', '.join(unknown)}")
+    precision = args.precision or ("both" if args.device == "gpu" else "default")
+    precisions = bench.PRECISIONS if precision == "both" else (precision,)
+    batches = args.batch or (bench.GPU_BATCHES if args.device == "gpu" else bench.CPU_BATCHES)
+    return bench.BenchConfig(device=args.device, batches=batches, impls=impls, precisions=precisions,
+                             kernel_size=args.kernel_size, rounds=args.rounds, min_time=args.min_time,
+                             scan_steps=args.scan_steps)
+
+
+def _check_writable(path):
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UsageError(f"cannot write {path}: expected an existing directory, found none at {directory}")
+
+
+def main(args) -> int:
+    cfg = _config(args)
+    for path in (args.json, args.png):
+        if path:
+            _check_writable(path)
+    if args.png:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("--png: expected matplotlib to be installed, found none "
+                             "(pip install matplotlib)") from None
+    if cfg.device == "gpu":
+        # JAX would otherwise take 75% of the GPU's memory at start-up and starve torch
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        import jax
+        import torch
+        if not torch.cuda.is_available() or not any(d.platform == "gpu" for d in jax.devices()):
+            raise UsageError("--device gpu: expected a CUDA device visible to both torch and jax, found none")
+    from flax_lenet import bench
+    env = bench.environment(cfg)
+    print(f"flax-lenet bench: {env['device']} ({env.get('torch_device') or env['jax_device']}, {env['cpu']}, "
+          f"{env['cpu_count']} cores, torch threads {env['torch_threads']}); jax {env['jax']}, "
+          f"flax {env['flax']}, torch {env['torch']}; {env['date']}", flush=True)
+    if cfg.device == "cpu" and any(p == "highest" for p in cfg.precisions):
+        print("note: on a CPU 'highest' and 'default' are the same computation; measuring 'default' only")
+    results = bench.run(cfg, log=lambda s: print(s, flush=True))
+    print(bench.table(results, cfg))
+    for line in bench.summary(results, cfg):
+        print(line)
+    if args.json:
+        bench.write_atomic(args.json, (json.dumps(bench.to_json(results, cfg, env), indent=2) + "\n").encode())
+        print(f"wrote {args.json}")
+    if args.png:
+        bench.plot(results, env, args.png)
+        print(f"wrote {args.png}")
+    return 0

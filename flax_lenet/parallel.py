@@ -1,0 +1,77 @@
+"""The same train step, data-parallel over every local device: a ``Mesh`` over the batch axis.
+
+Nothing about the step changes. ``jax.jit`` follows the shardings of its inputs: put the
+parameters (and optimizer state) on every device, split the batch along ``N``, and the compiled
+step computes each device's share of the forward and backward pass and sums the gradients
+across devices (an all-reduce that XLA inserts) before the update, so every replica applies
+the same update. torch's equivalent is ``DistributedDataParallel``.
+
+    mesh = batch_mesh()                         # all local devices, one axis named 'batch'
+    replicate((model, optimizer), mesh)         # parameters and optimizer state on every device
+    x, y = shard_batch(x, mesh), shard_batch(y, mesh)
+    loss = flax_lenet.train_step(model, optimizer, x, y)   # unchanged, now data-parallel
+
+The batch size must be a multiple of the number of devices.
+
+Several hosts (multi-host / multi-process): call ``jax.distributed.initialize()`` first in
+every process (on a cluster it reads the coordinator, process count and id from the
+environment -- SLURM, Open MPI, Kubernetes, TPU pods -- otherwise pass
+``coordinator_address='host0:1234', num_processes=P, process_id=i``). ``jax.devices()`` then
+lists the devices of all hosts, so ``batch_mesh()`` spans them; each process loads only its own
+slice of the global batch and assembles the global array with
+``jax.make_array_from_process_local_data(NamedSharding(mesh, P('batch')), local_x)``
+(``shard_batch(..., local=True)``). Every process runs the same program; parameters stay
+replicated, so any process can save them (``jax.process_index() == 0`` by convention).
+"""
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+BATCH_AXIS = "batch"
+
+
+def batch_mesh(devices=None) -> Mesh:
+    """A one-axis ``Mesh`` named ``'batch'`` over ``devices`` (default: all of ``jax.devices()``)."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.array(devices), (BATCH_AXIS,))
+
+
+def replicate(tree, mesh: Mesh):
+    """Put every array (and NNX Variable) of ``tree`` on every device of ``mesh``; NNX objects in place.
+
+    Args:
+      tree: an NNX module / optimizer, a tuple of them, or a pytree of arrays.
+      mesh: the mesh from ``batch_mesh``.
+
+    Returns:
+      ``tree`` with replicated arrays (NNX objects are also updated in place).
+    """
+    sharding = NamedSharding(mesh, PartitionSpec())
+    nodes = tree if isinstance(tree, tuple) else (tree,)
+    if nodes and all(isinstance(t, nnx.Pytree) for t in nodes):   # nnx.Module, nnx.Optimizer
+        for node in nodes:
+            nnx.update(node, jax.device_put(nnx.state(node), sharding))
+        return tree
+    return jax.device_put(tree, sharding)
+
+
+def shard_batch(x, mesh: Mesh, *, local: bool = False):
+    """Split ``x`` along its first axis over the ``'batch'`` axis of ``mesh``.
+
+    Args:
+      x: the global batch (or, with ``local=True``, this process's slice of it).
+      mesh: the mesh from ``batch_mesh``.
+      local: multi-host: ``x`` is this process's rows; the global array is assembled from all.
+
+    Returns:
+      A global ``jax.Array`` sharded over devices along ``N``.
+    """
+    n_dev = mesh.shape[BATCH_AXIS]
+    sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
+    if local:
+        return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+    if x.shape[0] % n_dev:
+        raise ValueError(f"expected a batch size that is a multiple of the {n_dev} devices, found {x.shape[0]}")
+    return jax.device_put(x, sharding)
