@@ -7,6 +7,7 @@ travel through numpy; no RNG stream is shared between the frameworks.
 """
 
 import contextlib
+import functools
 from dataclasses import asdict, dataclass
 
 import jax
@@ -117,36 +118,48 @@ def _jnp_tree(params, dtype):
     return jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
 
 
+@nnx.jit
+def _nnx_forward_and_grads(model, x, y):
+    """``model(x)``, the loss and its gradient, compiled as a user would run them."""
+    loss, grads = nnx.value_and_grad(train.loss_fn)(model, x, y)
+    return model(x), loss, grads
+
+
+@functools.lru_cache(maxsize=None)
+def _linen_apply(kernel_size: int, dtype):
+    net = linen.Net(kernel_size, param_dtype=dtype)
+    return lambda q, xb: net.apply({"params": q}, xb)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _pure_run(apply, p, x, y, lr):
+    """Logits, loss, gradients and both updates for a flavour given as ``apply(params, x)``."""
+    logits = apply(p, x)
+    loss, grads = jax.value_and_grad(lambda q: functional.mse_loss(apply(q, x), y))(p)
+    tx = optax.sgd(lr)
+    updates, _ = tx.update(grads, tx.init(p), p)
+    return logits, loss, grads, train.sgd_update(p, grads, lr), optax.apply_updates(p, updates)
+
+
 def flax_run(flavour: str, params: dict, x_nhwc: np.ndarray, target: np.ndarray, lr: float) -> dict:
     """The tutorial in one Flax flavour from the converted ``params``; results in torch layout."""
     dtype = jnp.dtype(x_nhwc.dtype)
     x, y = jnp.asarray(x_nhwc, dtype), jnp.asarray(target, dtype)
     p = _jnp_tree(params, dtype)
     k = convert.kernel_size_of(params)
-    tx = optax.sgd(lr)
     if flavour == "nnx":
         # eval_shape: no random init to compile and run, the weights come from torch anyway
         model = nnx.eval_shape(lambda: Net(k, param_dtype=dtype, rngs=nnx.Rngs(0)))
         nnx.update(model, p)
-        logits = model(x)
-        loss, grads = nnx.value_and_grad(train.loss_fn)(model, x, y)
+        logits, loss, grads = _nnx_forward_and_grads(model, x, y)
         grads = nnx.to_pure_dict(grads)
         manual = train.sgd_update(nnx.to_pure_dict(nnx.state(model, nnx.Param)), grads, lr)
-        optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-        train.train_step(model, optimizer, x, y)
+        optimizer = nnx.Optimizer(model, optax.sgd(lr), wrt=nnx.Param)
+        train.train_step(model, optimizer, x, y)        # the public step, as users call it
         stepped = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     elif flavour in ("linen", "functional"):
-        if flavour == "linen":
-            net = linen.Net(k, param_dtype=dtype)
-            apply = lambda q, xb: net.apply({"params": q}, xb)  # noqa: E731
-        else:
-            apply = functional.forward
-        loss_of = lambda q: functional.mse_loss(apply(q, x), y)  # noqa: E731
-        logits = apply(p, x)
-        loss, grads = jax.value_and_grad(loss_of)(p)
-        manual = train.sgd_update(p, grads, lr)
-        updates, _ = tx.update(grads, tx.init(p), p)
-        stepped = optax.apply_updates(p, updates)
+        apply = _linen_apply(k, dtype) if flavour == "linen" else functional.forward
+        logits, loss, grads, manual, stepped = _pure_run(apply, p, x, y, lr)
     else:
         raise ValueError(f"flavour must be one of {FLAVOURS}, found {flavour!r}")
     return {"logits": np.asarray(logits), "loss": np.asarray(loss),

@@ -39,21 +39,31 @@ class IndependentNet(nn.Module):
 
 def _flax_loss_and_grads(flavour, params, x, y, kernel_size):
     dtype = x.dtype
+    params = jax.tree.map(jnp.asarray, params)
     if flavour == "nnx":
-        model = flax_lenet.Net(kernel_size, param_dtype=dtype, rngs=nnx.Rngs(1))
-        nnx.update(model, jax.tree.map(jnp.asarray, params))
-        def loss(m):
-            out = m(x)
-            return jnp.mean((out - y) ** 2), out
-        (l, out), g = nnx.value_and_grad(loss, has_aux=True)(model)
+        model = nnx.eval_shape(lambda: flax_lenet.Net(kernel_size, param_dtype=dtype, rngs=nnx.Rngs(1)))
+        nnx.update(model, params)
+
+        @nnx.jit
+        def run(m):
+            def loss(m):
+                out = m(x)
+                return jnp.mean((out - y) ** 2), out
+            (l, out), g = nnx.value_and_grad(loss, has_aux=True)(m)
+            return out, l, g
+        out, l, g = run(model)
         return out, l, nnx.to_pure_dict(g)
     apply = functional.forward if flavour == "functional" else (
         lambda p, xb: linen.Net(kernel_size, param_dtype=dtype).apply({"params": p}, xb))
-    def loss(p):
-        out = apply(p, x)
-        return jnp.mean((out - y) ** 2), out
-    (l, out), g = jax.value_and_grad(loss, has_aux=True)(jax.tree.map(jnp.asarray, params))
-    return out, l, g
+
+    @jax.jit
+    def run(p):
+        def loss(p):
+            out = apply(p, x)
+            return jnp.mean((out - y) ** 2), out
+        (l, out), g = jax.value_and_grad(loss, has_aux=True)(p)
+        return out, l, g
+    return run(params)
 
 
 def _rel(a, b):

@@ -88,7 +88,7 @@ def test_train_step_returns_torch_loss_and_updates_like_sgd(torch_results):
 
     import flax_lenet
     state, x, target, ref = torch_results(3, "float64", 5)
-    model = flax_lenet.Net(3, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+    model = nnx.eval_shape(lambda: flax_lenet.Net(3, param_dtype=jnp.float64, rngs=nnx.Rngs(0)))
     nnx.update(model, parity.convert.torch_to_flax(state))
     optimizer = nnx.Optimizer(model, optax.sgd(LR), wrt=nnx.Param)
     loss = flax_lenet.train_step(model, optimizer, jnp.asarray(parity.nchw_to_nhwc(x)), jnp.asarray(target))
