@@ -1,5 +1,3 @@
-import sys
+from flax_lenet.cli import run
 
-from flax_lenet.cli import main
-
-sys.exit(main())
+run()

@@ -61,5 +61,21 @@ def main(argv=None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The console entry point: ``main`` with JAX's persistent compilation cache switched on.
+
+    A second ``flax-lenet`` process loads its compiled steps instead of compiling them again
+    (``docs/benchmarks.md``, start-up). ``FLAX_LENET_CACHE=0`` switches it off; a cache
+    directory that cannot be used only costs the speed-up.
+    """
+    if os.environ.get("FLAX_LENET_CACHE", "1") != "0":
+        from flax_lenet import cache
+        try:
+            cache.enable()
+        except OSError:
+            pass
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
