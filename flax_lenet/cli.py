@@ -24,6 +24,17 @@ class UsageError(Exception):
     """Bad usage or bad input: reported as one line, exit code 2."""
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1, else a one-line usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line instead of usage + error
         self.exit(2, f"{self.prog}: error: {message}\n")

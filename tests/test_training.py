@@ -13,14 +13,7 @@ TINY = dict(epochs=2, batch_size=16, max_steps_per_epoch=4, lr_decay_at=0.5, shi
 TINY_STEPS = 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """As ``flax-lenet train`` does: a batch of 16 is too small to share, and spinning threads
-    slow everything down on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -36,13 +36,7 @@ RUNS = {
 FLAX_NAMES = {"SGD": "sgd", "Adam": "adam", "AdamW": "adamw"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """torch's intra-op threads fight XLA's on a small CPU: one is faster for a batch of 4."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # see conftest.py
 
 
 # --- the independent torch side --------------------------------------------------------------

@@ -7,20 +7,9 @@ over the run and the step where it happened.
 
 import json
 
-from flax_lenet.cli import UsageError
+from flax_lenet.cli import UsageError, positive_int
 
 FLAVOURS = ("nnx", "linen", "functional")
-
-
-def _positive(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        import argparse
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}")
-    return value
 
 
 def add_arguments(p):
@@ -28,7 +17,7 @@ def add_arguments(p):
                    help="float64 is the truth tier (default: float32)")
     p.add_argument("--kernel-size", type=int, choices=(3, 5), default=3,
                    help="3: the seed's revision; 5: today's tutorial (default: 3)")
-    p.add_argument("--batch", type=_positive, default=1, help="batch size N (default: 1, as the tutorial)")
+    p.add_argument("--batch", type=positive_int, default=1, help="batch size N (default: 1, as the tutorial)")
     p.add_argument("--seed", type=int, default=0, help="seed for the weights and data (default: 0)")
     p.add_argument("--lr", type=float, default=0.01, help="learning rate of the update (default: 0.01)")
     p.add_argument("--flavour", choices=FLAVOURS + ("all",), default="all", help="default: all")
@@ -38,7 +27,7 @@ def add_arguments(p):
                    help="deliberately break the conversion (fc1 flatten order, or a conv kernel reshaped "
                         "instead of transposed) to see the comparison fail")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
-    p.add_argument("--steps", type=_positive, default=None,
+    p.add_argument("--steps", type=positive_int, default=None,
                    help="train N steps in both frameworks (functional flavour) and report, per quantity, the "
                         "largest difference over the run and the step where it happened")
     p.add_argument("--optimizer", choices=("sgd", "momentum", "nesterov", "adam", "adamw"), default=None,

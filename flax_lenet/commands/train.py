@@ -9,23 +9,13 @@ import argparse
 import json
 import sys
 
-from flax_lenet.cli import UsageError
+from flax_lenet.cli import UsageError, positive_int
 
 
 # A batch of 32 through this Net is too little work to share between threads, and torch's
 # OpenMP threads spin while waiting: on 2 shared cores a step took 35-145 ms with 2 threads
 # and 6-13 ms with 1 (issue 5's report). The Flax side keeps XLA's own thread pool.
 TORCH_THREADS = 1
-
-
-def _positive(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}")
-    return value
 
 
 def add_arguments(p):
@@ -37,8 +27,8 @@ def add_arguments(p):
     p.add_argument("--data-dir", help="folder with train-images-idx3-ubyte[.gz] etc. (for --data mnist)")
     p.add_argument("--loss", choices=("ce", "mse"), default=d.loss,
                    help="ce: cross-entropy; mse: the tutorial's MSELoss on one-hot targets (default: ce)")
-    p.add_argument("--epochs", type=_positive, default=d.epochs, help=f"default: {d.epochs}")
-    p.add_argument("--batch-size", type=_positive, default=d.batch_size, help=f"default: {d.batch_size}")
+    p.add_argument("--epochs", type=positive_int, default=d.epochs, help=f"default: {d.epochs}")
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help=f"default: {d.batch_size}")
     p.add_argument("--lr", type=float, default=d.lr, help=f"SGD learning rate (default: {d.lr})")
     p.add_argument("--momentum", type=float, default=d.momentum, help=f"default: {d.momentum}")
     p.add_argument("--lr-decay-at", type=float, default=d.lr_decay_at,
@@ -51,8 +41,8 @@ def add_arguments(p):
     p.add_argument("--flax-loop", choices=FLAX_LOOPS, default=d.flax_loop,
                    help="scan: one compiled call per epoch; python: one per batch; auto: the faster "
                         "for the backend (default: auto)")
-    p.add_argument("--max-steps", type=_positive, help="at most this many batches per epoch (smoke runs)")
-    p.add_argument("--torch-threads", type=_positive, default=TORCH_THREADS,
+    p.add_argument("--max-steps", type=positive_int, help="at most this many batches per epoch (smoke runs)")
+    p.add_argument("--torch-threads", type=positive_int, default=TORCH_THREADS,
                    help=f"torch.set_num_threads (default: {TORCH_THREADS}; see TORCH_THREADS)")
     p.add_argument("--out", help="directory for metrics.json, curves.png and the checkpoints")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
