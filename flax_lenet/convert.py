@@ -185,3 +185,23 @@ def flax_to_torch(params: Any) -> dict[str, np.ndarray]:
 def kernel_size_of(params: Any) -> int:
     """The kernel size (3 or 5) of a Flax parameter tree."""
     return _infer_kernel_size({k: a.shape for k, a in flatten_flax(params).items()}, "conv1/kernel", 0, "")
+
+
+def to_nnx(params: Any):
+    """A new NNX ``Net`` holding ``params`` (kernel size and dtype read off the arrays).
+
+    The Net is built abstractly (``nnx.eval_shape``): no random initialiser is compiled or run,
+    which on CPU costs seconds, since every weight is replaced anyway. ``params`` may be the
+    Flax tree or its Linen/``nnx.State`` forms, as ``flax_to_torch`` takes.
+    """
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from flax_lenet.model import Net
+    tree = _flax_tree(params)
+    kernel_size = kernel_size_of(tree)
+    dtype = jnp.asarray(tree["conv1"]["kernel"]).dtype
+    model = nnx.eval_shape(lambda: Net(kernel_size, param_dtype=dtype, rngs=nnx.Rngs(0)))
+    nnx.update(model, jax.tree.map(jnp.asarray, dict(tree)))
+    return model

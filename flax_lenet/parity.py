@@ -17,7 +17,6 @@ import optax
 from flax import nnx
 
 from flax_lenet import convert, functional, linen, train
-from flax_lenet.model import Net
 from flax_lenet.tolerances import EXACT, Tolerance, tolerance
 
 FLAVOURS = ("nnx", "linen", "functional")
@@ -148,9 +147,7 @@ def flax_run(flavour: str, params: dict, x_nhwc: np.ndarray, target: np.ndarray,
     p = _jnp_tree(params, dtype)
     k = convert.kernel_size_of(params)
     if flavour == "nnx":
-        # eval_shape: no random init to compile and run, the weights come from torch anyway
-        model = nnx.eval_shape(lambda: Net(k, param_dtype=dtype, rngs=nnx.Rngs(0)))
-        nnx.update(model, p)
+        model = convert.to_nnx(p)
         logits, loss, grads = _nnx_forward_and_grads(model, x, y)
         grads = nnx.to_pure_dict(grads)
         manual = train.sgd_update(nnx.to_pure_dict(nnx.state(model, nnx.Param)), grads, lr)

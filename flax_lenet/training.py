@@ -27,7 +27,6 @@ from flax import nnx
 from flax_lenet import convert
 from flax_lenet._checks import check_finite, check_images, check_labels
 from flax_lenet.data import NUM_CLASSES, Dataset, random_shifts
-from flax_lenet.model import Net
 from flax_lenet.tolerances import ACCURACY_POINTS
 
 LOSSES = ("ce", "mse")
@@ -193,11 +192,7 @@ def flax_net(params: dict):
     ``nnx.eval_shape`` builds the Net abstractly (no initialiser runs: compiling the random
     initialisers costs seconds on CPU) and the weights are then filled in.
     """
-    k = convert.kernel_size_of(params)
-    dtype = np.asarray(params["conv1"]["kernel"]).dtype
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Net(k, param_dtype=dtype, rngs=nnx.Rngs(0))))
-    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
-    return graphdef, state
+    return nnx.split(convert.to_nnx(params))
 
 
 def make_flax_step(graphdef, tx, loss: str):

@@ -1,6 +1,5 @@
 """Shared test helpers: one way to draw weights and data, one way to compare."""
 
-import numpy as np
 import torch
 
 from flax_lenet import parity

@@ -17,7 +17,6 @@ from flax import nnx
 from jax import lax
 
 from flax_lenet import convert, functional, train
-from flax_lenet.model import Net
 from flax_lenet.parity import nchw_to_nhwc, tutorial_data
 from flax_lenet.sidebyside import examples
 from flax_lenet.tolerances import FLOAT64
@@ -40,13 +39,6 @@ def agree(outputs: dict, expected) -> None:
     """Every entry of ``outputs`` equals ``expected`` within the float64 tier."""
     for how, value in outputs.items():
         assert_close(value, expected, FLOAT64, how)
-
-
-def nnx_net(params, kernel_size=3):
-    """An NNX ``Net`` holding ``params`` (float64); ``eval_shape`` skips the slow eager random init."""
-    model = nnx.eval_shape(lambda: Net(kernel_size, param_dtype=jnp.float64, rngs=nnx.Rngs(0)))
-    nnx.update(model, jax.tree.map(jnp.asarray, params))
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +155,7 @@ def tutorial():
 
 
 def nnx_copy(net):
-    return nnx_net(convert.torch_to_flax(state_numpy(net)))
+    return convert.to_nnx(convert.torch_to_flax(state_numpy(net)))
 
 
 def torch_grads(grads):

@@ -17,7 +17,6 @@ from flax import nnx
 from flax_lenet import convert, functional, linen
 from flax_lenet.hooks import (linen_hooks, linen_output_grads, nnx_hooks, nnx_output_grads,
                               torch_hooks, torch_output_grads)
-from flax_lenet.model import Net
 from flax_lenet.parity import nchw_to_nhwc, tutorial_data
 from flax_lenet.tolerances import FLOAT64
 from tests.helpers import assert_close, state_numpy, torch_net
@@ -26,19 +25,12 @@ BATCH = 2
 LAYERS = ("conv1", "conv2", "fc1", "fc2", "fc3")
 
 
-def nnx_net(params, kernel_size=3):
-    """An NNX ``Net`` holding ``params`` (float64); ``eval_shape`` skips the slow eager random init."""
-    model = nnx.eval_shape(lambda: Net(kernel_size, param_dtype=jnp.float64, rngs=nnx.Rngs(0)))
-    nnx.update(model, jax.tree.map(jnp.asarray, params))
-    return model
-
-
 @pytest.fixture(scope="module")
 def setup():
     """One torch Net (float64), its weights in Flax layout, an NNX model, and data."""
     net = torch_net(3, "float64")
     params = jax.tree.map(jnp.asarray, convert.torch_to_flax(state_numpy(net)))
-    model = nnx_net(params)
+    model = convert.to_nnx(params)
     x, target = tutorial_data(BATCH, 0, "float64")
     return {"net": net, "params": params, "model": model, "x_t": torch.from_numpy(x),
             "y_t": torch.from_numpy(target), "x": jnp.asarray(nchw_to_nhwc(x)), "y": jnp.asarray(target)}

@@ -1,6 +1,5 @@
 """torch.nn takes mini-batches only (``input.unsqueeze(0)``); what each Flax flavour does with one image."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +8,6 @@ import torch
 from flax import nnx
 
 from flax_lenet import convert, functional, linen
-from flax_lenet.model import Net
 from flax_lenet.parity import nchw_to_nhwc, tutorial_data
 from flax_lenet.sidebyside import examples
 from flax_lenet.tolerances import FLOAT64
@@ -19,18 +17,11 @@ SEED_FLAT_FEATURES = 576                 # 16 * 6 * 6, fc1's input for 3x3 kerne
 UNBATCHED_FLAT_FEATURES = 96             # (6, 6, 16).reshape(6, -1): the "batch" is the height
 
 
-def nnx_net(params, kernel_size=3):
-    """An NNX ``Net`` holding ``params`` (float64); ``eval_shape`` skips the slow eager random init."""
-    model = nnx.eval_shape(lambda: Net(kernel_size, param_dtype=jnp.float64, rngs=nnx.Rngs(0)))
-    nnx.update(model, jax.tree.map(jnp.asarray, params))
-    return model
-
-
 @pytest.fixture(scope="module")
 def setup():
     net = torch_net(3, "float64")
     params = jax.tree.map(jnp.asarray, convert.torch_to_flax(state_numpy(net)))
-    model = nnx_net(params)
+    model = convert.to_nnx(params)
     x, _ = tutorial_data(1, 0, "float64")
     return {"net": net, "params": params, "model": model,
             "image_t": torch.from_numpy(x[0]), "image": jnp.asarray(nchw_to_nhwc(x)[0])}

@@ -5,7 +5,7 @@
 Input: a mini-batch ``(N, 1, 32, 32)`` in NCHW layout.
 """
 
-import torch
+import torch  # noqa: F401  (the tutorial imports it)
 import torch.nn as nn
 import torch.nn.functional as F
 

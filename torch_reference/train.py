@@ -4,7 +4,6 @@
 2. The ``torch.optim`` way: ``zero_grad()``, forward, loss, ``backward()``, ``step()``.
 """
 
-import torch
 import torch.nn as nn
 
 

@@ -5,7 +5,6 @@ checkpoint (``flax.orbax``, Flax layout) and the torch-trained weights as ``torc
 (torch layout). Library: ``flax_lenet.training``; this file only parses, calls and prints.
 """
 
-import argparse
 import json
 import sys
 
