@@ -88,3 +88,18 @@ def test_vmap_over_single_images_equals_the_batch(setup):
     batch = jnp.asarray(nchw_to_nhwc(x))
     per_image = jax.vmap(lambda img: functional.forward(setup["params"], img[None])[0])(batch)
     assert_close(per_image, np.asarray(functional.forward(setup["params"], batch)), FLOAT64, "vmap")
+
+
+@pytest.mark.parametrize("shape, dtype, message", [
+    ((2, 1, 32, 32), jnp.float64, r"NCHW.*transpose\(0, 2, 3, 1\)"),
+    ((2, 28, 28, 1), jnp.float64, r"28x28.*padded"),
+    ((2, 32, 32, 3), jnp.float64, r"3 channels"),
+    ((2, 32, 32), jnp.float64, r"rank 3"),
+    ((2, 32, 32, 1), jnp.int32, r"dtype int32"),
+], ids=["NCHW", "28x28", "channels", "rank", "int dtype"])
+@pytest.mark.parametrize("flavour", ["nnx", "linen", "linen-init", "functional"])
+def test_every_flavour_refuses_a_wrong_batch_with_one_line(setup, flavour, shape, dtype, message):
+    calls = {**flavours(setup), "linen-init": lambda x: linen.Net(3).init(jax.random.key(0), x)}
+    with pytest.raises(ValueError, match=message) as info:
+        calls[flavour](jnp.zeros(shape, dtype))
+    assert "\n" not in str(info.value)
