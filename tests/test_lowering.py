@@ -76,10 +76,48 @@ def test_accelerators_keep_the_library_convolution(platform):
     assert "stablehlo.convolution" in mlir
 
 
-def test_multichannel_conv_falls_through_to_lax():
+def test_multichannel_conv_forward_is_the_library_op():
     x, k = _rand((BATCH, 15, 15, 6), "float32", 0), _rand((3, 3, 6, 16), "float32", 1)
     np.testing.assert_array_equal(_fast_conv(x, k), _library_conv(x, k))
     assert CONV_OP in jax.jit(_fast_conv).lower(x, k).compile().as_text()
+
+
+@pytest.mark.parametrize("kernel_size,dtype", [(3, "float32"), (5, "float64")])
+def test_matmul_gradients_of_conv2_match_lax_conv(kernel_size, dtype):
+    # conv2's input (pool1's output) and the gradient arriving at its output
+    side = (32 - kernel_size + 1) // 2
+    x = _rand((BATCH, side, side, 6), dtype, 0)
+    k = _rand((kernel_size, kernel_size, 6, 16), dtype, 1)
+    ct = _rand((BATCH, side - kernel_size + 1, side - kernel_size + 1, 16), dtype, 2)
+    got = jax.jit(lambda x, k: _value_and_grads(_fast_conv, x, k, ct))(x, k)
+    want = _value_and_grads(_library_conv, x, k, ct)
+    for name, g, w in zip(("output", "grad input", "grad kernel"), got, want):
+        assert_close(g, w, TOL[dtype], f"conv2 {name}")
+
+
+def test_conv2_gradient_checks_catch_misplaced_taps():
+    # right numbers in the wrong places: kernel-gradient offsets (a, b) read as (b, a), and
+    # the input gradient spread one pixel off
+    x, k = _rand((BATCH, 15, 15, 6), "float64", 0), _rand((3, 3, 6, 16), "float64", 1)
+    ct = _rand((BATCH, 13, 13, 16), "float64", 2)
+    gx, gk = jax.vjp(layers.conv_with_matmul_grads, x, k)[1](ct)
+    want_x, want_k = jax.vjp(_library_conv, x, k)[1](ct)
+    assert_close(gk, want_k, FLOAT64, "kernel gradient")
+    assert_close(gx, want_x, FLOAT64, "input gradient")
+    with pytest.raises(AssertionError):
+        assert_close(gk.transpose(1, 0, 2, 3), want_k, FLOAT64, "swapped offsets")
+    with pytest.raises(AssertionError):
+        assert_close(jnp.roll(gx, 1, axis=2), want_x, FLOAT64, "shifted input gradient")
+
+
+def test_cpu_gradient_of_conv2_has_no_convolution_but_the_forward():
+    # XLA's own gradients are two more convolutions; the matmul gradients replace both
+    x, k = jnp.ones((2, 15, 15, 6), jnp.float32), jnp.ones((3, 3, 6, 16), jnp.float32)
+
+    def grads(conv):
+        return jax.jit(jax.grad(lambda x, k: jnp.sum(conv(x, k) ** 2), argnums=(0, 1)))
+    assert grads(_fast_conv).lower(x, k).compile().as_text().count(CONV_OP) == 1
+    assert grads(_library_conv).lower(x, k).compile().as_text().count(CONV_OP) == 3
 
 
 @pytest.mark.parametrize("side", POOL_SIDES)
