@@ -1,10 +1,11 @@
-"""Where the CPU gap to torch is: conv2 (6 -> 16 channels, 3x3) forward and both gradients.
+"""conv2 (6 -> 16 channels, 3x3) forward and both gradients: XLA:CPU, flax_lenet.layers, torch.
 
     python benchmarks/conv2_cpu.py [--batch 256]
 
-Times XLA:CPU's ``conv_general_dilated`` forward, its input and kernel gradients, and a
-patches-matmul kernel gradient, against torch's ``F.conv2d`` forward + backward (both
-gradients) on the same numbers; median of 7 rounds of 20 calls.
+Times XLA:CPU's ``conv_general_dilated`` forward, its input and kernel gradients, a
+patches-matmul kernel gradient, and the matmul gradients ``flax_lenet.layers`` uses on CPU
+(``conv_with_matmul_grads``), against torch's ``F.conv2d`` forward + backward (both gradients)
+on the same numbers; median of 7 rounds of 20 calls.
 """
 
 import argparse
@@ -14,6 +15,8 @@ import jax
 import numpy as np
 import torch
 from jax import lax
+
+from flax_lenet import layers
 
 
 def _median_ms(fn, rounds=7, calls=20):
@@ -44,6 +47,7 @@ def main():
     grad_w = jax.jit(lambda g: jax.vjp(lambda k: conv(x, k), w)[1](g)[0])
     patches = lambda a: jax.numpy.concatenate(  # noqa: E731
         [a[:, i:i + 13, j:j + 13, :] for i in range(3) for j in range(3)], axis=-1)
+    matmul_grads = jax.jit(lambda g: jax.vjp(layers.conv_with_matmul_grads, x, w)[1](g))
     grad_w_mm = jax.jit(lambda a, g: (patches(a).reshape(-1, 54).T @ g.reshape(-1, 16)).reshape(3, 3, 6, 16))
 
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_()
@@ -58,6 +62,7 @@ def main():
         "xla grad input": _median_ms(lambda: grad_x(dy)),
         "xla grad kernel": _median_ms(lambda: grad_w(dy)),
         "xla grad kernel, patches @ dy": _median_ms(lambda: grad_w_mm(x, dy)),
+        "layers: both gradients as matmuls": _median_ms(lambda: matmul_grads(dy)[1]),
         "torch forward + backward": _median_ms(torch_step),
     }
     print(f"conv2 at N={n} (torch threads {torch.get_num_threads()}, jax {jax.__version__}, torch {torch.__version__})")
@@ -66,6 +71,9 @@ def main():
     xla_total = rows["xla forward"] + rows["xla grad input"] + rows["xla grad kernel"]
     print(f"  xla forward + both gradients     {xla_total:7.2f} ms = "
           f"{xla_total / rows['torch forward + backward']:.1f}x torch")
+    ours = rows["xla forward"] + rows["layers: both gradients as matmuls"]
+    print(f"  layers forward + both gradients  {ours:7.2f} ms = "
+          f"{ours / rows['torch forward + backward']:.1f}x torch")
 
 
 if __name__ == "__main__":

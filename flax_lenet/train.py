@@ -20,10 +20,7 @@ def loss_fn(model, x, target):
     return mse_loss(model(x), target)
 
 
-# graph=False: the Net is a tree (no shared Variables), so the per-call graph walk is skipped.
-# donate_argnums: the old weights' buffers are reused for the new ones, as torch updates in
-# place; an array taken from the model before the step is deleted by it (copy it to keep it).
-@nnx.jit(graph=False, donate_argnums=(0, 1))
+@nnx.jit(graph=False)  # the Net is a tree (no shared Variables): skips the per-call graph walk
 def train_step(model, optimizer, x, target):
     """One ``zero_grad(); loss = criterion(net(x), y); loss.backward(); optimizer.step()``.
 
