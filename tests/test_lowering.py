@@ -43,15 +43,19 @@ def _value_and_grads(conv, x, k, ct):
 
 
 @pytest.mark.parametrize("kernel_size,dtype", [(3, "float32"), (5, "float64")])
-def test_shifted_conv1_matches_lax_conv(kernel_size, dtype):
-    x = _rand((BATCH, 32, 32, 1), dtype, 0)
-    k = _rand((kernel_size, kernel_size, 1, 6), dtype, 1)
-    side = 32 - kernel_size + 1
-    ct = _rand((BATCH, side, side, 6), dtype, 2)
+@pytest.mark.parametrize("layer", ["conv1", "conv2"])
+def test_cpu_conv_and_its_gradients_match_lax_conv(layer, kernel_size, dtype):
+    # conv1: shifted multiply-adds; conv2: library forward, matmul gradients (on conv2's input,
+    # pool1's output, with the gradient that arrives at its output)
+    side, channels = (32, 1) if layer == "conv1" else ((32 - kernel_size + 1) // 2, 6)
+    out_channels, out_side = (6, 16)[layer == "conv2"], side - kernel_size + 1
+    x = _rand((BATCH, side, side, channels), dtype, 0)
+    k = _rand((kernel_size, kernel_size, channels, out_channels), dtype, 1)
+    ct = _rand((BATCH, out_side, out_side, out_channels), dtype, 2)
     got = jax.jit(lambda x, k: _value_and_grads(_fast_conv, x, k, ct))(x, k)
     want = _value_and_grads(_library_conv, x, k, ct)
     for name, g, w in zip(("output", "grad input", "grad kernel"), got, want):
-        assert_close(g, w, TOL[dtype], f"conv1 {name}")
+        assert_close(g, w, TOL[dtype], f"{layer} {name}")
 
 
 def test_conv_check_catches_a_flipped_kernel():
@@ -80,19 +84,6 @@ def test_multichannel_conv_forward_is_the_library_op():
     x, k = _rand((BATCH, 15, 15, 6), "float32", 0), _rand((3, 3, 6, 16), "float32", 1)
     np.testing.assert_array_equal(_fast_conv(x, k), _library_conv(x, k))
     assert CONV_OP in jax.jit(_fast_conv).lower(x, k).compile().as_text()
-
-
-@pytest.mark.parametrize("kernel_size,dtype", [(3, "float32"), (5, "float64")])
-def test_matmul_gradients_of_conv2_match_lax_conv(kernel_size, dtype):
-    # conv2's input (pool1's output) and the gradient arriving at its output
-    side = (32 - kernel_size + 1) // 2
-    x = _rand((BATCH, side, side, 6), dtype, 0)
-    k = _rand((kernel_size, kernel_size, 6, 16), dtype, 1)
-    ct = _rand((BATCH, side - kernel_size + 1, side - kernel_size + 1, 16), dtype, 2)
-    got = jax.jit(lambda x, k: _value_and_grads(_fast_conv, x, k, ct))(x, k)
-    want = _value_and_grads(_library_conv, x, k, ct)
-    for name, g, w in zip(("output", "grad input", "grad kernel"), got, want):
-        assert_close(g, w, TOL[dtype], f"conv2 {name}")
 
 
 def test_conv2_gradient_checks_catch_misplaced_taps():
