@@ -12,12 +12,18 @@ f.data.sub_(f.grad.data * learning_rate)      jax.tree.map(lambda p, g: p - lear
 import jax
 from flax import nnx
 
+from flax_lenet import fused
 from flax_lenet.functional import mse_loss
 
 
 def loss_fn(model, x, target):
     """``criterion(net(input), target)`` with ``criterion = nn.MSELoss()``."""
     return mse_loss(model(x), target)
+
+
+def _step_loss(model, x, target):
+    """``loss_fn``, with the Net's forward computed block-wise on CPU (``flax_lenet.fused``)."""
+    return mse_loss(fused.net_logits(model, x), target)
 
 
 @nnx.jit(graph=False)  # the Net is a tree (no shared Variables): skips the per-call graph walk
@@ -32,7 +38,8 @@ def train_step(model, optimizer, x, target):
     Returns:
       The loss before the update (torch: the ``loss`` that ``backward()`` was called on).
     """
-    loss, grads = nnx.value_and_grad(loss_fn)(model, x, target)
+    # = nnx.value_and_grad(loss_fn): on CPU the Net's forward is computed block-wise (flax_lenet.fused)
+    loss, grads = nnx.value_and_grad(_step_loss)(model, x, target)
     optimizer.update(model, grads)
     return loss
 

@@ -1,0 +1,209 @@
+"""The Net's forward for ``train_step`` on CPU: each conv -> relu -> max-pool block as one matmul.
+
+Layer by layer (``Net.__call__``), XLA:CPU spends most of a training step moving data: shifted
+copies of the input for each of the ``k * k`` kernel offsets, the pool's windows gathered
+back out of the conv's output, and the same again in the backward pass. This module computes
+the same function with the data laid out so that both convolutions become one dense matrix
+product each, and the pools become a max over a small axis of that product:
+
+* **Space to depth.** Cut the input into ``r x r`` blocks (``r = 4`` for ``conv1``, ``2`` for
+  ``conv2``). A block of conv outputs ``y[r*u : r*u + r, r*v : r*v + r]`` depends only on the
+  ``d x d`` input patch starting at ``(r*u, r*v)``, ``d = r + k - 1``. The patches of all
+  blocks, side by side, form a matrix ``P`` (one row per block, ``d * d * C`` columns), and
+  ``P @ W_big`` gives every output of every block at once; ``W_big`` holds the kernel's
+  weights at the offsets each output needs (zeros elsewhere) and is built from the kernel by
+  one gather (``block_kernel``), so its gradient flows back to the ``k x k`` kernel.
+* **Pool inside the block.** The output columns are ordered ``(e, f, di, dj, channel)``:
+  output ``(r*u + 2*e + di, r*v + 2*f + dj)``. The 2x2 pool window of pooled pixel
+  ``(r/2 * u + e, r/2 * v + f)`` is the ``(di, dj)`` axis of the same row, so the pool is a
+  max over that axis (``window_max``, gradient to the first maximum in row-major order, as
+  torch's ``max_pool2d`` and ``flax_lenet.layers.max_pool``).
+* **Blocks feed blocks.** ``conv1``'s pooled output comes out as 2x2 blocks of the pooled
+  map, which is exactly ``conv2``'s input cut into ``r = 2`` blocks: no transpose in between.
+  Rows and columns that the floor of ``max_pool`` drops are never computed.
+
+The matrices are small (for N=256: ``12544 x 36 @ 36 x 96`` and ``9216 x 96 @ 96 x 64`` with
+k=3), and XLA:CPU runs them, their gradients and the pool as a handful of large kernels. The
+result equals ``Net.__call__`` up to float rounding (``tests/test_fused.py``: float64 to 1e-12,
+gradients included, k = 3 and 5). ``train_step`` uses it only on CPU and only for a Net that is
+exactly ``flax_lenet.Net`` as built (``applies_to``); everything else, hooked layers included,
+runs ``model(x)``.
+"""
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax import lax
+
+from flax_lenet import layers
+from flax_lenet._checks import IMAGE_SHAPE
+from flax_lenet.model import Net
+
+_NET_CALL = Net.__call__  # replaced on the class (monkeypatched): model(x) is not the Net's any more
+
+# --- the pool: max over the window axis, gradient to the first maximum ----------------------
+
+
+def _window_max(y, axis):
+    return jnp.max(y, axis=axis)
+
+
+def _window_max_fwd(y, axis):
+    return jnp.max(y, axis=axis), (jnp.argmax(y, axis=axis), y.shape)
+
+
+def _window_max_bwd(axis, res, g):  # nondiff ``axis`` comes first
+    first, shape = res
+    hit = jnp.expand_dims(first, axis) == lax.broadcasted_iota(first.dtype, shape, axis)
+    return (jnp.where(hit, jnp.expand_dims(g, axis), jnp.zeros((), g.dtype)),)
+
+
+window_max = jax.custom_vjp(_window_max, nondiff_argnums=(1,))
+window_max.defvjp(_window_max_fwd, _window_max_bwd)
+window_max.__doc__ = "Max over ``axis``; the gradient goes to the first maximum along it (torch's rule)."
+
+
+# --- space to depth -----------------------------------------------------------------------
+
+
+def _patch_offsets(d, r, channels):
+    """(row, col, channel) of each column of ``patches``, in the order ``patches`` makes them."""
+    cols = []
+    for s, t in itertools.product(range(math.ceil(d / r)), repeat=2):
+        rows_s, cols_t = min(r, d - r * s), min(r, d - r * t)
+        for ry, rx, c in itertools.product(range(rows_s), range(cols_t), range(channels)):
+            cols.append((r * s + ry, r * t + rx, c))
+    return np.array(cols)
+
+
+def patches(blocks, out, d):
+    """The ``d x d`` input patch of each of ``out x out`` output blocks, flattened.
+
+    Args:
+      blocks: ``(N, B, B, r, r, C)``: the input cut into ``r x r`` blocks,
+        ``blocks[n, u, v, i, j, c] = x[n, r*u + i, r*v + j, c]``.
+      out: blocks of output per side. d: patch side, ``r + k - 1``.
+
+    Returns:
+      ``(N, out, out, d * d * C)``; column order as ``_patch_offsets``.
+    """
+    n, r, c = blocks.shape[0], blocks.shape[3], blocks.shape[5]
+    parts = []
+    for s, t in itertools.product(range(math.ceil(d / r)), repeat=2):
+        part = blocks[:, s:s + out, t:t + out, :min(r, d - r * s), :min(r, d - r * t), :]
+        parts.append(part.reshape(n, out, out, -1))
+    return jnp.concatenate(parts, axis=-1)
+
+
+def block_kernel(kernel, r):
+    """``W_big`` with ``patches(...) @ W_big`` = the conv's ``r x r`` output block, pool-ordered.
+
+    Args:
+      kernel: HWIO ``(k, k, C, O)``. r: block side (even).
+
+    Returns:
+      ``(d * d * C, r * r * O)``, ``d = r + k - 1``; column ``(e, f, di, dj, o)`` is output
+      ``(2*e + di, 2*f + dj)`` of the block, channel ``o``.
+    """
+    k, _, c, o = kernel.shape
+    offsets = _patch_offsets(r + k - 1, r, c)                     # (F, 3): row, col, channel
+    g = r // 2
+    pos = np.array([(2 * e + di, 2 * f + dj)
+                    for e, f, di, dj in itertools.product(range(g), range(g), range(2), range(2))])
+    a = offsets[:, None, 0] - pos[None, :, 0]                      # kernel row for (column, output)
+    b = offsets[:, None, 1] - pos[None, :, 1]
+    valid = (a >= 0) & (a < k) & (b >= 0) & (b < k)
+    ci = np.broadcast_to(offsets[:, None, 2], a.shape)
+    w = kernel[np.where(valid, a, 0), np.where(valid, b, 0), ci]   # (F, r*r, O)
+    w = jnp.where(valid[..., None], w, jnp.zeros((), kernel.dtype))
+    return w.reshape(len(offsets), r * r * o)
+
+
+def conv_relu_pool(blocks, kernel, bias, out, r):
+    """``max_pool(relu(conv(x) + bias), 2, 2)`` on ``out x out`` blocks of ``r x r`` outputs.
+
+    Args:
+      blocks: the input in ``r x r`` blocks ``(N, B, B, r, r, C)`` (see ``patches``).
+      kernel, bias: the conv's ``(k, k, C, O)`` and ``(O,)``. out: output blocks per side.
+
+    Returns:
+      The pooled map in ``r/2 x r/2`` blocks: ``(N, out, out, r/2, r/2, O)``.
+    """
+    n, k, o, g = blocks.shape[0], kernel.shape[0], kernel.shape[3], r // 2
+    p = patches(blocks, out, r + k - 1)
+    y = p.reshape(-1, p.shape[-1]) @ block_kernel(kernel, r)     # (N*out*out, r*r*O)
+    y = jax.nn.relu(y.reshape(-1, g * g, 4, o) + bias)
+    return window_max(y, 2).reshape(n, out, out, g, g, o)
+
+
+def forward(params, x):
+    """The Net's logits, ``functional.forward(params, x)``, computed block-wise (module doc).
+
+    Args:
+      params: the Linen-style tree ``{'conv1': {'kernel', 'bias'}, ..., 'fc3': {...}}``.
+      x: NHWC ``(N, 32, 32, 1)``.
+    """
+    n = x.shape[0]
+    k = params["conv1"]["kernel"].shape[0]
+    side = (((IMAGE_SHAPE[0] - k + 1) // 2) - k + 1) // 2          # conv2's pooled side: 6 (k=3), 5 (k=5)
+    out1 = side + math.ceil((k + 1) / 2) - 1                      # conv1 blocks of 4 that conv2 reads
+    blocks = x.reshape(n, 8, 4, 8, 4, 1).transpose(0, 1, 3, 2, 4, 5)
+    h = conv_relu_pool(blocks, **params["conv1"], out=out1, r=4)    # (N, 7, 7, 2, 2, 6)
+    h = conv_relu_pool(h, **params["conv2"], out=side, r=2)         # (N, side, side, 1, 1, 16)
+    h = h.reshape(n, -1)                                            # H*W*C order, as Net's flatten
+    h = jax.nn.relu(h @ params["fc1"]["kernel"] + params["fc1"]["bias"])
+    h = jax.nn.relu(h @ params["fc2"]["kernel"] + params["fc2"]["bias"])
+    return h @ params["fc3"]["kernel"] + params["fc3"]["bias"]
+
+
+# --- when train_step may use it ---------------------------------------------------------
+
+
+def _plain_conv(layer, k, dtype):
+    return (type(layer) is nnx.Conv and tuple(layer.kernel_size) == (k, k)
+            and layer.padding == "VALID" and layer.conv_general_dilated is layers.conv_general_dilated
+            and all(getattr(layer, name) in (None, 1, (1, 1))
+                    for name in ("strides", "input_dilation", "kernel_dilation"))
+            and layer.feature_group_count == 1 and layer.use_bias and layer.mask is None
+            and layer.dtype is None and layer.precision is None and layer.preferred_element_type is None
+            and layer.kernel[...].dtype == dtype and layer.bias[...].dtype == dtype)
+
+
+def _plain_linear(layer, dtype):
+    return (type(layer) is nnx.Linear and layer.use_bias and layer.dtype is None
+            and layer.precision is None and layer.dot_general is lax.dot_general
+            and layer.preferred_element_type is None
+            and layer.kernel[...].dtype == dtype and layer.bias[...].dtype == dtype)
+
+
+def applies_to(model, x) -> bool:
+    """True when ``forward`` computes exactly ``model(x)``: an unmodified ``flax_lenet.Net``.
+
+    A subclass, a layer swapped or hooked (``flax_lenet.hooks.nnx_hooks``), another kernel
+    size than 3 or 5, or parameters and input of different dtypes: False.
+    """
+    if type(model) is not Net or Net.__call__ is not _NET_CALL:
+        return False
+    if tuple(x.shape[1:]) != IMAGE_SHAPE or x.ndim != 4:
+        return False
+    k = model.conv1.kernel_size[0] if isinstance(model.conv1, nnx.Conv) else None
+    return (k in (3, 5) and _plain_conv(model.conv1, k, x.dtype) and _plain_conv(model.conv2, k, x.dtype)
+            and all(_plain_linear(getattr(model, name), x.dtype) for name in ("fc1", "fc2", "fc3")))
+
+
+def params_of(model):
+    """The Net's weights as the Linen-style tree ``forward`` takes (values, no copies)."""
+    return {name: {"kernel": getattr(model, name).kernel[...], "bias": getattr(model, name).bias[...]}
+            for name in ("conv1", "conv2", "fc1", "fc2", "fc3")}
+
+
+def net_logits(model, x):
+    """``model(x)``; on CPU, for a plain Net (``applies_to``), computed by ``forward``."""
+    if not applies_to(model, x):
+        return model(x)
+    return lax.platform_dependent(x, cpu=lambda x: forward(params_of(model), x),
+                                  default=lambda x: model(x))

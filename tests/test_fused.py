@@ -1,0 +1,145 @@
+"""``flax_lenet.fused``, the block-wise forward ``train_step`` runs on CPU, is the Net's forward.
+
+It is checked against ``functional.forward`` (the layer-by-layer Net, itself pinned to torch by
+the parity suite) for values and gradients, with ties in the pools, and once each against a
+deliberately wrong variant; ``train_step`` is shown to take it only for an unmodified Net.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import flax_lenet
+from flax_lenet import convert, functional, fused, hooks, train
+from flax_lenet.tolerances import FLOAT32_CPU, FLOAT64
+from helpers import assert_close, assert_tree_close, state_numpy, torch_net
+
+TOL = {"float32": FLOAT32_CPU, "float64": FLOAT64}
+CONV_OP = " convolution("
+
+
+def _params(kernel_size, dtype, seed=0):
+    """torch's init, rounded to multiples of 1/64: sums over a flat image region are then exact
+    in float32 too, so a tie there is a tie in every summation order."""
+    tree = convert.torch_to_flax(state_numpy(torch_net(kernel_size, "float64", seed)))
+    return jax.tree.map(lambda a: jnp.asarray(np.round(a * 64) / 64, dtype), tree)
+
+
+def _images(n, dtype, seed=1, ties=False):
+    x = np.random.default_rng(seed).standard_normal((n, 32, 32, 1))
+    if ties:
+        x[:, :12, :12] = 0.5      # a flat border, as padded MNIST digits: every pool window ties
+    return jnp.asarray(x, dtype)
+
+
+def _flat(tree):
+    """A parameter tree as torch's flat state-dict names, for ``assert_tree_close``."""
+    return convert.flax_to_torch(tree)
+
+
+def _loss_and_grads(forward, params, x, ct):
+    """``sum(forward(params, x) * ct)`` and its gradients w.r.t. the weights and the images."""
+    loss, (gp, gx) = jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(forward(p, x) * ct), argnums=(0, 1)))(params, x)
+    return loss, {**_flat(gp), "images": gx}
+
+
+@pytest.mark.parametrize("kernel_size,dtype", [(3, "float64"), (5, "float64"), (3, "float32"), (5, "float32")])
+def test_fused_forward_and_gradients_equal_the_layered_net(kernel_size, dtype):
+    p, x = _params(kernel_size, dtype), _images(5, dtype, ties=True)
+    ct = jnp.asarray(np.random.default_rng(2).standard_normal((5, 10)), dtype)
+    assert_close(fused.forward(p, x), functional.forward(p, x), TOL[dtype], "logits")
+    got = _loss_and_grads(fused.forward, p, x, ct)
+    want = _loss_and_grads(functional.forward, p, x, ct)
+    assert_close(got[0], want[0], TOL[dtype], "loss")
+    assert_tree_close(got[1], want[1], TOL[dtype], "grads")
+
+
+def test_fused_check_catches_misplaced_kernel_taps(monkeypatch):
+    # the block kernel built with each patch column's row and column swapped (a transposed kernel)
+    p, x = _params(3, "float64"), _images(3, "float64")
+    want = functional.forward(p, x)
+    offsets = fused._patch_offsets
+    monkeypatch.setattr(fused, "_patch_offsets", lambda d, r, c: offsets(d, r, c)[:, [1, 0, 2]])
+    with pytest.raises(AssertionError):
+        assert_close(fused.forward(p, x), want, FLOAT64, "transposed taps")
+
+
+def test_fused_pool_check_catches_split_ties(monkeypatch):
+    # a plain jnp.max pool splits a tie's gradient among the tied inputs; torch gives it to the first
+    p, x = _params(3, "float64"), _images(3, "float64", ties=True)
+    ct = jnp.ones((3, 10), jnp.float64)
+    want = _loss_and_grads(functional.forward, p, x, ct)[1]
+    monkeypatch.setattr(fused, "window_max", lambda y, axis: jnp.max(y, axis=axis))
+    with pytest.raises(AssertionError):
+        assert_tree_close(_loss_and_grads(fused.forward, p, x, ct)[1], want, FLOAT64, "split ties")
+
+
+def test_block_kernel_holds_each_weight_where_its_output_needs_it():
+    # conv1 (r=4, k=3): 16 outputs per block, each a 3x3 window of the 6x6 patch, zeros elsewhere
+    k = jnp.arange(1.0, 10.0).reshape(3, 3, 1, 1)
+    w = np.asarray(fused.block_kernel(k, 4))
+    assert w.shape == (36, 16)
+    assert (np.count_nonzero(w, axis=0) == 9).all()
+    assert sorted(w[:, 0][w[:, 0] != 0]) == list(range(1, 10))
+
+
+def _model(kernel_size=3, dtype="float32"):
+    return convert.to_nnx(_params(kernel_size, dtype))
+
+
+def test_train_step_uses_the_fused_forward_only_for_a_plain_net():
+    x = _images(4, "float32")
+    model = _model()
+    assert fused.applies_to(model, x)
+    assert not fused.applies_to(model, x.astype(jnp.float64))          # dtypes differ: model(x) decides
+    assert not fused.applies_to(_model(3, "float64"), x)
+
+    class Wider(flax_lenet.Net):
+        pass
+    sub = nnx.eval_shape(lambda: Wider(rngs=nnx.Rngs(0)))
+    assert not fused.applies_to(sub, x)
+    with hooks.nnx_hooks(model.conv2, post=lambda m, a, out: out):
+        assert not fused.applies_to(model, x)
+    assert fused.applies_to(model, x)
+    model.conv1.padding = "SAME"
+    assert not fused.applies_to(model, x)
+
+
+def _compiled_step(model, x, y):
+    optimizer = nnx.Optimizer(model, optax.sgd(0.01), wrt=nnx.Param)
+    return train.train_step.lower(model, optimizer, x, y).compile().as_text()
+
+
+def test_train_step_on_cpu_has_no_convolution_unless_a_layer_is_hooked():
+    x, y = _images(4, "float32"), jnp.zeros((4, 10), jnp.float32)
+    model = _model()
+    assert CONV_OP not in _compiled_step(model, x, y)
+    with hooks.nnx_hooks(model.conv2, post=lambda m, a, out: out):
+        assert CONV_OP in _compiled_step(model, x, y)
+
+
+def test_train_step_runs_hooks_of_a_hooked_layer():
+    x, y = _images(4, "float64"), jnp.zeros((4, 10), jnp.float64)
+    hooked, plain = _model(3, "float64"), _model(3, "float64")
+    with hooks.nnx_hooks(hooked.conv1, post=lambda m, a, out: 2 * out):
+        want = train.loss_fn(hooked, x, y)
+        got = train.train_step(hooked, nnx.Optimizer(hooked, optax.sgd(0.01), wrt=nnx.Param), x, y)
+    assert_close(got, want, FLOAT64, "hooked loss")
+    assert abs(float(got) - float(train.loss_fn(plain, x, y))) > 1e-6   # the hook changed it
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_fused_train_step_equals_the_layered_step(kernel_size):
+    # the same SGD step through model(x) (a hook that changes nothing turns the fused path off)
+    x = _images(6, "float64")
+    y = jnp.asarray(np.random.default_rng(3).standard_normal((6, 10)), jnp.float64)
+    fast, slow = _model(kernel_size, "float64"), _model(kernel_size, "float64")
+    loss_fast = train.train_step(fast, nnx.Optimizer(fast, optax.sgd(0.1), wrt=nnx.Param), x, y)
+    with hooks.nnx_hooks(slow.fc3, post=lambda m, a, out: out):
+        loss_slow = train.train_step(slow, nnx.Optimizer(slow, optax.sgd(0.1), wrt=nnx.Param), x, y)
+    assert_close(loss_fast, loss_slow, FLOAT64, "loss")
+    assert_tree_close(_flat(nnx.state(fast, nnx.Param)), _flat(nnx.state(slow, nnx.Param)), FLOAT64,
+                      "params after the step")
