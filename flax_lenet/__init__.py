@@ -12,13 +12,15 @@ Modules:
   optim, accumulate, trajectory   torch.optim as optax, torch-style accumulation, N-step runs
   hooks, graph                    torch hooks <-> Flax interception, grad_fn chain <-> jaxpr
   data, training, checkpoint      digits/MNIST, side-by-side training, .pt/.safetensors/Orbax
-  layers, parallel, cache         CPU lowerings, data-parallel step, compilation cache
+  layers, fused                   CPU lowerings: per layer, and train_step's block-wise forward
+  parallel, cache                 data-parallel step, compilation cache
 """
 
 from flax_lenet import checkpoint as checkpoint
 from flax_lenet import convert as convert
 from flax_lenet import data as data
 from flax_lenet import functional as functional
+from flax_lenet import fused as fused
 from flax_lenet import graph as graph
 from flax_lenet import hooks as hooks
 from flax_lenet import layers as layers

@@ -11,10 +11,13 @@ torch  ``eager``            ``cudnn.benchmark = True`` on a GPU; ``torch.get_num
                             workers can cost torch more than the second core gains
        ``compile``          ``torch.compile(net)``; the optimizer step stays eager
        ``compile-cg``       (GPU) ``torch.compile(net, mode="reduce-overhead")``: CUDA graphs
-flax   ``train_step``       the public ``flax_lenet.train_step(model, optimizer, x, y)``
-       ``jit``              the functional step under ``jax.jit`` with donated buffers
-       ``scan``             ``K`` steps fused with ``lax.scan`` in one call (counts ``K`` steps)
-       ``train_step-graph`` (reference) the same step under graph-mode ``nnx.jit``, as before issue 6
+flax   ``train_step``       the public ``flax_lenet.train_step(model, optimizer, x, y)``; on CPU its
+                            forward is block-wise (``flax_lenet.fused``: one matmul per conv block)
+       ``jit``              the functional step under ``jax.jit`` with donated buffers, layer by
+                            layer (``flax_lenet.layers``' lowerings, as ``Net.__call__``)
+       ``scan``             ``K`` ``jit`` steps fused with ``lax.scan`` in one call (counts ``K`` steps)
+       ``train_step-graph`` (reference) the layered step (``model(x)``) under graph-mode ``nnx.jit``,
+                            as ``train_step`` was before issue 6
        ``jit-lax``          (reference) ``jit`` with the library ops ``lax.conv_general_dilated`` and
                             ``reduce_window`` max-pool instead of ``flax_lenet.layers``
 
@@ -233,7 +236,8 @@ class _FlaxRunner:
 
 
 def _nnx_step(model, optimizer, x, y):
-    """``flax_lenet.train_step``'s body, to be jitted in NNX graph mode (walks the object graph per call)."""
+    """``train_step`` as it was before issue 6: ``model(x)`` layer by layer, jitted in NNX graph
+    mode (walks the object graph per call)."""
     from flax import nnx
 
     from flax_lenet import train

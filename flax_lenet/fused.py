@@ -91,7 +91,7 @@ def patches(blocks, out, d):
     Returns:
       ``(N, out, out, d * d * C)``; column order as ``_patch_offsets``.
     """
-    n, r, c = blocks.shape[0], blocks.shape[3], blocks.shape[5]
+    n, r = blocks.shape[0], blocks.shape[3]
     parts = []
     for s, t in itertools.product(range(math.ceil(d / r)), repeat=2):
         part = blocks[:, s:s + out, t:t + out, :min(r, d - r * s), :min(r, d - r * t), :]

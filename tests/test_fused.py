@@ -143,3 +143,14 @@ def test_fused_train_step_equals_the_layered_step(kernel_size):
     assert_close(loss_fast, loss_slow, FLOAT64, "loss")
     assert_tree_close(_flat(nnx.state(fast, nnx.Param)), _flat(nnx.state(slow, nnx.Param)), FLOAT64,
                       "params after the step")
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_accelerators_run_the_layered_net_in_train_step(platform):
+    from jax import export
+    model = _model()
+    x = jax.ShapeDtypeStruct((4, 32, 32, 1), jnp.float32)
+    mlir = export.export(jax.jit(lambda x: fused.net_logits(model, x)), platforms=[platform])(x).mlir_module()
+    assert "stablehlo.convolution" in mlir
+    cpu = export.export(jax.jit(lambda x: fused.net_logits(model, x)), platforms=["cpu"])(x).mlir_module()
+    assert "stablehlo.convolution" not in cpu
