@@ -20,7 +20,8 @@ product each, and the pools become a max over a small axis of that product:
   torch's ``max_pool2d`` and ``flax_lenet.layers.max_pool``).
 * **Blocks feed blocks.** ``conv1``'s pooled output comes out as 2x2 blocks of the pooled
   map, which is exactly ``conv2``'s input cut into ``r = 2`` blocks: no transpose in between.
-  Rows and columns that the floor of ``max_pool`` drops are never computed.
+  ``conv2``'s last row and column for k=3 (13 is odd: its pool's floor drops them) are never
+  computed, nor the ``conv1`` outputs that only they read.
 
 The matrices are small (for N=256: ``12544 x 36 @ 36 x 96`` and ``9216 x 96 @ 96 x 64`` with
 k=3), and XLA:CPU runs them, their gradients and the pool as a handful of large kernels. The
@@ -43,7 +44,7 @@ from flax_lenet import layers
 from flax_lenet._checks import IMAGE_SHAPE
 from flax_lenet.model import Net
 
-_NET_CALL = Net.__call__  # replaced on the class (monkeypatched): model(x) is not the Net's any more
+_NET_CALL = Net.__call__  # if the class's __call__ is replaced, model(x) is no longer this forward
 
 # --- the pool: max over the window axis, gradient to the first maximum ----------------------
 
