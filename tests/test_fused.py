@@ -124,6 +124,8 @@ def test_train_step_on_cpu_has_no_convolution_unless_a_layer_is_hooked():
 def test_train_step_runs_hooks_of_a_hooked_layer():
     x, y = _images(4, "float64"), jnp.zeros((4, 10), jnp.float64)
     hooked, plain = _model(3, "float64"), _model(3, "float64")
+    warm = _model(3, "float64")                   # the same step compiled unhooked first: the hook
+    train.train_step(warm, nnx.Optimizer(warm, optax.sgd(0.01), wrt=nnx.Param), x, y)   # must retrace it
     with hooks.nnx_hooks(hooked.conv1, post=lambda m, a, out: 2 * out):
         want = train.loss_fn(hooked, x, y)
         got = train.train_step(hooked, nnx.Optimizer(hooked, optax.sgd(0.01), wrt=nnx.Param), x, y)
