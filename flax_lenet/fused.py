@@ -40,9 +40,9 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from flax_lenet import layers
+from flax_lenet import functional, layers
 from flax_lenet._checks import IMAGE_SHAPE
-from flax_lenet.model import Net
+from flax_lenet.model import Net, flat_side
 
 _NET_CALL = Net.__call__  # if the class's __call__ is replaced, model(x) is no longer this forward
 
@@ -150,15 +150,15 @@ def forward(params, x):
     """
     n = x.shape[0]
     k = params["conv1"]["kernel"].shape[0]
-    side = (((IMAGE_SHAPE[0] - k + 1) // 2) - k + 1) // 2          # conv2's pooled side: 6 (k=3), 5 (k=5)
+    side = flat_side(k)                                           # conv2's pooled side: 6 (k=3), 5 (k=5)
     out1 = side + math.ceil((k + 1) / 2) - 1                      # conv1 blocks of 4 that conv2 reads
     blocks = x.reshape(n, 8, 4, 8, 4, 1).transpose(0, 1, 3, 2, 4, 5)
     h = conv_relu_pool(blocks, **params["conv1"], out=out1, r=4)    # (N, 7, 7, 2, 2, 6)
     h = conv_relu_pool(h, **params["conv2"], out=side, r=2)         # (N, side, side, 1, 1, 16)
     h = h.reshape(n, -1)                                            # H*W*C order, as Net's flatten
-    h = jax.nn.relu(h @ params["fc1"]["kernel"] + params["fc1"]["bias"])
-    h = jax.nn.relu(h @ params["fc2"]["kernel"] + params["fc2"]["bias"])
-    return h @ params["fc3"]["kernel"] + params["fc3"]["bias"]
+    h = jax.nn.relu(functional.linear(h, **params["fc1"]))
+    h = jax.nn.relu(functional.linear(h, **params["fc2"]))
+    return functional.linear(h, **params["fc3"])
 
 
 # --- when train_step may use it ---------------------------------------------------------
@@ -196,15 +196,9 @@ def applies_to(model, x) -> bool:
             and all(_plain_linear(getattr(model, name), x.dtype) for name in ("fc1", "fc2", "fc3")))
 
 
-def params_of(model):
-    """The Net's weights as the Linen-style tree ``forward`` takes (values, no copies)."""
-    return {name: {"kernel": getattr(model, name).kernel[...], "bias": getattr(model, name).bias[...]}
-            for name in ("conv1", "conv2", "fc1", "fc2", "fc3")}
-
-
 def net_logits(model, x):
     """``model(x)``; on CPU, for a plain Net (``applies_to``), computed by ``forward``."""
     if not applies_to(model, x):
         return model(x)
-    return lax.platform_dependent(x, cpu=lambda x: forward(params_of(model), x),
+    return lax.platform_dependent(x, cpu=lambda x: forward(nnx.to_pure_dict(nnx.state(model, nnx.Param)), x),
                                   default=lambda x: model(x))

@@ -35,15 +35,10 @@ def _images(n, dtype, seed=1, ties=False):
     return jnp.asarray(x, dtype)
 
 
-def _flat(tree):
-    """A parameter tree as torch's flat state-dict names, for ``assert_tree_close``."""
-    return convert.flax_to_torch(tree)
-
-
 def _loss_and_grads(forward, params, x, ct):
     """``sum(forward(params, x) * ct)`` and its gradients w.r.t. the weights and the images."""
     loss, (gp, gx) = jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(forward(p, x) * ct), argnums=(0, 1)))(params, x)
-    return loss, {**_flat(gp), "images": gx}
+    return loss, {**convert.flax_to_torch(gp), "images": gx}
 
 
 @pytest.mark.parametrize("kernel_size,dtype", [(3, "float64"), (5, "float64"), (3, "float32"), (5, "float32")])
@@ -143,7 +138,7 @@ def test_fused_train_step_equals_the_layered_step(kernel_size):
     with hooks.nnx_hooks(slow.fc3, post=lambda m, a, out: out):
         loss_slow = train.train_step(slow, nnx.Optimizer(slow, optax.sgd(0.1), wrt=nnx.Param), x, y)
     assert_close(loss_fast, loss_slow, FLOAT64, "loss")
-    assert_tree_close(_flat(nnx.state(fast, nnx.Param)), _flat(nnx.state(slow, nnx.Param)), FLOAT64,
+    assert_tree_close(convert.flax_to_torch(nnx.state(fast, nnx.Param)), convert.flax_to_torch(nnx.state(slow, nnx.Param)), FLOAT64,
                       "params after the step")
 
 
