@@ -1,3 +1,3 @@
-from flax_lenet.cli import run
+from flax_lenet.app.cli import run
 
 run()

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from flax_lenet import layers
-from flax_lenet._checks import check_images
+from flax_lenet.checks import check_images
 
 
 def conv2d(x, kernel, bias):

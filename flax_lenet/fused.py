@@ -41,7 +41,7 @@ from flax import nnx
 from jax import lax
 
 from flax_lenet import functional, layers
-from flax_lenet._checks import IMAGE_SHAPE
+from flax_lenet.checks import IMAGE_SHAPE
 from flax_lenet.model import Net, flat_side
 
 _NET_CALL = Net.__call__  # if the class's __call__ is replaced, model(x) is no longer this forward

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from flax_lenet._checks import check_images
+from flax_lenet.checks import check_images
 from flax_lenet.initializers import layer_inits
 from flax_lenet.layers import conv_general_dilated, max_pool  # Flax's ops, lowered faster
 from flax_lenet.model import flat_side

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flax_lenet._checks import check_images
+from flax_lenet.checks import check_images
 from flax_lenet.initializers import layer_inits
 from flax_lenet.layers import conv_general_dilated, max_pool
 

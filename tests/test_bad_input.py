@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from flax_lenet import checkpoint, cli, data, training
+from flax_lenet.app import checkpoint, cli, data, training
 from tests.helpers import state_numpy, torch_net
 from tests.test_idx import write_mnist
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from flax_lenet import bench, cli
+from flax_lenet.app import bench, cli
 
 SMOKE = ["bench", "--batch", "2", "--rounds", "1", "--min-time", "0.01", "--scan-steps", "2",
          "--impl", "torch:eager,flax:train_step,flax:jit,flax:scan"]

@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file as load_safetensors_torch
 
-from flax_lenet import checkpoint, convert, training
+from flax_lenet import convert
+from flax_lenet.app import checkpoint, training
 from flax_lenet.tolerances import FLOAT32_CPU
 from tests.helpers import assert_close, state_numpy, torch_net
 

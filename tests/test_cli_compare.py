@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from flax_lenet import cli
+from flax_lenet.app import cli
 
 
 def test_compare_agrees_in_float64(capsys):

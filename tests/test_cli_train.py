@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from flax_lenet import cli
+from flax_lenet.app import cli
 from tests.test_idx import write_mnist
 
 # One epoch of 6 batches: the test checks the plumbing and the files; the full default run

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits as sk_digits
 
-from flax_lenet import data
+from flax_lenet.app import data
 
 DIGITS = 1_797
 DIGITS_TRAIN = 1_437

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from flax_lenet import cli
-from flax_lenet.sidebyside import content, mapping, render
+from flax_lenet.app import cli
+from flax_lenet.app.sidebyside import content, mapping, render
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"

@@ -6,7 +6,7 @@ import struct
 import numpy as np
 import pytest
 
-from flax_lenet import data
+from flax_lenet.app import data
 
 MNIST_PAD = 2   # 28 + 2 + 2 = 32, as LeNet-5
 

@@ -9,7 +9,7 @@ from flax import nnx
 
 from flax_lenet import convert, functional, linen
 from flax_lenet.parity import nchw_to_nhwc, tutorial_data
-from flax_lenet.sidebyside import examples
+from flax_lenet.app.sidebyside import examples
 from flax_lenet.tolerances import FLOAT64
 from tests.helpers import assert_close, state_numpy, torch_net
 

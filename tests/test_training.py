@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from flax_lenet import data, training
+from flax_lenet.app import data, training
 from flax_lenet.tolerances import TRAIN_FLOAT32_FIRST_STEPS, TRAIN_FLOAT64
 
 # A small slice of the digits keeps every run to a few seconds: 2 epochs x 4 batches of 16,

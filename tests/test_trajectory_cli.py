@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from flax_lenet import cli
+from flax_lenet.app import cli
 from flax_lenet.convert import torch_shapes
 
 STEPS = 3

@@ -1,12 +1,12 @@
 """``flax-lenet eval CKPT``: the test accuracy of a checkpoint, in Flax and in torch.
 
 CKPT is a ``.pt``/``.pth`` or ``.safetensors`` file (torch layout) or an Orbax checkpoint
-directory (Flax layout); the format is read from the name (``flax_lenet.checkpoint``).
+directory (Flax layout); the format is read from the name (``flax_lenet.app.checkpoint``).
 """
 
 import json
 
-from flax_lenet.cli import UsageError
+from flax_lenet.app.cli import UsageError
 
 
 def add_arguments(p):
@@ -26,7 +26,8 @@ def main(args) -> int:
     import jax
     import numpy as np
 
-    from flax_lenet import checkpoint, convert, data, training
+    from flax_lenet import convert
+    from flax_lenet.app import checkpoint, data, training
     state = checkpoint.load_state(args.checkpoint, kernel_size=args.kernel_size)
     dtype = next(iter(state.values())).dtype
     if dtype == np.float64:

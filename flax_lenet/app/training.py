@@ -25,8 +25,8 @@ import optax
 from flax import nnx
 
 from flax_lenet import convert
-from flax_lenet._checks import check_finite, check_images, check_labels
-from flax_lenet.data import NUM_CLASSES, Dataset, random_shifts
+from flax_lenet.checks import check_finite, check_images, check_labels
+from flax_lenet.app.data import NUM_CLASSES, Dataset, random_shifts
 from flax_lenet.tolerances import ACCURACY_POINTS
 
 LOSSES = ("ce", "mse")
@@ -343,7 +343,7 @@ def train(dataset: Dataset, cfg: TrainConfig = TrainConfig(), *,
     """Train the Flax Net and the torch reference side by side.
 
     Args:
-      dataset: images ``(N, 32, 32, 1)`` NHWC float, labels 0..9 (``flax_lenet.data``).
+      dataset: images ``(N, 32, 32, 1)`` NHWC float, labels 0..9 (``flax_lenet.app.data``).
       cfg: the run's configuration.
       on_epoch: called as ``on_epoch(epoch, result_so_far)`` after every epoch.
       progress: called as ``progress(epoch, total_ticks)`` at the start of an epoch; returns a

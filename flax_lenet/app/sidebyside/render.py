@@ -13,9 +13,9 @@ import inspect
 import textwrap
 from pathlib import Path
 
-from flax_lenet.sidebyside import content, mapping
+from flax_lenet.app.sidebyside import content, mapping
 
-ROOT = Path(__file__).resolve().parents[2]          # the repository (or site-packages) root
+ROOT = Path(__file__).resolve().parents[3]          # the repository (or site-packages) root
 FILES = ("side_by_side.md", "side_by_side.html")
 DTYPES = ("float64", "float32")
 GENERATOR = "python -m flax_lenet docs"

@@ -3,7 +3,7 @@
 import json
 import os
 
-from flax_lenet.cli import UsageError
+from flax_lenet.app.cli import UsageError
 
 
 def _int_list(text):
@@ -35,7 +35,7 @@ def add_arguments(p):
 
 
 def _config(args):
-    from flax_lenet import bench
+    from flax_lenet.app import bench
     if args.rounds < 1 or args.min_time <= 0 or args.scan_steps < 1:
         raise UsageError(f"--rounds and --scan-steps must be >= 1 and --min-time > 0, found "
                          f"{args.rounds}, {args.scan_steps}, {args.min_time}")
@@ -75,7 +75,7 @@ def main(args) -> int:
         import torch
         if not torch.cuda.is_available() or not any(d.platform == "gpu" for d in jax.devices()):
             raise UsageError("--device gpu: expected a CUDA device visible to both torch and jax, found none")
-    from flax_lenet import bench
+    from flax_lenet.app import bench
     env = bench.environment(cfg)
     print(f"flax-lenet bench: {env['device']} ({env.get('torch_device') or env['jax_device']}, {env['cpu']}, "
           f"{env['cpu_count']} cores, torch threads {env['torch_threads']}); jax {env['jax']}, "

@@ -5,12 +5,12 @@ import os
 import tempfile
 from pathlib import Path
 
-from flax_lenet.cli import UsageError
+from flax_lenet.app.cli import UsageError
 
 
 def default_out() -> Path:
     """The repository's ``docs/`` folder, found next to the ``flax_lenet`` package."""
-    from flax_lenet.sidebyside.render import ROOT
+    from flax_lenet.app.sidebyside.render import ROOT
     if not (ROOT / "pyproject.toml").is_file():
         raise UsageError(f"expected a source checkout with pyproject.toml at {ROOT}, found none: pass --out DIR")
     return ROOT / "docs"
@@ -50,7 +50,7 @@ def main(args) -> int:
     out = args.out if args.out is not None else default_out()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out: expected a folder, found a file {out}")
-    from flax_lenet.sidebyside import render
+    from flax_lenet.app.sidebyside import render
     files = render.build()
     if args.check:
         stale = []

@@ -7,7 +7,7 @@ over the run and the step where it happened.
 
 import json
 
-from flax_lenet.cli import UsageError, positive_int
+from flax_lenet.app.cli import UsageError, positive_int
 
 FLAVOURS = ("nnx", "linen", "functional")
 

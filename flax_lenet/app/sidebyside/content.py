@@ -5,8 +5,8 @@ A section names Python objects, never code text; ``render`` reads their source a
 
 from dataclasses import dataclass
 
-from flax_lenet import _checks, functional, graph, hooks, linen, model, train
-from flax_lenet.sidebyside import examples
+from flax_lenet import checks, functional, graph, hooks, linen, model, train
+from flax_lenet.app.sidebyside import examples
 from torch_reference import model as torch_model
 from torch_reference import train as torch_train
 
@@ -99,8 +99,8 @@ SECTIONS = (
         "flatten would then read the image's height as the batch, so every flavour checks the input "
         "and raises a one-line ValueError instead.",
         torch=(examples.torch_single_image,),
-        flax={"NNX": (examples.flax_single_image,), "Linen": (_checks.check_images,),
-              "functional": (_checks.check_images,)},
+        flax={"NNX": (examples.flax_single_image,), "Linen": (checks.check_images,),
+              "functional": (checks.check_images,)},
         notes=("torch's Net on a single (1, 32, 32) image fails at fc1: 'mat1 and mat2 shapes cannot be "
                "multiplied (16x36 and 576x120)'.",
                "Without the check, linen.Net().init on one image would silently build fc1 as (96, 120).",

@@ -46,9 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name, help_text in COMMANDS.items():
         try:
-            module = importlib.import_module(f"flax_lenet.commands.{name}")
+            module = importlib.import_module(f"flax_lenet.app.commands.{name}")
         except ModuleNotFoundError as e:
-            if e.name != f"flax_lenet.commands.{name}":
+            if e.name != f"flax_lenet.app.commands.{name}":
                 raise
             continue  # not built yet
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -2,13 +2,13 @@
 
 Writes to ``--out``: ``metrics.json``, ``curves.png``, the Flax-trained weights as an Orbax
 checkpoint (``flax.orbax``, Flax layout) and the torch-trained weights as ``torch.safetensors``
-(torch layout). Library: ``flax_lenet.training``; this file only parses, calls and prints.
+(torch layout). Library: ``flax_lenet.app.training``; this file only parses, calls and prints.
 """
 
 import json
 import sys
 
-from flax_lenet.cli import UsageError, positive_int
+from flax_lenet.app.cli import UsageError, positive_int
 
 
 # A batch of 32 through this Net is too little work to share between threads, and torch's
@@ -18,7 +18,7 @@ TORCH_THREADS = 1
 
 
 def add_arguments(p):
-    from flax_lenet.training import FLAX_LOOPS, TrainConfig
+    from flax_lenet.app.training import FLAX_LOOPS, TrainConfig
     d = TrainConfig()
     p.add_argument("--data", choices=("digits", "mnist"), default="digits",
                    help="digits: scikit-learn's 1,797 handwritten digits (no download); "
@@ -85,7 +85,7 @@ def plot_curves(path, result, data_name: str) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from flax_lenet.checkpoint import atomic_write
+    from flax_lenet.app.checkpoint import atomic_write
     epochs = range(1, len(result.flax.train_loss) + 1)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, run, style in (("Flax", result.flax, dict(color="tab:blue", lw=2.5, alpha=0.7)),
@@ -111,13 +111,14 @@ def plot_curves(path, result, data_name: str) -> None:
 
 
 def _write_json(path, obj) -> None:
-    from flax_lenet.checkpoint import atomic_write
+    from flax_lenet.app.checkpoint import atomic_write
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"), overwrite=True)
 
 
 def save_weights(out, result) -> None:
     """The Flax-trained weights as Orbax (Flax layout), the torch-trained as safetensors (torch layout)."""
-    from flax_lenet import checkpoint, convert
+    from flax_lenet import convert
+    from flax_lenet.app import checkpoint
     checkpoint.save(out / "flax.orbax", convert.flax_to_torch(result.flax_params), overwrite=True)
     checkpoint.save(out / "torch.safetensors", result.torch_state, overwrite=True)
 
@@ -146,7 +147,7 @@ def _train(args, start) -> int:
 
     import jax
 
-    from flax_lenet import checkpoint, data, training
+    from flax_lenet.app import checkpoint, data, training
 
     cfg = training.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                momentum=args.momentum, lr_decay_at=args.lr_decay_at, shift=args.shift,

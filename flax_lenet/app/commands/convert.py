@@ -16,7 +16,8 @@ def add_arguments(p):
 
 
 def main(args) -> int:
-    from flax_lenet import checkpoint, convert
+    from flax_lenet import convert
+    from flax_lenet.app import checkpoint
     state = checkpoint.convert_checkpoint(args.src, args.dst, overwrite=args.overwrite,
                                           kernel_size=args.kernel_size)
     k = convert.kernel_size_of(convert.torch_to_flax(state))

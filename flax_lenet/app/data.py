@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flax_lenet._checks import check_finite, check_images, check_labels
+from flax_lenet.checks import check_finite, check_images, check_labels
 
 NUM_CLASSES = 10
 DIGITS_TEST_FRACTION = 0.2      # 360 of the 1,797 digits are held out
@@ -162,7 +162,7 @@ def write_idx(path, array) -> None:
     path = Path(path)
     if path.suffix == ".gz":
         data = gzip.compress(data)
-    from flax_lenet.checkpoint import atomic_write
+    from flax_lenet.app.checkpoint import atomic_write
     atomic_write(path, lambda tmp: tmp.write_bytes(data), overwrite=True)
 
 
