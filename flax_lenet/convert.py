@@ -205,3 +205,26 @@ def to_nnx(params: Any):
     model = nnx.eval_shape(lambda: Net(kernel_size, param_dtype=dtype, rngs=nnx.Rngs(0)))
     nnx.update(model, jax.tree.map(jnp.asarray, dict(tree)))
     return model
+
+
+# --- activations and state dicts between the frameworks ----------------------------------------
+
+def nchw_to_nhwc(x) -> np.ndarray:
+    """``(..., C, H, W) -> (..., H, W, C)``: torch's image layout to Flax's, C-contiguous."""
+    x = np.asarray(x)
+    return np.ascontiguousarray(np.moveaxis(x, -3, -1))
+
+
+def nhwc_to_nchw(x) -> np.ndarray:
+    """``(..., H, W, C) -> (..., C, H, W)``, with fresh C-order strides.
+
+    ``np.ascontiguousarray`` would keep the transposed strides for one channel (numpy calls that
+    array contiguous already), and the tutorial's ``x.view(...)`` fails on them in torch.
+    """
+    return np.array(np.moveaxis(np.asarray(x), -1, -3), order="C")
+
+
+def state_to_numpy(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """``{name: tensor}`` (a torch ``state_dict``, or numpy arrays) as fresh numpy arrays."""
+    return {name: np.array(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
+            for name, v in state_dict.items()}

@@ -33,7 +33,6 @@ JAX_OPS = {
     "conv_general_dilated": "conv",
     "relu": "relu",
     "reduce_window_max": "max_pool",
-    "max_pool": "max_pool", "slice": "max_pool",     # flax_lenet.layers: crop to even, then pool
     "reshape": "flatten",
     "dot_general": "linear",
     "sub": "mse", "integer_pow": "mse", "square": "mse", "reduce_sum": "mse", "div": "mse",
@@ -77,21 +76,11 @@ def torch_graph(loss) -> list[tuple[str, str]]:
 
 
 def _primitive_name(eqn) -> str:
-    """The primitive's name, seeing through the wrappers this Net's layers put around one op.
-
-    A named ``jit`` (``jax.nn.relu``) or a ``custom_jvp`` of one op gives that op's name; the
-    per-platform conv of ``flax_lenet.layers`` (a ``cond`` whose branches hold
-    ``conv_general_dilated``) and its first-max pool (a ``custom_vjp`` around ``reduce_max``)
-    are named by what they compute.
-    """
+    """The primitive's name; a named ``jit`` (``jax.nn.relu``) or a ``custom_jvp`` of one op
+    (relu's gradient rule) gives that op's name."""
     name = eqn.primitive.name
     if name == "custom_jvp_call" and len(eqn.params["call_jaxpr"].jaxpr.eqns) == 1:
         return _primitive_name(eqn.params["call_jaxpr"].jaxpr.eqns[0])
-    if name == "cond" and any(e.primitive.name == "conv_general_dilated"
-                              for b in eqn.params["branches"] for e in b.jaxpr.eqns):
-        return "conv_general_dilated"                       # platform_dependent(cpu=..., default=conv)
-    if name == "custom_vjp_call" and [e.primitive.name for e in eqn.params["call_jaxpr"].jaxpr.eqns][-1:] == ["reduce_max"]:
-        return "max_pool"                                   # reshape + reduce_max, torch's gradient
     return eqn.params.get("name", name) if name in ("jit", "pjit") else name
 
 

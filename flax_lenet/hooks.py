@@ -163,11 +163,12 @@ def nnx_hooks(layer, *, pre=None, post=None):
     def __call__(self, *args, **kwargs):
         return _run_hooked(lambda *a, **k: cls.__call__(self, *a, **k), self, args, kwargs, pre, post)
 
-    layer.__class__ = type(f"Hooked{cls.__name__}", (cls,), {"__call__": __call__})
+    # object.__setattr__: nnx.Module's own would record __class__ as a new static attribute
+    object.__setattr__(layer, "__class__", type(f"Hooked{cls.__name__}", (cls,), {"__call__": __call__}))
     try:
         yield layer
     finally:
-        layer.__class__ = cls
+        object.__setattr__(layer, "__class__", cls)
 
 
 def nnx_output_grads(model, x, target, names, *, hook=perturb_output):

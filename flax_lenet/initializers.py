@@ -1,42 +1,85 @@
-"""Initialisers that reproduce ``torch.nn.Conv2d`` / ``torch.nn.Linear`` defaults in Flax.
+"""torch's default initialisation of ``nn.Conv2d`` / ``nn.Linear``, for any Flax model.
 
-torch draws the weight with ``kaiming_uniform_(a=sqrt(5))``, which is U(-b, b) with
-``b = sqrt(6 / ((1 + a**2) * fan_in)) = 1/sqrt(fan_in)``, and the bias from the same
-U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (pytorch #57109). fan_in = in_channels * kH * kW for a
-conv and in_features for a linear layer.
+torch draws a layer's weight with ``kaiming_uniform_(a=sqrt(5))``, which is U(-b, b) with
+``b = sqrt(6 / ((1 + a**2) * fan_in)) = 1/sqrt(fan_in)``, and its bias from the same
+U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (``reset_parameters`` in
+https://github.com/pytorch/pytorch/blob/main/torch/nn/modules/conv.py and ``linear.py``).
+fan_in is ``in_channels * kH * kW`` for a conv and ``in_features`` for a linear layer.
 
-In Flax the kernel is ``variance_scaling(1/3, 'fan_in', 'uniform')``: its bound is
-sqrt(3 * scale / fan_in) = 1/sqrt(fan_in). Flax reads fan_in from the kernel's shape
-(``in_axis=-2, out_axis=-1``, right for HWIO and (in, out)); a bias initialiser only sees
-``(out,)``, so it must be told the layer's fan_in (jax #4862).
+Flax's defaults differ (``lecun_normal`` kernels, zero biases), and a Flax bias initialiser
+only sees the bias's shape ``(out,)``, not the layer's fan_in. So instead of an initialiser
+per layer, ``torch_init`` redraws a built model: every ``kernel`` (Flax's HWIO conv kernel or
+``(in, out)`` dense kernel, so fan_in is the product of all axes but the last) and the
+``bias`` beside it, all in one compiled call.
+
+    model = flax_lenet.Net(rngs=nnx.Rngs(0))
+    torch_init(model, nnx.Rngs(0))                   # NNX: in place
+    params = torch_init(linen_net.init(key, x)["params"], key)   # Linen: a new tree
 """
 
 import math
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
-#: ``init="torch"`` (default) draws like torch; ``init="flax"`` keeps Flax's own defaults.
-INITS = ("torch", "flax")
 
-torch_kernel_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+def _draw(key, params):
+    """A tree like ``params`` with each layer's kernel and bias from U(+-1/sqrt(fan_in))."""
+    layers = _layers(params)
+    keys = jax.random.split(key, 2 * len(layers))
+    out = jax.tree.map(lambda a: a, params)
+    for i, (path, layer) in enumerate(layers):
+        bound = 1.0 / math.sqrt(math.prod(layer["kernel"].shape[:-1]))
+        new = dict(layer)
+        for j, name in enumerate(("kernel", "bias")):
+            if name in layer:
+                a = layer[name]
+                new[name] = jax.random.uniform(keys[2 * i + j], a.shape, a.dtype, -bound, bound)
+        _set(out, path, new)
+    return out
 
 
-def torch_bias_init(fan_in: int):
-    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)), the bias torch gives a layer with this fan_in."""
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
+_draw_jit = jax.jit(_draw)
 
 
-def layer_inits(init: str, fan_in: int) -> dict:
-    """``kernel_init``/``bias_init`` keyword arguments for one layer under ``init``."""
-    if init == "torch":
-        return {"kernel_init": torch_kernel_init, "bias_init": torch_bias_init(fan_in)}
-    if init == "flax":
-        return {}  # lecun_normal kernels, zero biases
-    raise ValueError(f"init must be one of {INITS}, found {init!r}")
+def _layers(tree, path=()) -> list:
+    """``[(path, layer dict)]`` for every dict in ``tree`` that holds a ``kernel``."""
+    if not isinstance(tree, dict):
+        return []
+    if "kernel" in tree:
+        return [(path, tree)]
+    return [found for key in tree for found in _layers(tree[key], path + (key,))]
+
+
+def _set(tree, path, value) -> None:
+    for key in path[:-1]:
+        tree = tree[key]
+    tree[path[-1]] = value
+
+
+def torch_init(model_or_params, rngs_or_key):
+    """Redraw every kernel and bias as torch's ``Conv2d`` / ``Linear`` would.
+
+    Args:
+      model_or_params: an NNX module (changed in place and returned) or a Linen-style
+        parameter tree ``{'conv1': {'kernel', 'bias'}, ...}`` (a new tree is returned).
+      rngs_or_key: ``nnx.Rngs`` (its ``params`` stream is used) or a ``jax.random`` key.
+
+    Returns:
+      The module, or the new parameter tree.
+    """
+    key = rngs_or_key.params() if isinstance(rngs_or_key, nnx.Rngs) else rngs_or_key
+    if isinstance(model_or_params, nnx.Module):
+        state = nnx.state(model_or_params, nnx.Param)
+        new = _draw_jit(key, nnx.to_pure_dict(state))
+        nnx.replace_by_pure_dict(state, new)
+        nnx.update(model_or_params, state)
+        return model_or_params
+    return _draw_jit(key, _plain_dicts(model_or_params))
+
+
+def _plain_dicts(tree):
+    """Nested mappings (Linen's dicts or FrozenDicts) as plain dicts."""
+    if hasattr(tree, "items"):
+        return {k: _plain_dicts(v) for k, v in tree.items()}
+    return tree

@@ -17,6 +17,7 @@ import optax
 from flax import nnx
 
 from flax_lenet import convert, functional, linen, train
+from flax_lenet.checks import check_images
 from flax_lenet.tolerances import EXACT, Tolerance, tolerance
 
 FLAVOURS = ("nnx", "linen", "functional")
@@ -57,11 +58,6 @@ def tutorial_data(batch: int, seed: int, dtype: str):
     x = rng.standard_normal((batch, 1, 32, 32)).astype(dtype)
     target = rng.standard_normal((batch, 10)).astype(dtype)
     return x, target
-
-
-def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
-    """``(N, C, H, W) -> (N, H, W, C)``: the activation layout change between the frameworks."""
-    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
 
 
 # --- torch side ------------------------------------------------------------------------------
@@ -142,6 +138,7 @@ def _pure_run(apply, p, x, y, lr):
 
 def flax_run(flavour: str, params: dict, x_nhwc: np.ndarray, target: np.ndarray, lr: float) -> dict:
     """The tutorial in one Flax flavour from the converted ``params``; results in torch layout."""
+    check_images(x_nhwc)
     dtype = jnp.dtype(x_nhwc.dtype)
     x, y = jnp.asarray(x_nhwc, dtype), jnp.asarray(target, dtype)
     p = _jnp_tree(params, dtype)
@@ -221,6 +218,6 @@ def compare(*, flavours=FLAVOURS, dtype="float32", kernel_size=3, batch=1, seed=
     with precision(tf32):
         ref = torch_run(net, x, target, lr)
         for flavour in flavours:
-            got = flax_run(flavour, params, nchw_to_nhwc(x), target, lr)
+            got = flax_run(flavour, params, convert.nchw_to_nhwc(x), target, lr)
             rows += compare_results(flavour, ref, got, tol)
     return rows, tol

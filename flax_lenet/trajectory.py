@@ -1,17 +1,16 @@
 """N training steps in torch and in Flax from the same weights and batches, compared after every step.
 
     torch (torch_steps)                               flax (flax_steps)
-    opt = torch.optim.SGD(net.parameters(), **kw)     tx = flax_lenet.optim.sgd(**kw); s = tx.init(p)
+    opt = torch.optim.SGD(net.parameters(), **kw)     opt = nnx.Optimizer(model, optim.sgd(**kw), wrt=nnx.Param)
     opt.zero_grad()                                   (nothing: jax.grad returns fresh gradients)
-    loss = MSELoss()(net(x_t), y_t); loss.backward()  loss, g = value_and_grad(functional.loss_fn)(p, x_t, y_t)
-    opt.step()                                        u, s = tx.update(g, s, p); p = apply_updates(p, u)
+    loss = MSELoss()(net(x_t), y_t); loss.backward()  loss = train_step(model, opt, x_t, y_t)
+    opt.step()
 
 One step's error is the rounding of one update; over many steps it is fed back through the
 network and (Adam) divided by ``sqrt(v)``, so ``flax_lenet.tolerances`` has its own trajectory
 tiers, measured. Weights and batches travel through numpy, never through a shared seed.
 """
 
-import functools
 from dataclasses import dataclass
 
 import jax
@@ -19,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flax_lenet import convert, functional, optim, parity
+from flax_lenet import convert, optim, parity, train
 from flax_lenet.tolerances import Tolerance, trajectory_tolerance
 
 #: ``flax-lenet compare --optimizer NAME``: (function in flax_lenet.optim, its keyword arguments).
@@ -95,36 +94,17 @@ def torch_steps(state: dict, opt: Optimizer, xs: np.ndarray, ys: np.ndarray):
         yield loss.item(), {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
 
 
-_value_and_grad = jax.jit(jax.value_and_grad(functional.loss_fn))
-
-
-def _compile(tx: optax.GradientTransformation):
-    """``(tx.init, jit(update, then apply the updates))``."""
-
-    def update(grads, opt_state, params):
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
-
-    return tx.init, jax.jit(update)
-
-
-@functools.cache
-def _compiled(opt: Optimizer):
-    """``_compile(opt.optax())``, once per configuration and process."""
-    return _compile(opt.optax())
-
-
 def flax_steps(params: dict, opt, xs_nhwc: np.ndarray, ys: np.ndarray):
-    """Train ``functional.forward`` from ``params`` with ``opt`` (an ``Optimizer`` or any optax
-    transformation); yield ``(loss, params)`` after each step."""
-    init, update = _compiled(opt) if isinstance(opt, Optimizer) else _compile(opt)
+    """Train the NNX Net from ``params`` with ``flax_lenet.train_step`` and ``opt`` (an ``Optimizer``
+    or any optax transformation); yield ``(loss, params)`` after each step."""
+    from flax import nnx
+    tx = opt.optax() if isinstance(opt, Optimizer) else opt
     dtype = xs_nhwc.dtype
-    p = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
-    opt_state = init(p)
+    model = convert.to_nnx(jax.tree.map(lambda a: jnp.asarray(a, dtype), params))
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     for x, y in zip(xs_nhwc, ys):
-        loss, grads = _value_and_grad(p, jnp.asarray(x), jnp.asarray(y))
-        p, opt_state = update(grads, opt_state, p)
-        yield float(loss), p
+        loss = train.train_step(model, optimizer, jnp.asarray(x), jnp.asarray(y))
+        yield float(loss), nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ def torch_grads(net) -> dict:
 def jax_grads(state, x, y) -> dict:
     """``jax.grad`` of the tutorial loss on one micro-batch, in torch layout."""
     params = jax.tree.map(jnp.asarray, convert.torch_to_flax(state))
-    return convert.flax_to_torch(_grad(params, jnp.asarray(parity.nchw_to_nhwc(x)), jnp.asarray(y)))
+    return convert.flax_to_torch(_grad(params, jnp.asarray(parity.convert.nchw_to_nhwc(x)), jnp.asarray(y)))
 
 
 def assert_grads_close(actual, expected, what):
@@ -86,7 +86,7 @@ def optax_accumulated_training(state, xs, ys, tx) -> list[dict]:
     after = []
     for i, (x, y) in enumerate(zip(xs, ys), start=1):
         before = params
-        grads = _grad(params, jnp.asarray(parity.nchw_to_nhwc(x)), jnp.asarray(y))
+        grads = _grad(params, jnp.asarray(parity.convert.nchw_to_nhwc(x)), jnp.asarray(y))
         updates, opt_state = update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         if i % K:

@@ -60,9 +60,7 @@ def test_convert_between_formats_keeps_every_weight(tmp_path, state, src, dst):
 
 
 def _flax_logits(params, x):
-    from flax import nnx
-    graphdef, state = training.flax_net(params)
-    return np.asarray(nnx.merge(graphdef, state)(x))
+    return np.asarray(convert.to_nnx(params)(x))
 
 
 def test_weights_converted_from_torch_give_torchs_logits_in_flax(tmp_path, state):

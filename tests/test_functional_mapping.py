@@ -17,7 +17,8 @@ from flax import nnx
 from jax import lax
 
 from flax_lenet import convert, functional, train
-from flax_lenet.parity import nchw_to_nhwc, tutorial_data
+from flax_lenet.convert import nchw_to_nhwc
+from flax_lenet.parity import tutorial_data
 from flax_lenet.app.sidebyside import examples
 from flax_lenet.tolerances import FLOAT64
 from tests.helpers import assert_close, state_numpy, torch_net

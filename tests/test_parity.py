@@ -39,7 +39,7 @@ def torch_results():
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_flavour_matches_torch(torch_results, flavour, kernel_size, dtype, batch):
     state, x, target, ref = torch_results(kernel_size, dtype, batch)
-    got = parity.flax_run(flavour, parity.convert.torch_to_flax(state), parity.nchw_to_nhwc(x), target, LR)
+    got = parity.flax_run(flavour, parity.convert.torch_to_flax(state), parity.convert.nchw_to_nhwc(x), target, LR)
     tol = tolerance(dtype)
     assert_close(got["logits"], ref["logits"], tol, "logits")
     assert_close(got["loss"], ref["loss"], tol, "loss")
@@ -50,7 +50,7 @@ def test_flavour_matches_torch(torch_results, flavour, kernel_size, dtype, batch
 
 def test_large_batch_matches_torch(torch_results):
     state, x, target, ref = torch_results(3, "float32", 64, seed=7)
-    got = parity.flax_run("nnx", parity.convert.torch_to_flax(state), parity.nchw_to_nhwc(x), target, LR)
+    got = parity.flax_run("nnx", parity.convert.torch_to_flax(state), parity.convert.nchw_to_nhwc(x), target, LR)
     tol = tolerance("float32")
     assert_close(got["logits"], ref["logits"], tol, "logits")
     assert_tree_close(got["grads"], ref["grads"], tol, "grad")
@@ -63,7 +63,7 @@ def test_suite_catches_a_broken_conversion(torch_results, flavour, fault):
     state, x, target, ref = torch_results(3, "float64", 5)
     params = parity.convert.torch_to_flax(state)
     parity.FAULTS[fault](state, params)
-    got = parity.flax_run(flavour, params, parity.nchw_to_nhwc(x), target, LR)
+    got = parity.flax_run(flavour, params, parity.convert.nchw_to_nhwc(x), target, LR)
     with pytest.raises(AssertionError):
         assert_close(got["logits"], ref["logits"], tolerance("float32"), "logits")
     with pytest.raises(AssertionError):
@@ -75,7 +75,7 @@ def test_swapped_image_axes_are_caught(torch_results):
     state, x, target, ref = torch_results(3, "float64", 1)
     x_swapped = x.transpose(0, 1, 3, 2).copy()                   # (N, C, W, H): the wrong permutation
     got = parity.flax_run("functional", parity.convert.torch_to_flax(state),
-                          parity.nchw_to_nhwc(x_swapped), target, LR)
+                          parity.convert.nchw_to_nhwc(x_swapped), target, LR)
     with pytest.raises(AssertionError):
         assert_close(got["logits"], ref["logits"], tolerance("float32"), "logits")
 
@@ -91,7 +91,7 @@ def test_train_step_returns_torch_loss_and_updates_like_sgd(torch_results):
     model = nnx.eval_shape(lambda: flax_lenet.Net(3, param_dtype=jnp.float64, rngs=nnx.Rngs(0)))
     nnx.update(model, parity.convert.torch_to_flax(state))
     optimizer = nnx.Optimizer(model, optax.sgd(LR), wrt=nnx.Param)
-    loss = flax_lenet.train_step(model, optimizer, jnp.asarray(parity.nchw_to_nhwc(x)), jnp.asarray(target))
+    loss = flax_lenet.train_step(model, optimizer, jnp.asarray(parity.convert.nchw_to_nhwc(x)), jnp.asarray(target))
     assert_close(loss, ref["loss"], tolerance("float64"), "loss")
     after = flax_lenet.flax_to_torch(nnx.state(model, nnx.Param))
     assert_tree_close(after, ref["sgd"], tolerance("float64"), "after train_step")

@@ -35,7 +35,7 @@ def setup():
     params = jax.tree.map(jnp.asarray, convert.torch_to_flax(net.state_dict()))
     x, target = parity.tutorial_data(N, 1, "float64")
     labels = np.random.default_rng(2).integers(0, OUT, N)
-    return net, params, x, jnp.asarray(parity.nchw_to_nhwc(x)), target, labels
+    return net, params, x, jnp.asarray(parity.convert.nchw_to_nhwc(x)), target, labels
 
 
 def torch_param_grads(net, loss_of_output) -> dict:

@@ -34,9 +34,9 @@ def runs(tiny):
     return run
 
 
-@pytest.mark.parametrize("loss, loop", [("ce", "python"), ("mse", "scan")])
-def test_loss_curves_agree_step_for_step_float64(runs, loss, loop):
-    r = runs(dtype="float64", loss=loss, flax_loop=loop)
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_loss_curves_agree_step_for_step_float64(runs, loss):
+    r = runs(dtype="float64", loss=loss)
     assert len(r.flax.step_loss) == len(r.torch.step_loss) == TINY_STEPS
     gap = training.step_loss_diff(r.flax.step_loss, r.torch.step_loss)
     assert gap <= TRAIN_FLOAT64.rtol, f"step losses differ by {gap:.2e}"
@@ -45,12 +45,12 @@ def test_loss_curves_agree_step_for_step_float64(runs, loss, loop):
 def test_trained_weights_agree_float64(runs):
     from flax_lenet import convert
     from tests.helpers import assert_tree_close
-    r = runs(dtype="float64", loss="ce", flax_loop="python")
+    r = runs(dtype="float64", loss="ce")
     assert_tree_close(convert.flax_to_torch(r.flax_params), r.torch_state, TRAIN_FLOAT64, "weights")
 
 
 def test_first_steps_agree_float32(runs):
-    r = runs(dtype="float32", loss="ce", flax_loop="python")
+    r = runs(dtype="float32", loss="ce")
     gap = training.step_loss_diff(r.flax.step_loss, r.torch.step_loss)
     assert gap <= TRAIN_FLOAT32_FIRST_STEPS.rtol, f"step losses differ by {gap:.2e}"
 
@@ -71,7 +71,7 @@ def _torch_fault(monkeypatch, fault):
 @pytest.mark.parametrize("fault", ["no momentum in torch", "lr drop one step late in torch"])
 def test_a_mismatched_optimizer_fails_the_float64_check(tiny, monkeypatch, fault):
     _torch_fault(monkeypatch, fault)
-    r = training.train(tiny, training.TrainConfig(**TINY, dtype="float64", flax_loop="python"))
+    r = training.train(tiny, training.TrainConfig(**TINY, dtype="float64"))
     gap = training.step_loss_diff(r.flax.step_loss, r.torch.step_loss)
     assert gap > 1e3 * TRAIN_FLOAT64.rtol, f"{fault}: step losses differ by only {gap:.2e}"
 
@@ -96,7 +96,7 @@ def test_both_frameworks_start_from_torchs_initialisation():
 
 
 def test_a_loss_that_becomes_nan_stops_training_and_says_at_which_step(tiny):
-    cfg = training.TrainConfig(**{**TINY, "lr": 1e4, "momentum": 0.0}, loss="mse", flax_loop="python")
+    cfg = training.TrainConfig(**{**TINY, "lr": 1e4, "momentum": 0.0}, loss="mse")
     with pytest.raises(training.TrainingDiverged, match=r"loss became (nan|inf) at step \d+ \(epoch 1, batch \d\)") as e:
         training.train(tiny, cfg)
     good = e.value.last_good
@@ -108,7 +108,7 @@ def test_a_loss_that_becomes_nan_stops_training_and_says_at_which_step(tiny):
 @pytest.mark.parametrize("kw, message", [
     (dict(loss="l1"), "loss: expected one of"), (dict(dtype="float16"), "dtype: expected"),
     (dict(epochs=0), "epochs: expected a positive integer, found 0"), (dict(lr=-1.0), "lr: expected"),
-    (dict(lr_decay_at=2.0), "lr_decay_at: expected a fraction"), (dict(flax_loop="vmap"), "flax_loop"),
+    (dict(lr_decay_at=2.0), "lr_decay_at: expected a fraction"),
     (dict(seed=-1), "seed: expected a non-negative integer, found -1"), (dict(momentum=1.5), "momentum")])
 def test_bad_configuration_is_refused(kw, message):
     with pytest.raises(ValueError, match=message):

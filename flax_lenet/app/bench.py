@@ -11,15 +11,8 @@ torch  ``eager``            ``cudnn.benchmark = True`` on a GPU; ``torch.get_num
                             workers can cost torch more than the second core gains
        ``compile``          ``torch.compile(net)``; the optimizer step stays eager
        ``compile-cg``       (GPU) ``torch.compile(net, mode="reduce-overhead")``: CUDA graphs
-flax   ``train_step``       the public ``flax_lenet.train_step(model, optimizer, x, y)``; on CPU its
-                            forward is block-wise (``flax_lenet.fused``: one matmul per conv block)
-       ``jit``              the functional step under ``jax.jit`` with donated buffers, layer by
-                            layer (``flax_lenet.layers``' lowerings, as ``Net.__call__``)
-       ``scan``             ``K`` ``jit`` steps fused with ``lax.scan`` in one call (counts ``K`` steps)
-       ``train_step-graph`` (reference) the layered step (``model(x)``) under graph-mode ``nnx.jit``,
-                            as ``train_step`` was before issue 6
-       ``jit-lax``          (reference) ``jit`` with the library ops ``lax.conv_general_dilated`` and
-                            ``reduce_window`` max-pool instead of ``flax_lenet.layers``
+flax   ``train_step``       the library's one step, ``flax_lenet.train_step(model, optimizer, x, y)``;
+                            on CPU its forward is block-wise (``flax_lenet.fast``)
 
 Precision: ``default`` is each framework's own (on Ampere/Hopper both run convs in TF32, JAX
 its dots too); ``highest`` switches TF32 off in both. On a CPU the two are the same computation,
@@ -40,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 TORCH_IMPLS = ("eager", "eager-1t", "compile", "compile-cg")
-FLAX_IMPLS = ("train_step", "jit", "scan", "train_step-graph", "jit-lax")
+FLAX_IMPLS = ("train_step",)
 IMPLS = tuple(f"torch:{i}" for i in TORCH_IMPLS) + tuple(f"flax:{i}" for i in FLAX_IMPLS)
 CPU_BATCHES = (1, 4, 16, 64, 256, 1024)
 GPU_BATCHES = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536)
@@ -60,7 +53,6 @@ class BenchConfig:
     kernel_size: int = 3                # 3: the seed's Net, 5: today's tutorial
     rounds: int = 5                     # interleaved measurement rounds; the median is reported
     min_time: float = 0.2               # seconds per implementation per round (at least 2 steps)
-    scan_steps: int = 10                # K of the fused lax.scan implementation
     lr: float = 0.01
 
 
@@ -161,59 +153,25 @@ class _TorchRunner:
 
 
 class _FlaxRunner:
+    """``flax_lenet.train_step(model, optimizer, x, y)``, the library's one step, as users call it."""
+
     def __init__(self, impl, precision, x, y, cfg):
         import jax
-        import jax.numpy as jnp
         import optax
         from flax import nnx
 
-        from flax_lenet import convert, functional, train
-        from flax_lenet.model import Net
+        from flax_lenet import convert, train
         self.jax, self.impl = jax, impl
         self.prec = "default" if precision == "default" else "highest"
         dev = jax.devices("gpu" if cfg.device == "gpu" else "cpu")[0]
         state = {k: v.detach().numpy() for k, v in _torch_state(cfg.kernel_size).state_dict().items()}
-        params = jax.device_put(jax.tree.map(jnp.asarray, convert.torch_to_flax(state)), dev)
-        xj = jax.device_put(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), dev)   # NCHW -> NHWC
+        with jax.default_device(dev):
+            model = convert.to_nnx(convert.torch_to_flax(state))
+            optimizer = nnx.Optimizer(model, optax.sgd(cfg.lr), wrt=nnx.Param)
+        xj = jax.device_put(convert.nchw_to_nhwc(x), dev)
         yj = jax.device_put(y, dev)
-        tx = optax.sgd(cfg.lr)
         self.steps_per_call = 1
-        self.compiled = None
-        if impl in ("train_step", "train_step-graph"):
-            # weights come from torch: skip Net's eager initialisers (seconds of small compiles)
-            model = nnx.eval_shape(lambda: Net(cfg.kernel_size, rngs=nnx.Rngs(0)))
-            nnx.update(model, params)
-            opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
-            fn = train.train_step if impl == "train_step" else nnx.jit(_nnx_step)   # graph mode
-            self._call = lambda: fn(model, opt, xj, yj)
-            return
-        loss_fn = _library_loss if impl == "jit-lax" else functional.loss_fn
-
-        def step(p, s, xb, yb):
-            loss, g = jax.value_and_grad(loss_fn)(p, xb, yb)
-            u, s = tx.update(g, s, p)
-            return optax.apply_updates(p, u), s, loss
-
-        if impl == "jit":
-            fn = step
-        else:  # scan: K steps on the same batch in one call
-            k = cfg.scan_steps
-            self.steps_per_call = k
-
-            def fn(p, s, xb, yb):
-                def body(carry, _):
-                    p, s, _ = carry
-                    return step(p, s, xb, yb), None
-                (p, s, loss), _ = jax.lax.scan(body, (p, s, jnp.zeros((), xb.dtype)), None, length=k)
-                return p, s, loss
-        carry = {"p": params, "s": tx.init(params)}
-        with jax.default_matmul_precision(self.prec):
-            self.compiled = jax.jit(fn, donate_argnums=(0, 1)).lower(carry["p"], carry["s"], xj, yj).compile()
-
-        def call():
-            carry["p"], carry["s"], loss = self.compiled(carry["p"], carry["s"], xj, yj)
-            return loss
-        self._call = call
+        self._call = lambda: train.train_step(model, optimizer, xj, yj)
 
     def run(self, n):
         with self.jax.default_matmul_precision(self.prec):
@@ -226,43 +184,7 @@ class _FlaxRunner:
         pass
 
     def peak_mb(self):
-        if self.compiled is None:
-            return None
-        m = self.compiled.memory_analysis()
-        if m is None:
-            return None
-        total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
-        return total / 2**20
-
-
-def _nnx_step(model, optimizer, x, y):
-    """``train_step`` as it was before issue 6: ``model(x)`` layer by layer, jitted in NNX graph
-    mode (walks the object graph per call)."""
-    from flax import nnx
-
-    from flax_lenet import train
-    loss, grads = nnx.value_and_grad(train.loss_fn)(model, x, y)
-    optimizer.update(model, grads)
-    return loss
-
-
-def _library_loss(p, x, y):
-    """The Net's MSE loss written with ``lax.conv_general_dilated`` and ``reduce_window`` max-pool."""
-    import jax
-    import jax.numpy as jnp
-    from jax import lax
-
-    def conv(x, kernel, bias):
-        return lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
-
-    def pool(x):
-        return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
-    x = pool(jax.nn.relu(conv(x, **p["conv1"])))
-    x = pool(jax.nn.relu(conv(x, **p["conv2"])))
-    x = x.reshape(x.shape[0], -1)
-    x = jax.nn.relu(x @ p["fc1"]["kernel"] + p["fc1"]["bias"])
-    x = jax.nn.relu(x @ p["fc2"]["kernel"] + p["fc2"]["bias"])
-    return jnp.mean((x @ p["fc3"]["kernel"] + p["fc3"]["bias"] - y) ** 2)
+        return None
 
 
 def _make_runner(name, precision, x, y, cfg):

@@ -7,11 +7,11 @@ loss and optimizer. The torch side is the tutorial's loop::
     for input, target in batches:
         optimizer.zero_grad(); loss = criterion(net(input), target); loss.backward(); optimizer.step()
 
-The Flax side puts each epoch's images on the device once (the random shifts are drawn in
-numpy so both frameworks see the same pixels; without shifts the array is the same every
-epoch) and gathers every batch there, in either one compiled call per batch
-(``flax_loop='python'``) or a whole epoch in one compiled ``lax.scan`` over the batches
-(``flax_loop='scan'``); ``'auto'`` picks the faster for the backend (see ``FLAX_LOOP_AUTO``).
+The Flax side is the same loop over ``flax_lenet.train_step``, the library's one training
+step (block-wise on CPU, ``flax_lenet.fast``). The random shifts are drawn in numpy so both
+frameworks see the same pixels. Each side's one-time start-up (Flax: tracing and compiling the
+step and the evaluation; torch: its first step and evaluation) runs on copies of the models
+before the clock starts, and is reported apart as ``compile_seconds``.
 """
 
 import time
@@ -24,19 +24,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from flax_lenet import convert
+from flax_lenet import convert, fast, train as flax_train
 from flax_lenet.checks import check_finite, check_images, check_labels
 from flax_lenet.app.data import NUM_CLASSES, Dataset, random_shifts
 from flax_lenet.tolerances import ACCURACY_POINTS
 
 LOSSES = ("ce", "mse")
-FLAX_LOOPS = ("auto", "scan", "python")
-# Measured on 2 (shared) CPU cores, default run (digits, B=32, 44 steps/epoch), steady state:
-# one scanned epoch 686 ms, a Python loop of 44 jitted steps 268 ms (XLA:CPU runs the
-# select-and-scatter of max-pool's gradient slowly inside a scan; REFERENCE.md saw 3-5x).
-# GPU: not measured here; REFERENCE.md's H200 figures have scan well ahead (no per-step
-# dispatch), hence 'scan' there.
-FLAX_LOOP_AUTO = {"cpu": "python", "gpu": "scan", "tpu": "scan"}
 
 
 @dataclass(frozen=True)
@@ -52,7 +45,6 @@ class TrainConfig:
     seed: int = 0                   # initial weights (torch.manual_seed) and batch order (numpy)
     dtype: str = "float32"          # 'float64' needs jax_enable_x64
     kernel_size: int = 3            # 3: the seed's Net; 5: today's tutorial
-    flax_loop: str = "auto"         # 'scan' | 'python' | 'auto' (per backend, FLAX_LOOP_AUTO)
     max_steps_per_epoch: int | None = None  # cap on batches per epoch (smoke tests)
 
     def __post_init__(self):
@@ -60,8 +52,6 @@ class TrainConfig:
             raise ValueError(f"loss: expected one of {LOSSES}, found {self.loss!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype: expected 'float32' or 'float64', found {self.dtype!r}")
-        if self.flax_loop not in FLAX_LOOPS:
-            raise ValueError(f"flax_loop: expected one of {FLAX_LOOPS}, found {self.flax_loop!r}")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected a positive integer, found {getattr(self, name)}")
@@ -83,7 +73,8 @@ class FrameworkRun:
     step_loss: list = field(default_factory=list)
     train_loss: list = field(default_factory=list)
     test_accuracy: list = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0            # training and evaluation, start-up excluded
+    compile_seconds: float = 0.0    # the one-time start-up: Flax compiles, torch's first step
 
 
 @dataclass
@@ -93,17 +84,17 @@ class TrainResult:
     torch: FrameworkRun
     flax_params: dict               # Flax layout, numpy: the weights the Flax side trained
     torch_state: dict               # torch layout, numpy: the weights the torch side trained
-    flax_loop: str
 
     def metrics(self, data: dict) -> dict:
         """The content of ``metrics.json``."""
         def side(run):
             return {"test_accuracy": run.test_accuracy[-1], "test_accuracy_per_epoch": run.test_accuracy,
-                    "train_loss": run.train_loss, "step_loss": run.step_loss, "seconds": run.seconds}
+                    "train_loss": run.train_loss, "step_loss": run.step_loss, "seconds": run.seconds,
+                    "compile_seconds": run.compile_seconds}
         gap = step_loss_diff(self.flax.step_loss, self.torch.step_loss)
         points = 100 * abs(self.flax.test_accuracy[-1] - self.torch.test_accuracy[-1])
         return {"flax": side(self.flax), "torch": side(self.torch), "data": data,
-                "config": {**asdict(self.config), "flax_loop": self.flax_loop},
+                "config": asdict(self.config),
                 "difference": {"test_accuracy_points": points,
                                "test_accuracy_within_points": ACCURACY_POINTS,
                                "test_accuracy_agrees": points <= ACCURACY_POINTS,
@@ -179,82 +170,24 @@ def initial_state(cfg: TrainConfig) -> dict:
 
 # --- Flax -------------------------------------------------------------------------------------
 
-def flax_loss(loss: str):
-    """``(logits, labels) -> scalar``: ``F.cross_entropy`` or ``nn.MSELoss()`` on one-hot targets."""
-    if loss == "ce":
-        return lambda logits, y: optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    return lambda logits, y: jnp.mean((logits - jax.nn.one_hot(y, NUM_CLASSES, dtype=logits.dtype)) ** 2)
+def ce_loss(model, x, labels):
+    """``F.cross_entropy(net(x), labels)``: the mean softmax cross-entropy on class labels."""
+    return optax.softmax_cross_entropy_with_integer_labels(model(x), labels).mean()
 
 
-def flax_net(params: dict):
-    """``(graphdef, state)`` of the NNX Net holding ``params`` (Flax layout), without a random init.
-
-    ``nnx.eval_shape`` builds the Net abstractly (no initialiser runs: compiling the random
-    initialisers costs seconds on CPU) and the weights are then filled in.
-    """
-    return nnx.split(convert.to_nnx(params))
+def mse_onehot_loss(model, x, labels):
+    """``nn.MSELoss()(net(x), F.one_hot(labels))``: the tutorial's loss on one-hot targets."""
+    logits = model(x)
+    return jnp.mean((logits - jax.nn.one_hot(labels, NUM_CLASSES, dtype=logits.dtype)) ** 2)
 
 
-def make_flax_step(graphdef, tx, loss: str):
-    """A pure ``(params, opt_state, x, y) -> (params, opt_state, loss)``: one SGD step of the NNX Net."""
-    criterion = flax_loss(loss)
-
-    def step(params, opt_state, x, y):
-        def loss_of(p):
-            return criterion(nnx.merge(graphdef, p)(x), y)
-        value, grads = jax.value_and_grad(loss_of)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
-
-    return step
+FLAX_LOSSES = {"ce": ce_loss, "mse": mse_onehot_loss}
 
 
-def make_flax_epoch(graphdef, tx, loss: str):
-    """One jitted call per epoch: ``lax.scan`` of the step over ``order`` ``(steps, B)`` on device data."""
-    step = make_flax_step(graphdef, tx, loss)
-
-    @jax.jit
-    def epoch(params, opt_state, x, y, order):
-        def body(carry, idx):
-            p, s, value = step(*carry, x[idx], y[idx])
-            return (p, s), value
-        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), order)
-        return params, opt_state, losses
-
-    return epoch
-
-
-def make_flax_python_epoch(graphdef, tx, loss: str):
-    """The same epoch as a Python loop over one jitted step per batch (faster on XLA:CPU).
-
-    The batch is gathered inside the compiled step from the device-resident data and the
-    device-resident ``order``: per step only the step number crosses from the host.
-    """
-    step = make_flax_step(graphdef, tx, loss)
-
-    @jax.jit
-    def indexed_step(params, opt_state, x, y, order, i):
-        idx = order[i]
-        return step(params, opt_state, x[idx], y[idx])
-
-    def epoch(params, opt_state, x, y, order, on_step=None):
-        losses = []
-        for i in range(order.shape[0]):
-            params, opt_state, value = indexed_step(params, opt_state, x, y, order, i)
-            losses.append(value)
-            if on_step:
-                on_step()
-        return params, opt_state, jnp.stack(losses)
-
-    return epoch
-
-
-def make_flax_accuracy(graphdef):
-    """A jitted ``(params, x, y) -> number of correct predictions`` (an integer, as in torch)."""
-    @jax.jit
-    def correct(params, x, y):
-        return jnp.sum(jnp.argmax(nnx.merge(graphdef, params)(x), -1) == y)
-    return correct
+@nnx.jit(graph=False)
+def _correct(model, x, y):
+    """The number of images in ``x`` that ``model`` classifies as ``y`` (block-wise on CPU)."""
+    return jnp.sum(jnp.argmax(fast.view(model, x)(x), -1) == y)
 
 
 def flax_accuracy(params: dict, x: np.ndarray, y: np.ndarray) -> float:
@@ -262,25 +195,9 @@ def flax_accuracy(params: dict, x: np.ndarray, y: np.ndarray) -> float:
     check_images(x)
     check_finite(x)
     check_labels(y, len(x))
-    graphdef, state = flax_net(params)
-    dtype = np.asarray(params["conv1"]["kernel"]).dtype
-    return int(make_flax_accuracy(graphdef)(state, jnp.asarray(x, dtype), jnp.asarray(y))) / len(y)
-
-
-_COMPILED: dict = {}
-
-
-def _compiled(graphdef, loop, loss, optimizer_key, tx):
-    """The jitted epoch and accuracy functions, reused by later runs with the same settings.
-
-    ``tx`` is rebuilt on every run from the same settings (``optimizer_key``), so it is left
-    out of the key; jit itself retraces for a new dtype or batch shape.
-    """
-    key = (graphdef, loop, loss, optimizer_key)
-    if key not in _COMPILED:
-        make = make_flax_epoch if loop == "scan" else make_flax_python_epoch
-        _COMPILED[key] = (make(graphdef, tx, loss), make_flax_accuracy(graphdef))
-    return _COMPILED[key]
+    model = convert.to_nnx(params)
+    dtype = model.conv1.kernel[...].dtype
+    return int(_correct(model, jnp.asarray(x, dtype), jnp.asarray(y))) / len(y)
 
 
 # --- torch ------------------------------------------------------------------------------------
@@ -311,13 +228,9 @@ def torch_accuracy(state: dict, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _torch_images(x: np.ndarray, dtype):
-    """NHWC numpy -> NCHW torch tensor with fresh C-order strides.
-
-    ``np.ascontiguousarray(x.transpose(0, 3, 1, 2))`` is a no-op for one channel (numpy calls it
-    contiguous already) and hands torch strides that make the tutorial's ``x.view(...)`` fail.
-    """
+    """NHWC numpy -> NCHW torch tensor (``convert.nhwc_to_nchw``: strides ``x.view`` accepts)."""
     import torch
-    return torch.from_numpy(np.array(x.transpose(0, 3, 1, 2), dtype=dtype, order="C"))
+    return torch.from_numpy(convert.nhwc_to_nchw(np.asarray(x, dtype)))
 
 
 def _torch_accuracy(net, x, y) -> float:
@@ -357,6 +270,8 @@ def train(dataset: Dataset, cfg: TrainConfig = TrainConfig(), *,
       ValueError: bad images, labels or configuration. TrainingDiverged: a loss became NaN or
         Inf; the exception holds the result up to the last finite epoch.
     """
+    import copy
+
     import torch
 
     from torch_reference import Net as TorchNet
@@ -373,7 +288,6 @@ def train(dataset: Dataset, cfg: TrainConfig = TrainConfig(), *,
     order = batch_order(len(dataset.y_train), cfg)
     steps = order.shape[1]
     state0 = initial_state(cfg)
-    loop = FLAX_LOOP_AUTO.get(jax.default_backend(), "scan") if cfg.flax_loop == "auto" else cfg.flax_loop
 
     # torch: NCHW tensors, the tutorial's loop.
     net = TorchNet(cfg.kernel_size).to(getattr(torch, cfg.dtype))
@@ -384,19 +298,31 @@ def train(dataset: Dataset, cfg: TrainConfig = TrainConfig(), *,
     torch_y_train = torch.from_numpy(dataset.y_train.astype(np.int64))
     torch_y_test = torch.from_numpy(dataset.y_test.astype(np.int64))
 
-    # Flax: the NNX Net split into a static graph and a parameter pytree; data on the device.
-    graphdef, params = flax_net(convert.torch_to_flax(state0))
-    opt_state = tx.init(params)
-    fy_train = jnp.asarray(dataset.y_train)
+    # Flax: the NNX Net and an nnx.Optimizer, trained with flax_lenet.train_step.
+    model = convert.to_nnx(convert.torch_to_flax(state0))
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    flax_loss = FLAX_LOSSES[cfg.loss]
     fx_test, fy_test = jnp.asarray(dataset.x_test, dtype), jnp.asarray(dataset.y_test)
-    epoch_fn, accuracy_fn = _compiled(graphdef, loop, cfg.loss, (cfg.lr, cfg.momentum, decay_step(cfg, steps)), tx)
+
+    fr, tr = FrameworkRun(), FrameworkRun()
+    first = dataset.x_train[order[0, 0]].astype(dtype), dataset.y_train[order[0, 0]]
+    start = time.perf_counter()                 # one-time start-up, on copies: not in `seconds`
+    warm = copy.deepcopy(net)
+    warm_opt = torch.optim.SGD(warm.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    sgd_step(warm, warm_opt, _torch_images(first[0], dtype), torch.from_numpy(first[1].astype(np.int64)), criterion)
+    _torch_accuracy(warm.eval(), torch_x_test, torch_y_test)
+    tr.compile_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    warm_model, warm_opt = nnx.clone(model), nnx.clone(optimizer)
+    flax_train.train_step(warm_model, warm_opt, first[0], first[1], loss_fn=flax_loss).block_until_ready()
+    _correct(warm_model, fx_test, fy_test).block_until_ready()
+    fr.compile_seconds = time.perf_counter() - start
 
     shift_rng = np.random.default_rng([cfg.seed, 1])
-    fr, tr = FrameworkRun(), FrameworkRun()
-    result = TrainResult(cfg, fr, tr, _numpy_tree(params), state0, loop)
+    result = TrainResult(cfg, fr, tr, _numpy_tree(nnx.state(model, nnx.Param)), state0)
     for epoch in range(cfg.epochs):
         tick = progress(epoch, 2 * steps) if progress else (lambda: None)
-        x_epoch = random_shifts(dataset.x_train, cfg.shift, shift_rng)   # the same images for both
+        x_epoch = random_shifts(dataset.x_train, cfg.shift, shift_rng).astype(dtype, copy=False)
 
         start = time.perf_counter()
         torch_x_train = _torch_images(x_epoch, dtype)
@@ -412,18 +338,16 @@ def train(dataset: Dataset, cfg: TrainConfig = TrainConfig(), *,
         tr.seconds += time.perf_counter() - start
 
         start = time.perf_counter()
-        fx_train = jnp.asarray(x_epoch, dtype)
-        if loop == "scan":
-            params, opt_state, losses = epoch_fn(params, opt_state, fx_train, fy_train, jnp.asarray(order[epoch]))
-            for _ in range(steps):
-                tick()
-        else:
-            params, opt_state, losses = epoch_fn(params, opt_state, fx_train, fy_train,
-                                                 jnp.asarray(order[epoch]), tick)
-        f_losses = np.asarray(losses, np.float64)
-        f_acc = int(accuracy_fn(params, fx_test, fy_test)) / len(dataset.y_test)
+        losses = []
+        for idx in order[epoch]:                    # the same loop, through the library's step
+            losses.append(flax_train.train_step(model, optimizer, x_epoch[idx], dataset.y_train[idx],
+                                                loss_fn=flax_loss))
+            tick()
+        f_losses = np.asarray(jnp.stack(losses), np.float64)
+        f_acc = int(_correct(model, fx_test, fy_test)) / len(dataset.y_test)
         fr.seconds += time.perf_counter() - start
 
+        params = nnx.state(model, nnx.Param)
         for name, losses, ok in (("flax", f_losses, _finite_tree(params)),
                                  ("torch", np.asarray(t_losses), _finite_tree(net.state_dict()))):
             bad = _first_bad(losses)

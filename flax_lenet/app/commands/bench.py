@@ -29,16 +29,14 @@ def add_arguments(p):
     p.add_argument("--kernel-size", type=int, choices=(3, 5), default=3, help="default: 3")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is reported (default: 5)")
     p.add_argument("--min-time", type=float, default=0.2, help="seconds per implementation per round (default: 0.2)")
-    p.add_argument("--scan-steps", type=int, default=10, help="K of the lax.scan implementation (default: 10)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     p.add_argument("--png", metavar="PATH", help="also write a throughput-vs-batch plot to PATH")
 
 
 def _config(args):
     from flax_lenet.app import bench
-    if args.rounds < 1 or args.min_time <= 0 or args.scan_steps < 1:
-        raise UsageError(f"--rounds and --scan-steps must be >= 1 and --min-time > 0, found "
-                         f"{args.rounds}, {args.scan_steps}, {args.min_time}")
+    if args.rounds < 1 or not args.min_time > 0:
+        raise UsageError(f"--rounds must be >= 1 and --min-time > 0, found {args.rounds} and {args.min_time}")
     impls = bench.IMPLS if args.impl == "all" else tuple(i.strip() for i in args.impl.split(","))
     unknown = [i for i in impls if i not in bench.IMPLS]
     if unknown:
@@ -47,8 +45,7 @@ def _config(args):
     precisions = bench.PRECISIONS if precision == "both" else (precision,)
     batches = args.batch or (bench.GPU_BATCHES if args.device == "gpu" else bench.CPU_BATCHES)
     return bench.BenchConfig(device=args.device, batches=batches, impls=impls, precisions=precisions,
-                             kernel_size=args.kernel_size, rounds=args.rounds, min_time=args.min_time,
-                             scan_steps=args.scan_steps)
+                             kernel_size=args.kernel_size, rounds=args.rounds, min_time=args.min_time)
 
 
 def _check_writable(path):

@@ -18,7 +18,7 @@ TORCH_THREADS = 1
 
 
 def add_arguments(p):
-    from flax_lenet.app.training import FLAX_LOOPS, TrainConfig
+    from flax_lenet.app.training import TrainConfig
     d = TrainConfig()
     p.add_argument("--data", choices=("digits", "mnist"), default="digits",
                    help="digits: scikit-learn's 1,797 handwritten digits (no download); "
@@ -37,9 +37,6 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, default=d.seed, help="initial weights and batch order (default: 0)")
     p.add_argument("--dtype", choices=("float32", "float64"), default=d.dtype, help="default: float32")
     p.add_argument("--kernel-size", type=int, choices=(3, 5), default=d.kernel_size, help="default: 3")
-    p.add_argument("--flax-loop", choices=FLAX_LOOPS, default=d.flax_loop,
-                   help="scan: one compiled call per epoch; python: one per batch; auto: the faster "
-                        "for the backend (default: auto)")
     p.add_argument("--max-steps", type=positive_int, help="at most this many batches per epoch (smoke runs)")
     p.add_argument("--torch-threads", type=positive_int, default=TORCH_THREADS,
                    help=f"torch.set_num_threads (default: {TORCH_THREADS}; see TORCH_THREADS)")
@@ -152,7 +149,7 @@ def _train(args, start) -> int:
     cfg = training.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                momentum=args.momentum, lr_decay_at=args.lr_decay_at, shift=args.shift,
                                loss=args.loss, seed=args.seed, dtype=args.dtype,
-                               kernel_size=args.kernel_size, flax_loop=args.flax_loop,
+                               kernel_size=args.kernel_size,
                                max_steps_per_epoch=args.max_steps)
     dataset = data.load(args.data, args.data_dir)       # bad data: fail before --out is created
     out = checkpoint.prepare_run_dir(args.out, overwrite=args.overwrite) if args.out else None
@@ -180,7 +177,9 @@ def _train(args, start) -> int:
     print(f"test accuracy: flax {100 * f_acc:.2f}%  torch {100 * t_acc:.2f}%  "
           f"(difference {metrics['difference']['test_accuracy_points']:.2f} points); "
           f"step losses differ by at most {metrics['difference']['step_loss_max_rel']:.1e} relative; "
-          f"train time flax {result.flax.seconds:.1f} s ({result.flax_loop} loop), torch {result.torch.seconds:.1f} s")
+          f"train time flax {result.flax.seconds:.1f} s, torch {result.torch.seconds:.1f} s "
+          f"(start-up apart: flax compiles {result.flax.compile_seconds:.1f} s, "
+          f"torch {result.torch.compile_seconds:.1f} s)")
     if out is not None:
         save_weights(out, result)
         plot_curves(out / "curves.png", result, dataset.name)

@@ -1,4 +1,4 @@
-"""The Net's forward for ``train_step`` on CPU: each conv -> relu -> max-pool block as one matmul.
+"""Speed, in one place: the Net's forward for ``train_step`` on CPU, one matmul per conv block.
 
 Layer by layer (``Net.__call__``), XLA:CPU spends most of a training step moving data: shifted
 copies of the input for each of the ``k * k`` kernel offsets, the pool's windows gathered
@@ -17,7 +17,7 @@ product each, and the pools become a max over a small axis of that product:
   output ``(r*u + 2*e + di, r*v + 2*f + dj)``. The 2x2 pool window of pooled pixel
   ``(r/2 * u + e, r/2 * v + f)`` is the ``(di, dj)`` axis of the same row, so the pool is a
   max over that axis (``window_max``, gradient to the first maximum in row-major order, as
-  torch's ``max_pool2d`` and ``flax_lenet.layers.max_pool``).
+  torch's ``max_pool2d`` and XLA's ``reduce_window`` max on CPU).
 * **Blocks feed blocks.** ``conv1``'s pooled output comes out as 2x2 blocks of the pooled
   map, which is exactly ``conv2``'s input cut into ``r = 2`` blocks: no transpose in between.
   ``conv2``'s last row and column for k=3 (13 is odd: its pool's floor drops them) are never
@@ -25,12 +25,14 @@ product each, and the pools become a max over a small axis of that product:
 
 The matrices are small (for N=256: ``12544 x 36 @ 36 x 96`` and ``9216 x 96 @ 96 x 64`` with
 k=3), and XLA:CPU runs them, their gradients and the pool as a handful of large kernels. The
-result equals ``Net.__call__`` up to float rounding (``tests/test_fused.py``: float64 to 1e-12,
-gradients included, k = 3 and 5). ``train_step`` uses it only on CPU and only for a Net that is
-exactly ``flax_lenet.Net`` as built (``applies_to``); everything else, hooked layers included,
-runs ``model(x)``.
+result equals ``Net.__call__`` up to float rounding (``tests/test_fast.py``: float64 to 1e-12,
+gradients included, ties included, k = 3 and 5). ``train_step`` uses it through ``view``: only
+on CPU (``lax.platform_dependent``; GPUs and TPUs run ``model(x)``) and only for a Net that is
+exactly ``flax_lenet.Net`` as built (``applies_to``); anything else, a hooked or swapped layer,
+a subclass or another dtype, runs ``model(x)``.
 """
 
+import functools
 import itertools
 import math
 
@@ -40,13 +42,12 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from flax_lenet import functional, layers
-from flax_lenet.checks import IMAGE_SHAPE
+from flax_lenet import functional
 from flax_lenet.model import Net, flat_side
 
 _NET_CALL = Net.__call__  # if the class's __call__ is replaced, model(x) is no longer this forward
 
-# --- the pool: max over the window axis, gradient to the first maximum ----------------------
+# --- the pool: max over the window axis, gradient to the first maximum (torch's rule) ----------------------
 
 
 def _window_max(y, axis):
@@ -161,44 +162,50 @@ def forward(params, x):
     return functional.linear(h, **params["fc3"])
 
 
-# --- when train_step may use it ---------------------------------------------------------
+# --- when train_step may use it ------------------------------------------------------------
 
 
-def _plain_conv(layer, k, dtype):
-    return (type(layer) is nnx.Conv and tuple(layer.kernel_size) == (k, k)
-            and layer.padding == "VALID" and layer.conv_general_dilated is layers.conv_general_dilated
-            and all(getattr(layer, name) in (None, 1, (1, 1))
-                    for name in ("strides", "input_dilation", "kernel_dilation"))
-            and layer.feature_group_count == 1 and layer.use_bias and layer.mask is None
-            and layer.dtype is None and layer.precision is None and layer.preferred_element_type is None
-            and layer.kernel[...].dtype == dtype and layer.bias[...].dtype == dtype)
-
-
-def _plain_linear(layer, dtype):
-    return (type(layer) is nnx.Linear and layer.use_bias and layer.dtype is None
-            and layer.precision is None and layer.dot_general is lax.dot_general
-            and layer.preferred_element_type is None
-            and layer.kernel[...].dtype == dtype and layer.bias[...].dtype == dtype)
+@functools.lru_cache(maxsize=None)
+def _plain_graphdef(kernel_size: int, dtype):
+    """The structure of ``Net(kernel_size, param_dtype=dtype)`` as built (abstract: no weights drawn)."""
+    return nnx.graphdef(nnx.eval_shape(lambda: Net(kernel_size, param_dtype=dtype, rngs=nnx.Rngs(0))))
 
 
 def applies_to(model, x) -> bool:
     """True when ``forward`` computes exactly ``model(x)``: an unmodified ``flax_lenet.Net``.
 
-    A subclass, a layer swapped or hooked (``flax_lenet.hooks.nnx_hooks``), another kernel
-    size than 3 or 5, or parameters and input of different dtypes: False.
+    The model's structure (classes, layer settings, dtypes) must equal that of a Net built with
+    kernel size 3 or 5 and ``param_dtype=x.dtype``; a subclass, a hooked or swapped layer
+    (``flax_lenet.hooks.nnx_hooks``), a changed padding or another dtype all differ.
     """
-    if type(model) is not Net or Net.__call__ is not _NET_CALL:
+    if type(model) is not Net or Net.__call__ is not _NET_CALL or tuple(x.shape[1:]) != (32, 32, 1):
         return False
-    if tuple(x.shape[1:]) != IMAGE_SHAPE or x.ndim != 4:
-        return False
-    k = model.conv1.kernel_size[0] if isinstance(model.conv1, nnx.Conv) else None
-    return (k in (3, 5) and _plain_conv(model.conv1, k, x.dtype) and _plain_conv(model.conv2, k, x.dtype)
-            and all(_plain_linear(getattr(model, name), x.dtype) for name in ("fc1", "fc2", "fc3")))
+    graphdef = nnx.graphdef(model)
+    return any(graphdef == _plain_graphdef(k, jnp.dtype(x.dtype)) for k in (3, 5))
 
 
-def net_logits(model, x):
-    """``model(x)``; on CPU, for a plain Net (``applies_to``), computed by ``forward``."""
-    if not applies_to(model, x):
-        return model(x)
-    return lax.platform_dependent(x, cpu=lambda x: forward(nnx.to_pure_dict(nnx.state(model, nnx.Param)), x),
-                                  default=lambda x: model(x))
+class _Blockwise(nnx.Module):
+    """The Net's own layers (the same Variables), called block-wise on CPU, layer by layer elsewhere.
+
+    It has the Net's attributes, so gradients taken through it have the Net's structure.
+    """
+
+    def __init__(self, net):
+        self.conv1, self.conv2, self.fc1, self.fc2, self.fc3 = net.conv1, net.conv2, net.fc1, net.fc2, net.fc3
+
+    def __call__(self, x):
+        params = {name: {"kernel": getattr(self, name).kernel[...], "bias": getattr(self, name).bias[...]}
+                  for name in _LAYERS}
+        return lax.platform_dependent(x, cpu=lambda x: forward(params, x), default=lambda x: _NET_CALL(self, x))
+
+
+_LAYERS = ("conv1", "conv2", "fc1", "fc2", "fc3")
+
+
+def view(model, x):
+    """``model``, or a module that computes ``model(x)`` block-wise on CPU when ``applies_to`` holds.
+
+    ``nnx.value_and_grad(loss_fn)(view(model, x), x, y)`` is ``loss_fn``'s value and gradient
+    (with the Net's structure), computed faster on CPU.
+    """
+    return _Blockwise(model) if applies_to(model, x) else model

@@ -1,8 +1,9 @@
-"""``flax_lenet.fused``, the block-wise forward ``train_step`` runs on CPU, is the Net's forward.
+"""``flax_lenet.fast``, the block-wise forward ``train_step`` runs on CPU, is the plain Net's forward.
 
-It is checked against ``functional.forward`` (the layer-by-layer Net, itself pinned to torch by
-the parity suite) for values and gradients, with ties in the pools, and once each against a
-deliberately wrong variant; ``train_step`` is shown to take it only for an unmodified Net.
+It is checked against ``functional.forward`` and the NNX ``model(x)`` (the plain layer-by-layer
+Net, itself pinned to torch by the parity suite) for values and gradients, with ties in the
+pools, and once each against a deliberately wrong variant; ``train_step`` is shown to take it
+only for an unmodified Net, and to differentiate the exported ``loss_fn`` (or the one passed).
 """
 
 import jax
@@ -13,7 +14,7 @@ import pytest
 from flax import nnx
 
 import flax_lenet
-from flax_lenet import convert, functional, fused, hooks, train
+from flax_lenet import convert, fast, functional, hooks, train
 from flax_lenet.tolerances import FLOAT32_CPU, FLOAT64
 from helpers import assert_close, assert_tree_close, state_numpy, torch_net
 
@@ -42,40 +43,41 @@ def _loss_and_grads(forward, params, x, ct):
 
 
 @pytest.mark.parametrize("kernel_size,dtype", [(3, "float64"), (5, "float64"), (3, "float32"), (5, "float32")])
-def test_fused_forward_and_gradients_equal_the_layered_net(kernel_size, dtype):
+def test_fast_forward_and_gradients_equal_the_layered_net(kernel_size, dtype):
     p, x = _params(kernel_size, dtype), _images(5, dtype, ties=True)
     ct = jnp.asarray(np.random.default_rng(2).standard_normal((5, 10)), dtype)
-    assert_close(fused.forward(p, x), functional.forward(p, x), TOL[dtype], "logits")
-    got = _loss_and_grads(fused.forward, p, x, ct)
+    assert_close(fast.forward(p, x), functional.forward(p, x), TOL[dtype], "logits")
+    assert_close(fast.forward(p, x), convert.to_nnx(p)(x), TOL[dtype], "logits of the NNX model(x)")
+    got = _loss_and_grads(fast.forward, p, x, ct)
     want = _loss_and_grads(functional.forward, p, x, ct)
     assert_close(got[0], want[0], TOL[dtype], "loss")
     assert_tree_close(got[1], want[1], TOL[dtype], "grads")
 
 
-def test_fused_check_catches_misplaced_kernel_taps(monkeypatch):
+def test_fast_check_catches_misplaced_kernel_taps(monkeypatch):
     # the block kernel built with each patch column's row and column swapped (a transposed kernel)
     p, x = _params(3, "float64"), _images(3, "float64")
     want = functional.forward(p, x)
-    offsets = fused._patch_offsets
-    monkeypatch.setattr(fused, "_patch_offsets", lambda d, r, c: offsets(d, r, c)[:, [1, 0, 2]])
+    offsets = fast._patch_offsets
+    monkeypatch.setattr(fast, "_patch_offsets", lambda d, r, c: offsets(d, r, c)[:, [1, 0, 2]])
     with pytest.raises(AssertionError):
-        assert_close(fused.forward(p, x), want, FLOAT64, "transposed taps")
+        assert_close(fast.forward(p, x), want, FLOAT64, "transposed taps")
 
 
-def test_fused_pool_check_catches_split_ties(monkeypatch):
+def test_fast_pool_check_catches_split_ties(monkeypatch):
     # a plain jnp.max pool splits a tie's gradient among the tied inputs; torch gives it to the first
     p, x = _params(3, "float64"), _images(3, "float64", ties=True)
     ct = jnp.ones((3, 10), jnp.float64)
     want = _loss_and_grads(functional.forward, p, x, ct)[1]
-    monkeypatch.setattr(fused, "window_max", lambda y, axis: jnp.max(y, axis=axis))
+    monkeypatch.setattr(fast, "window_max", lambda y, axis: jnp.max(y, axis=axis))
     with pytest.raises(AssertionError):
-        assert_tree_close(_loss_and_grads(fused.forward, p, x, ct)[1], want, FLOAT64, "split ties")
+        assert_tree_close(_loss_and_grads(fast.forward, p, x, ct)[1], want, FLOAT64, "split ties")
 
 
 def test_block_kernel_holds_each_weight_where_its_output_needs_it():
     # conv1 (r=4, k=3): 16 outputs per block, each a 3x3 window of the 6x6 patch, zeros elsewhere
     k = jnp.arange(1.0, 10.0).reshape(3, 3, 1, 1)
-    w = np.asarray(fused.block_kernel(k, 4))
+    w = np.asarray(fast.block_kernel(k, 4))
     assert w.shape == (36, 16)
     assert (np.count_nonzero(w, axis=0) == 9).all()
     assert sorted(w[:, 0][w[:, 0] != 0]) == list(range(1, 10))
@@ -85,22 +87,22 @@ def _model(kernel_size=3, dtype="float32"):
     return convert.to_nnx(_params(kernel_size, dtype))
 
 
-def test_train_step_uses_the_fused_forward_only_for_a_plain_net():
+def test_train_step_uses_the_fast_forward_only_for_a_plain_net():
     x = _images(4, "float32")
     model = _model()
-    assert fused.applies_to(model, x)
-    assert not fused.applies_to(model, x.astype(jnp.float64))          # dtypes differ: model(x) decides
-    assert not fused.applies_to(_model(3, "float64"), x)
+    assert fast.applies_to(model, x)
+    assert not fast.applies_to(model, x.astype(jnp.float64))          # dtypes differ: model(x) decides
+    assert not fast.applies_to(_model(3, "float64"), x)
 
     class Wider(flax_lenet.Net):
         pass
     sub = nnx.eval_shape(lambda: Wider(rngs=nnx.Rngs(0)))
-    assert not fused.applies_to(sub, x)
+    assert not fast.applies_to(sub, x)
     with hooks.nnx_hooks(model.conv2, post=lambda m, a, out: out):
-        assert not fused.applies_to(model, x)
-    assert fused.applies_to(model, x)
+        assert not fast.applies_to(model, x)
+    assert fast.applies_to(model, x)
     model.conv1.padding = "SAME"
-    assert not fused.applies_to(model, x)
+    assert not fast.applies_to(model, x)
 
 
 def _compiled_step(model, x, y):
@@ -129,17 +131,32 @@ def test_train_step_runs_hooks_of_a_hooked_layer():
 
 
 @pytest.mark.parametrize("kernel_size", [3, 5])
-def test_fused_train_step_equals_the_layered_step(kernel_size):
-    # the same SGD step through model(x) (a hook that changes nothing turns the fused path off)
-    x = _images(6, "float64")
+def test_fast_train_step_equals_the_layered_step(kernel_size):
+    # the same SGD step through model(x) (a hook that changes nothing turns the fast path off)
+    x = _images(6, "float64", ties=True)
     y = jnp.asarray(np.random.default_rng(3).standard_normal((6, 10)), jnp.float64)
-    fast, slow = _model(kernel_size, "float64"), _model(kernel_size, "float64")
-    loss_fast = train.train_step(fast, nnx.Optimizer(fast, optax.sgd(0.1), wrt=nnx.Param), x, y)
-    with hooks.nnx_hooks(slow.fc3, post=lambda m, a, out: out):
-        loss_slow = train.train_step(slow, nnx.Optimizer(slow, optax.sgd(0.1), wrt=nnx.Param), x, y)
-    assert_close(loss_fast, loss_slow, FLOAT64, "loss")
-    assert_tree_close(convert.flax_to_torch(nnx.state(fast, nnx.Param)), convert.flax_to_torch(nnx.state(slow, nnx.Param)), FLOAT64,
-                      "params after the step")
+    quick, plain = _model(kernel_size, "float64"), _model(kernel_size, "float64")
+    loss_quick = train.train_step(quick, nnx.Optimizer(quick, optax.sgd(0.1), wrt=nnx.Param), x, y)
+    with hooks.nnx_hooks(plain.fc3, post=lambda m, a, out: out):
+        loss_plain = train.train_step(plain, nnx.Optimizer(plain, optax.sgd(0.1), wrt=nnx.Param), x, y)
+    assert_close(loss_quick, loss_plain, FLOAT64, "loss")
+    assert_tree_close(convert.flax_to_torch(nnx.state(quick, nnx.Param)),
+                      convert.flax_to_torch(nnx.state(plain, nnx.Param)), FLOAT64, "params after the step")
+
+
+def test_train_step_differentiates_the_loss_it_is_given():
+    # a loss that only looks at one logit: its gradient reaches fc3's row for that class only
+    x, y = _images(4, "float64"), jnp.zeros((4, 10), jnp.float64)
+    model = _model(3, "float64")
+    before = np.asarray(model.fc3.kernel[...]).copy()
+
+    def first_logit(model, x, target):
+        return jnp.sum(model(x)[:, 0])
+
+    loss = train.train_step(model, nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param), x, y, loss_fn=first_logit)
+    assert_close(loss, first_logit(_model(3, "float64"), x, y), FLOAT64, "loss")
+    changed = np.abs(np.asarray(model.fc3.kernel[...]) - before).max(axis=0) > 0
+    assert changed.tolist() == [True] + [False] * 9
 
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
@@ -147,7 +164,7 @@ def test_accelerators_run_the_layered_net_in_train_step(platform):
     from jax import export
     model = _model()
     x = jax.ShapeDtypeStruct((4, 32, 32, 1), jnp.float32)
-    mlir = export.export(jax.jit(lambda x: fused.net_logits(model, x)), platforms=[platform])(x).mlir_module()
+    mlir = export.export(jax.jit(lambda x: fast.view(model, x)(x)), platforms=[platform])(x).mlir_module()
     assert "stablehlo.convolution" in mlir
-    cpu = export.export(jax.jit(lambda x: fused.net_logits(model, x)), platforms=["cpu"])(x).mlir_module()
+    cpu = export.export(jax.jit(lambda x: fast.view(model, x)(x)), platforms=["cpu"])(x).mlir_module()
     assert "stablehlo.convolution" not in cpu
