@@ -39,9 +39,13 @@ SECTIONS = (
                "Flax's max_pool steps by 1 unless told; torch's stride is the window: strides=(2, 2).",
                "The flatten before fc1 is H*W*C in Flax, C*H*W in torch: flax_lenet.convert permutes "
                "fc1's weight once, so the same weights give the same outputs.",
-               "torch's kernel [O, I, kH, kW] is Flax's [kH, kW, I, O]; a linear weight [out, in] is [in, out]."),
+               "torch's kernel [O, I, kH, kW] is Flax's [kH, kW, I, O]; a linear weight [out, in] is [in, out].",
+               "Flax's default initialisers (lecun-normal kernels, zero biases) are not torch's "
+               "(U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases): "
+               "flax_lenet.initializers.torch_init(model, rngs) redraws a built model as torch would."),
         numbers="network",
         tests=("tests/test_hooks.py::test_forward_hook_recording_equals_capture_intermediates_sow_and_nnx_capture",
+               "tests/test_init.py::test_torch_init_draws_every_layer_like_torch",
                "tests/test_graph.py::test_jaxpr_of_the_loss_has_the_nets_layers"),
     ),
     Section(
@@ -94,22 +98,25 @@ SECTIONS = (
     ),
     Section(
         "inputs", "Process inputs: mini-batches", "通过网络处理输入",
-        "torch.nn only supports mini-batches: a single sample gets a fake batch dimension with "
-        "input.unsqueeze(0). In JAX that is x[None]. Flax's layers accept a single image, but the Net's "
-        "flatten would then read the image's height as the batch, so every flavour checks the input "
-        "and raises a one-line ValueError instead.",
+        "torch's layers take one unbatched (C, H, W) image as well as a mini-batch, and Flax's take "
+        "(H, W, C); but the Net's flatten then reads the image's height as the batch, and fc1 fails, "
+        "in both frameworks. Add the batch dimension: input.unsqueeze(0) in torch, x[None] in JAX. "
+        "The model files stay plain; the project's entry points (train_step, the parity harness, the "
+        "flax-lenet commands) check the batch first and say what is wrong in one line.",
         torch=(examples.torch_single_image,),
         flax={"NNX": (examples.flax_single_image,), "Linen": (checks.check_images,),
               "functional": (checks.check_images,)},
         notes=("torch's Net on a single (1, 32, 32) image fails at fc1: 'mat1 and mat2 shapes cannot be "
-               "multiplied (16x36 and 576x120)'.",
-               "Without the check, linen.Net().init on one image would silently build fc1 as (96, 120).",
-               "jax.vmap over single images gives the batch's logits."),
+               "multiplied (16x36 and 576x120)'; the NNX Net fails at fc1 too: (96,) against (576,).",
+               "linen.Net().init on one image raises nothing and builds fc1 as (96, 120): Dense infers "
+               "its input size.",
+               "jax.vmap of a function that calls the Net on img[None] gives the batch's logits."),
         numbers="inputs",
         tests=("tests/test_minibatch.py::test_unsqueeze0_equals_x_none_in_every_flavour",
-               "tests/test_minibatch.py::test_each_flavour_rejects_a_single_image_with_a_one_line_hint",
+               "tests/test_minibatch.py::test_each_flavour_fails_on_a_single_image_as_torch_does",
                "tests/test_minibatch.py::test_torch_net_fails_on_a_single_image_at_fc1",
-               "tests/test_minibatch.py::test_without_the_check_linen_init_would_silently_build_a_wrong_fc1",
+               "tests/test_minibatch.py::test_linen_init_on_a_single_image_silently_builds_a_wrong_fc1",
+               "tests/test_minibatch.py::test_every_entry_point_refuses_a_wrong_batch_with_one_line",
                "tests/test_minibatch.py::test_vmap_over_single_images_equals_the_batch"),
     ),
     Section(
@@ -162,14 +169,16 @@ SECTIONS = (
         torch=(torch_train.manual_sgd_update, torch_train.sgd_step),
         flax={"NNX": (train.sgd_update, train.train_step), "Linen": (train.sgd_update,),
               "functional": (train.sgd_update,)},
-        notes=("optax.sgd(lr) is optim.SGD(lr) exactly (no momentum, no dampening).",
+        notes=("optax.sgd(lr) is the update rule of optim.SGD(lr) (no momentum, no dampening); in "
+               "float32 the two round differently (torch adds -lr*g in one step, optax rounds lr*g "
+               "first), within the float32 tier.",
                "On CPU, train_step computes the Net's forward block-wise, one matrix product per "
-               "conv -> relu -> max-pool block (flax_lenet.fused): the same function, about twice "
+               "conv -> relu -> max-pool block (flax_lenet.fast): the same function, about twice "
                "as fast there. A hooked, subclassed or otherwise changed model runs model(x).",),
         numbers="update",
         tests=("tests/test_functional_mapping.py::test_data_sub_equals_tree_map_update",
                "tests/test_functional_mapping.py::test_optimizer_step_equals_nnx_optimizer_update",
-               "tests/test_fused.py::test_fused_train_step_equals_the_layered_step"),
+               "tests/test_fast.py::test_fast_train_step_equals_the_layered_step"),
     ),
 )
 
