@@ -8,9 +8,10 @@
 
 Every load checks the keys and shapes against the Net (``flax_lenet.convert``) and says what
 was expected and what was found: ``BadWeights`` for weights that do not fit the Net, ``BadFile``
-for a file that is missing, damaged, unreadable or unwritable (both ``flax_lenet.errors`` kinds). Every save writes to a temporary name in the same folder and
-renames it into place, so a crash or a bad input never leaves a half-written file behind, and
-an existing file is replaced only with ``overwrite=True``.
+for a file that is missing, damaged, unreadable or unwritable (both ``flax_lenet.errors`` kinds).
+Every save writes to a temporary name in the same folder and renames it into place, so a crash
+or a bad input never leaves a half-written file behind, and an existing file is replaced only
+with ``overwrite=True``.
 """
 
 import os
@@ -58,6 +59,11 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {reason[:MAX_REASON]}{'...' if len(reason) > MAX_REASON else ''}"
 
 
+def _os_reason(e: OSError) -> str:
+    """``'PermissionError: Permission denied'``: an OS error on one line, without its path."""
+    return f"{type(e).__name__}: {e.strerror}" if e.strerror else _first_line(e)
+
+
 # --- atomic writes ----------------------------------------------------------------------------
 
 def atomic_write(path, write: Callable[[Path], None], *, overwrite: bool = False) -> None:
@@ -85,8 +91,7 @@ def atomic_write(path, write: Callable[[Path], None], *, overwrite: bool = False
     try:
         _write_and_rename(path, write)
     except OSError as e:
-        raise BadFile(f"{path}: expected a writable folder with room for it, found "
-                      f"{type(e).__name__} ({e.strerror or _first_line(e)})") from None
+        raise BadFile(f"{path}: expected a writable folder with room for it, found {_os_reason(e)}") from None
 
 
 def _write_and_rename(path: Path, write: Callable[[Path], None]) -> None:
@@ -120,9 +125,8 @@ def _weights_only_reason(e: BaseException) -> str:
 
 def _unreadable(path: Path, e: OSError) -> BadFile:
     """``BadFile`` for a checkpoint the OS would not let us read (permissions, a folder, ...)."""
-    fmt = checkpoint_format(path)
-    return BadFile(f"{path}: expected {_describe(fmt)} that can be read, found one that cannot be read "
-                   f"({type(e).__name__}: {e.strerror or _first_line(e)})")
+    return BadFile(f"{path}: expected {_describe(checkpoint_format(path))} that can be read, "
+                   f"found one that cannot be read ({_os_reason(e)})")
 
 
 def _load_torch_pickle(path: Path) -> dict:
@@ -315,6 +319,5 @@ def prepare_run_dir(out, *, overwrite: bool = False) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise BadFile(f"{out}: expected a writable directory, found it not writable "
-                      f"({e.strerror or _first_line(e)})") from None
+        raise BadFile(f"{out}: expected a writable directory, found it not writable ({_os_reason(e)})") from None
     return out

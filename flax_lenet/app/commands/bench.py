@@ -1,9 +1,10 @@
 """``flax-lenet bench``: train-step throughput of Flax and torch side by side; table, JSON, PNG."""
 
+import contextlib
 import json
 import os
 
-from flax_lenet.app.cli import UsageError
+from flax_lenet.errors import BadConfig, BadFile
 
 
 def _int_list(text):
@@ -37,12 +38,12 @@ def add_arguments(p):
 def _config(args):
     from flax_lenet.app import bench
     if args.rounds < 1 or args.min_time <= 0 or args.scan_steps < 1:
-        raise UsageError(f"--rounds and --scan-steps must be >= 1 and --min-time > 0, found "
+        raise BadConfig(f"--rounds and --scan-steps must be >= 1 and --min-time > 0, found "
                          f"{args.rounds}, {args.scan_steps}, {args.min_time}")
     impls = bench.IMPLS if args.impl == "all" else tuple(i.strip() for i in args.impl.split(","))
     unknown = [i for i in impls if i not in bench.IMPLS]
     if unknown:
-        raise UsageError(f"--impl: expected some of {', '.join(bench.IMPLS)}, found {', '.join(unknown)}")
+        raise BadConfig(f"--impl: expected some of {', '.join(bench.IMPLS)}, found {', '.join(unknown)}")
     precision = args.precision or ("both" if args.device == "gpu" else "default")
     precisions = bench.PRECISIONS if precision == "both" else (precision,)
     batches = args.batch or (bench.GPU_BATCHES if args.device == "gpu" else bench.CPU_BATCHES)
@@ -54,7 +55,7 @@ def _config(args):
 def _check_writable(path):
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
-        raise UsageError(f"cannot write {path}: expected an existing directory, found none at {directory}")
+        raise BadFile(f"cannot write {path}: expected an existing directory, found none at {directory}")
 
 
 def main(args) -> int:
@@ -66,7 +67,7 @@ def main(args) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise UsageError("--png: expected matplotlib to be installed, found none "
+            raise BadConfig("--png: expected matplotlib to be installed, found none "
                              "(pip install matplotlib)") from None
     if cfg.device == "gpu":
         # JAX would otherwise take 75% of the GPU's memory at start-up and starve torch
@@ -74,7 +75,7 @@ def main(args) -> int:
         import jax
         import torch
         if not torch.cuda.is_available() or not any(d.platform == "gpu" for d in jax.devices()):
-            raise UsageError("--device gpu: expected a CUDA device visible to both torch and jax, found none")
+            raise BadConfig("--device gpu: expected a CUDA device visible to both torch and jax, found none")
     from flax_lenet.app import bench
     env = bench.environment(cfg)
     print(f"flax-lenet bench: {env['device']} ({env.get('torch_device') or env['jax_device']}, {env['cpu']}, "
@@ -87,9 +88,21 @@ def main(args) -> int:
     for line in bench.summary(results, cfg):
         print(line)
     if args.json:
-        bench.write_atomic(args.json, (json.dumps(bench.to_json(results, cfg, env), indent=2) + "\n").encode())
+        with _writing(args.json):
+            bench.write_atomic(args.json, (json.dumps(bench.to_json(results, cfg, env), indent=2) + "\n").encode())
         print(f"wrote {args.json}")
     if args.png:
-        bench.plot(results, env, args.png)
+        with _writing(args.png):
+            bench.plot(results, env, args.png)
         print(f"wrote {args.png}")
     return 0
+
+
+@contextlib.contextmanager
+def _writing(path):
+    """Turn an OS error while writing the user's ``path`` (permissions, disk full) into one-line ``BadFile``."""
+    try:
+        yield
+    except OSError as e:
+        raise BadFile(f"cannot write {path}: expected a writable folder with room for it, found "
+                      f"{type(e).__name__} ({e.strerror or e})") from None
