@@ -45,6 +45,9 @@ def _table(rows, header):
 def main(args) -> int:
     if args.seed < 0:
         raise BadConfig(f"--seed: expected a non-negative integer, found {args.seed}")
+    if not args.lr >= 0:        # torch.optim would refuse it halfway through the run
+        raise BadConfig(f"--lr: expected a learning rate >= 0, found {args.lr} "
+                        f"(torch.optim: Invalid learning rate: {args.lr})")
     if args.optimizer is not None and args.steps is None:
         raise BadConfig(f"--optimizer {args.optimizer}: expected --steps N as well (a training run), found none")
     if args.steps is not None and args.flavour not in ("all", "functional"):
