@@ -15,6 +15,8 @@ for equal micro-batches it is the gradient of one batch k times as large.
 
 import optax
 
+from flax_lenet.errors import BadConfig
+
 
 def accumulate(tx: optax.GradientTransformation, every_k: int, *, mean: bool = False):
     """Wrap ``tx`` to step once every ``every_k`` gradients, as torch does without ``zero_grad()``.
@@ -31,6 +33,6 @@ def accumulate(tx: optax.GradientTransformation, every_k: int, *, mean: bool = F
       a float32 accumulator, which would round a float64 run to float32 precision.
     """
     if not isinstance(every_k, int) or every_k < 1:
-        raise ValueError(f"every_k: expected a positive integer, found {every_k!r}")
+        raise BadConfig(f"every_k: expected a positive integer, found {every_k!r}")
     multi = optax.MultiSteps(tx, every_k, use_grad_mean=mean, accumulator_dtype=None)
     return multi.gradient_transformation()

@@ -16,6 +16,8 @@ JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0 flax-lenet compare``.
 
 import os
 
+from flax_lenet.errors import BadFile
+
 ENV_VAR = "FLAX_LENET_CACHE_DIR"
 
 
@@ -35,12 +37,19 @@ def enable(path: str | None = None) -> str:
 
     Returns:
       The directory in use.
+
+    Raises:
+      BadFile: ``path`` is a file, or cannot be created.
     """
     import jax
     path = os.path.abspath(path or default_dir())
     if os.path.exists(path) and not os.path.isdir(path):
-        raise OSError(f"compilation cache: expected a directory at {path}, found a file")
-    os.makedirs(path, exist_ok=True)
+        raise BadFile(f"compilation cache: expected a directory at {path}, found a file")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise BadFile(f"compilation cache: expected a directory that can be created at {path}, "
+                      f"found {e.strerror or e}") from None
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)   # default 1 s: ours are smaller
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

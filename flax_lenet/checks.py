@@ -1,59 +1,62 @@
 """Shape and dtype checks on the image batch, shared by every flavour.
 
 They run on static shapes, so they cost nothing under ``jit``. Each one raises a
-``ValueError`` whose one-line message says what was expected and what was found.
+``flax_lenet.errors`` kind (a ``ValueError``) whose one-line message says what was expected
+and what was found.
 """
 
 import jax.numpy as jnp
 import numpy as np
 
+from flax_lenet.errors import BadImages, BadLabels
+
 IMAGE_SHAPE = (32, 32, 1)  # (H, W, C): NHWC, one channel, 32x32 as in the tutorial
 
 
 def check_images(x) -> None:
-    """Raise ``ValueError`` unless ``x`` is a float NHWC batch ``(N, 32, 32, 1)``."""
+    """Raise ``BadImages`` unless ``x`` is a float NHWC batch ``(N, 32, 32, 1)``."""
     shape = tuple(x.shape)
     expected = "a float batch (N, 32, 32, 1) in NHWC layout"
     if len(shape) == 3 and shape == IMAGE_SHAPE:
-        raise ValueError(
+        raise BadImages(
             f"expected {expected}, found a single image {shape}: add a batch dimension "
             "with x[None] (torch: input.unsqueeze(0))"
         )
     if len(shape) != 4:
-        raise ValueError(f"expected {expected}, found rank {len(shape)} with shape {shape}")
+        raise BadImages(f"expected {expected}, found rank {len(shape)} with shape {shape}")
     if shape[1:] == (1, 32, 32):
-        raise ValueError(
+        raise BadImages(
             f"expected {expected}, found NCHW {shape}: transpose with "
             "x.transpose(0, 2, 3, 1)"
         )
     if shape[1:3] != (32, 32):
         hint = " (28x28 MNIST images must be padded by 2 on each side)" if shape[1:3] == (28, 28) else ""
-        raise ValueError(f"expected {expected}, found height x width {shape[1]}x{shape[2]}{hint}")
+        raise BadImages(f"expected {expected}, found height x width {shape[1]}x{shape[2]}{hint}")
     if shape[3] != 1:
-        raise ValueError(f"expected {expected}, found {shape[3]} channels in {shape}")
+        raise BadImages(f"expected {expected}, found {shape[3]} channels in {shape}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"expected {expected}, found dtype {np.dtype(x.dtype)}: cast with x.astype('float32')")
+        raise BadImages(f"expected {expected}, found dtype {np.dtype(x.dtype)}: cast with x.astype('float32')")
 
 
 def check_finite(x, what: str = "images") -> None:
-    """Raise ``ValueError`` if a concrete array ``x`` holds NaN or Inf (not for traced values)."""
+    """Raise ``BadImages`` if a concrete array ``x`` holds NaN or Inf (not for traced values)."""
     a = np.asarray(x)
     if not np.issubdtype(a.dtype, np.floating):
         return
     bad = ~np.isfinite(a)
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"expected finite {what}, found {int(np.isnan(a).sum())} NaN and "
+        raise BadImages(f"expected finite {what}, found {int(np.isnan(a).sum())} NaN and "
                          f"{int(np.isinf(a).sum())} Inf values (first at index {first})")
 
 
 def check_labels(y, count: int, what: str = "labels") -> None:
-    """Raise ``ValueError`` unless ``y`` is ``count`` integer class labels in 0..9."""
+    """Raise ``BadLabels`` unless ``y`` is ``count`` integer class labels in 0..9."""
     a = np.asarray(y)
     if a.ndim != 1 or len(a) != count:
-        raise ValueError(f"{what}: expected {count} labels (one per image) of shape ({count},), "
+        raise BadLabels(f"{what}: expected {count} labels (one per image) of shape ({count},), "
                          f"found shape {a.shape}")
     if not np.issubdtype(a.dtype, np.integer):
-        raise ValueError(f"{what}: expected integer class labels 0..9, found dtype {a.dtype}")
+        raise BadLabels(f"{what}: expected integer class labels 0..9, found dtype {a.dtype}")
     if a.size and (a.min() < 0 or a.max() > 9):
-        raise ValueError(f"{what}: expected class labels 0..9, found values {int(a.min())}..{int(a.max())}")
+        raise BadLabels(f"{what}: expected class labels 0..9, found values {int(a.min())}..{int(a.max())}")

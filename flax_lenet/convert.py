@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from flax_lenet.errors import BadWeights
 from flax_lenet.model import flat_side
 
 LAYERS = ("conv1", "conv2", "fc1", "fc2", "fc3")
@@ -75,13 +76,19 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
+def _require_mapping(obj: Any, expected: str) -> None:
+    """Raise ``BadWeights`` unless ``obj`` is a mapping (a state_dict or a parameter tree)."""
+    if not isinstance(obj, Mapping):
+        raise BadWeights(f"expected {expected}, found {type(obj).__name__}")
+
+
 def _infer_kernel_size(shapes: Mapping[str, tuple], key: str, axis: int, found: str) -> int:
     if key not in shapes:
-        raise KeyError(f"missing key {key!r}: expected a Net state with keys {list(LAYERS)}; found {found}")
+        raise BadWeights(f"missing key {key!r}: expected a Net state with keys {list(LAYERS)}; found {found}")
     shape = shapes[key]
     k = shape[axis] if len(shape) == 4 else None
     if k not in KERNEL_SIZES:
-        raise ValueError(f"{key}: expected a 4-d kernel with a {KERNEL_SIZES} kernel size, found shape {shape}")
+        raise BadWeights(f"{key}: expected a 4-d kernel with a {KERNEL_SIZES} kernel size, found shape {shape}")
     return k
 
 
@@ -89,13 +96,13 @@ def _check(found: Mapping[str, tuple], expected: Mapping[str, tuple], what: str)
     missing = [k for k in expected if k not in found]
     extra = [k for k in found if k not in expected]
     if missing:
-        raise KeyError(f"{what}: missing key {missing[0]!r} (expected shape {expected[missing[0]]}); "
-                       f"all missing: {missing}")
+        raise BadWeights(f"{what}: missing key {missing[0]!r} (expected shape {expected[missing[0]]}); "
+                         f"all missing: {missing}")
     if extra:
-        raise KeyError(f"{what}: unexpected key {extra[0]!r} with shape {found[extra[0]]}; all extra: {extra}")
+        raise BadWeights(f"{what}: unexpected key {extra[0]!r} with shape {found[extra[0]]}; all extra: {extra}")
     for key, shape in expected.items():
         if tuple(found[key]) != shape:
-            raise ValueError(f"{what}: {key} has shape {tuple(found[key])}, expected {shape}")
+            raise BadWeights(f"{what}: {key} has shape {tuple(found[key])}, expected {shape}")
 
 
 def torch_to_flax(state_dict: Mapping[str, Any]) -> dict[str, dict[str, np.ndarray]]:
@@ -111,8 +118,9 @@ def torch_to_flax(state_dict: Mapping[str, Any]) -> dict[str, dict[str, np.ndarr
       ``nnx.update(model, p)``.
 
     Raises:
-      KeyError: a key is missing or unexpected. ValueError: a shape is wrong.
+      BadWeights (a ``ValueError``): a key is missing or unexpected, or a shape is wrong.
     """
+    _require_mapping(state_dict, "a torch state_dict {'conv1.weight': tensor, ...}")
     arrays = {k: _to_numpy(v) for k, v in state_dict.items()}
     shapes = {k: a.shape for k, a in arrays.items()}
     k = _infer_kernel_size(shapes, "conv1.weight", 3, f"keys {sorted(shapes)}")
@@ -142,8 +150,10 @@ def _flax_tree(params: Any) -> Mapping[str, Any]:
 
 def flatten_flax(params: Any) -> dict[str, np.ndarray]:
     """``{'conv1': {'kernel': a}}`` -> ``{'conv1/kernel': a}`` as numpy arrays."""
+    tree = _flax_tree(params)
+    _require_mapping(tree, "a Flax parameter tree {'conv1': {'kernel': ..., 'bias': ...}, ...}")
     flat = {}
-    for layer, leaves in _flax_tree(params).items():
+    for layer, leaves in tree.items():
         if not isinstance(leaves, Mapping):
             flat[str(layer)] = _to_numpy(leaves)
             continue

@@ -17,6 +17,10 @@ class BadImages(BadInput):
     """An image batch of the wrong shape, layout or dtype, or with NaN/Inf values."""
 
 
+class BadLabels(BadInput):
+    """Class labels of the wrong shape, dtype or range, or not one per image."""
+
+
 class BadWeights(BadInput):
     """A parameter tree or state_dict with missing or extra keys, wrong shapes or dtypes."""
 

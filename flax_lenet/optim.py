@@ -11,7 +11,7 @@ Same names, same defaults, same update to the last rounding error (``tests/test_
 checks 100 steps). Each function is built from optax's own transforms where optax already
 computes torch's equation; only two equations have no optax equivalent and are written here:
 SGD's dampening (``_dampened_trace``) and torch's AMSGrad (``_scale_by_torch_amsgrad``).
-Arguments torch refuses raise ``ValueError`` with torch's own message.
+Arguments torch refuses raise ``BadConfig`` (a ``ValueError``) with torch's own message.
 """
 
 import math
@@ -21,10 +21,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from flax_lenet.errors import BadConfig
+
 
 def _check(condition: bool, message: str) -> None:
     if not condition:
-        raise ValueError(message)
+        raise BadConfig(message)
 
 
 def _check_common(lr, weight_decay) -> None:
@@ -91,7 +93,7 @@ def sgd(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, 
       An ``optax.GradientTransformation``; ``optax.apply_updates`` adds its output to the params.
 
     Raises:
-      ValueError: the arguments torch refuses (negative lr, momentum or weight decay; nesterov
+      BadConfig: the arguments torch refuses (negative lr, momentum or weight decay; nesterov
         without momentum or with dampening), with torch's message.
     """
     _check_common(lr, weight_decay)
@@ -181,7 +183,7 @@ def adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
       An ``optax.GradientTransformation``.
 
     Raises:
-      ValueError: the arguments torch refuses (negative lr, eps or weight decay; a beta
+      BadConfig: the arguments torch refuses (negative lr, eps or weight decay; a beta
         outside [0, 1)), with torch's message.
     """
     _check_adam(lr, betas, eps, weight_decay)
@@ -213,7 +215,7 @@ def adamw(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=Fals
       An ``optax.GradientTransformation``.
 
     Raises:
-      ValueError: the arguments torch refuses, with torch's message.
+      BadConfig: the arguments torch refuses, with torch's message.
     """
     _check_adam(lr, betas, eps, weight_decay)
     b1, b2 = betas

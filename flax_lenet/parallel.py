@@ -29,6 +29,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from flax_lenet.errors import BadImages
+
 BATCH_AXIS = "batch"
 
 
@@ -73,5 +75,5 @@ def shard_batch(x, mesh: Mesh, *, local: bool = False):
     if local:
         return jax.make_array_from_process_local_data(sharding, np.asarray(x))
     if x.shape[0] % n_dev:
-        raise ValueError(f"expected a batch size that is a multiple of the {n_dev} devices, found {x.shape[0]}")
+        raise BadImages(f"expected a batch size that is a multiple of the {n_dev} devices, found {x.shape[0]}")
     return jax.device_put(x, sharding)

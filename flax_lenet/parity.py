@@ -18,6 +18,7 @@ from flax import nnx
 
 from flax_lenet import convert, functional, linen, train
 from flax_lenet.checks import check_images
+from flax_lenet.errors import BadConfig
 from flax_lenet.tolerances import EXACT, Tolerance, tolerance
 
 FLAVOURS = ("nnx", "linen", "functional")
@@ -155,7 +156,7 @@ def flax_run(flavour: str, params: dict, x_nhwc: np.ndarray, target: np.ndarray,
         apply = _linen_apply(k, dtype) if flavour == "linen" else functional.forward
         logits, loss, grads, manual, stepped = _pure_run(apply, p, x, y, lr)
     else:
-        raise ValueError(f"flavour must be one of {FLAVOURS}, found {flavour!r}")
+        raise BadConfig(f"flavour must be one of {FLAVOURS}, found {flavour!r}")
     return {"logits": np.asarray(logits), "loss": np.asarray(loss),
             "grads": convert.flax_to_torch(grads), "manual": convert.flax_to_torch(manual),
             "sgd": convert.flax_to_torch(stepped)}

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from flax_lenet import convert, optim, parity, train
+from flax_lenet.errors import BadConfig
 from flax_lenet.tolerances import Tolerance, trajectory_tolerance
 
 #: ``flax-lenet compare --optimizer NAME``: (function in flax_lenet.optim, its keyword arguments).
@@ -42,7 +43,7 @@ class Optimizer:
     def of(cls, name: str, **kwargs) -> "Optimizer":
         """``Optimizer.of('sgd', lr=0.01, momentum=0.9)``."""
         if name not in TORCH_CLASSES:
-            raise ValueError(f"optimizer must be one of {sorted(TORCH_CLASSES)}, found {name!r}")
+            raise BadConfig(f"optimizer must be one of {sorted(TORCH_CLASSES)}, found {name!r}")
         return cls(name, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items())))
 
     def torch(self, parameters):
@@ -61,7 +62,7 @@ class Optimizer:
 def preset(name: str, lr: float) -> Optimizer:
     """The ``--optimizer`` preset ``name`` with learning rate ``lr``."""
     if name not in PRESETS:
-        raise ValueError(f"optimizer must be one of {list(PRESETS)}, found {name!r}")
+        raise BadConfig(f"optimizer must be one of {list(PRESETS)}, found {name!r}")
     function, kwargs = PRESETS[name]
     return Optimizer.of(function, lr=lr, **kwargs)
 
@@ -156,7 +157,7 @@ def compare(opt: Optimizer, *, steps: int = 100, dtype: str = "float64", kernel_
 
     from torch_reference import Net as TorchNet
     if dtype == "float64" and not jax.config.jax_enable_x64:
-        raise ValueError("dtype float64 needs jax.config.update('jax_enable_x64', True) at start-up, found it off")
+        raise BadConfig("dtype float64 needs jax.config.update('jax_enable_x64', True) at start-up, found it off")
     dev = parity.torch_device()
     tol = trajectory_tolerance(dtype, "cpu" if dev.type == "cpu" else "gpu", tf32)
     torch.manual_seed(seed)

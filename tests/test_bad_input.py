@@ -223,7 +223,8 @@ def test_pt_with_code_is_refused_by_the_cli(tmp_path, capsys):
 
 def test_out_pointing_at_a_file_is_refused(tmp_path, capsys):
     (tmp_path / "f").write_text("keep")
-    assert "expected a directory, found a file" in run_cli(capsys, "train", "--out", tmp_path / "f", "--quiet")
+    err = run_cli(capsys, "train", "--out", tmp_path / "f", "--quiet")
+    assert err.startswith("flax-lenet train: error: --out: ") and "expected a directory, found a file" in err
     assert (tmp_path / "f").read_text() == "keep"
 
 
@@ -243,6 +244,24 @@ def test_unwritable_out_directory_is_refused(tmp_path, capsys, monkeypatch):
         assert "expected a writable directory" in err and "Permission denied" in err
     finally:
         locked.chmod(0o755)
+
+
+def test_convert_into_a_missing_folder_exits_2(saved, capsys):
+    folder, _ = saved
+    err = run_cli(capsys, "convert", folder / "w.pt", folder / "nowhere" / "w.safetensors")
+    assert "expected an existing folder" in err and not (folder / "nowhere").exists()
+
+
+def test_the_os_refusing_to_write_a_checkpoint_exits_2(saved, capsys, monkeypatch):
+    import tempfile
+
+    def refuse(*args, **kwargs):     # as an unwritable folder would (root ignores permission bits)
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    folder, _ = saved
+    err = run_cli(capsys, "convert", folder / "w.pt", folder / "new.safetensors")
+    assert "new.safetensors: expected a writable folder" in err and "PermissionError: Permission denied" in err
+    assert not (folder / "new.safetensors").exists()
 
 
 def test_corrupt_orbax_data_exits_2_with_one_line_in_a_real_process(tmp_path):

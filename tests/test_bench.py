@@ -80,5 +80,6 @@ def test_compilation_cache_refuses_a_file(tmp_path):
     from flax_lenet import cache
     path = tmp_path / "not-a-dir"
     path.write_text("x")
-    with pytest.raises(OSError, match="expected a directory"):
+    from flax_lenet.errors import BadFile
+    with pytest.raises(BadFile, match="expected a directory"):
         cache.enable(str(path))

@@ -10,6 +10,7 @@ from safetensors.torch import load_file as load_safetensors_torch
 
 from flax_lenet import convert
 from flax_lenet.app import checkpoint, training
+from flax_lenet.errors import BadFile, BadWeights
 from flax_lenet.tolerances import FLOAT32_CPU
 from tests.helpers import assert_close, state_numpy, torch_net
 
@@ -92,7 +93,7 @@ class _RunsCode:
 def test_a_pt_file_that_carries_code_is_refused_and_nothing_runs(tmp_path):
     marker = tmp_path / "code-ran"
     torch.save({"conv1.weight": _RunsCode(marker)}, tmp_path / "evil.pt")
-    with pytest.raises(ValueError, match=r"refused: .* found a pickle with a reference to \S*mkdir; nothing in it was run"):
+    with pytest.raises(BadFile, match=r"refused: .* found a pickle with a reference to \S*mkdir; nothing in it was run"):
         checkpoint.load_state(tmp_path / "evil.pt")
     assert not marker.exists()
     # the file really does carry code: an unrestricted unpickler runs it
@@ -106,14 +107,14 @@ def test_a_pt_file_that_carries_code_is_refused_and_nothing_runs(tmp_path):
 def test_a_whole_pickled_module_is_refused(tmp_path):
     from torch_reference import Net
     torch.save(Net(), tmp_path / "model.pt")
-    with pytest.raises(ValueError, match="refused"):
+    with pytest.raises(BadFile, match="refused"):
         checkpoint.load_state(tmp_path / "model.pt")
 
 
 def test_save_refuses_to_overwrite_unless_asked(tmp_path, state):
     path = tmp_path / "w.safetensors"
     path.write_bytes(b"keep me")
-    with pytest.raises(FileExistsError, match="pass --overwrite"):
+    with pytest.raises(BadFile, match=r"found an existing file \(overwrite=True replaces it\)"):
         checkpoint.save(path, state)
     assert path.read_bytes() == b"keep me"
     checkpoint.save(path, state, overwrite=True)
@@ -148,3 +149,51 @@ def test_float64_weights_keep_their_dtype(tmp_path):
     checkpoint.save(tmp_path / "w.safetensors", state)
     got = checkpoint.load_state(tmp_path / "w.safetensors", kernel_size=5)
     assert got["conv1.weight"].dtype == np.float64 and got["conv1.weight"].shape == (6, 1, 5, 5)
+
+
+def test_the_os_refusing_a_write_is_one_line_bad_file_and_keeps_the_old_file(tmp_path, state):
+    path = tmp_path / "w.safetensors"
+    checkpoint.save(path, state)
+    before = path.read_bytes()
+
+    def disk_full(tmp):
+        tmp.write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+    with pytest.raises(BadFile, match=r"w\.safetensors: expected a writable folder .* found OSError: "
+                                      "No space left on device") as e:
+        checkpoint.atomic_write(path, disk_full, overwrite=True)
+    assert "\n" not in str(e.value) and e.value.__cause__ is None and e.value.__suppress_context__
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
+
+
+@pytest.mark.parametrize("name", ["w.pt", "w.safetensors"])
+def test_a_checkpoint_the_os_will_not_read_is_bad_file(tmp_path, name):
+    (tmp_path / name).mkdir()                                   # a folder where a file is expected
+    with pytest.raises(BadFile, match=r"found one that cannot be read \((IsADirectory|OS)Error: "):
+        checkpoint.load_state(tmp_path / name)
+
+
+def test_weights_that_do_not_fit_the_net_are_bad_weights_named_by_path(tmp_path, state):
+    partial = {k: v for k, v in state.items() if k != "fc3.bias"}
+    from safetensors.numpy import save_file
+    save_file(partial, tmp_path / "partial.safetensors")
+    with pytest.raises(BadWeights, match=r"partial\.safetensors: .*missing key 'fc3.bias'"):
+        checkpoint.load_state(tmp_path / "partial.safetensors")
+    with pytest.raises(BadWeights, match="expected a checkpoint for kernel size 5, found one for kernel size 3"):
+        checkpoint.save(tmp_path / "w.pt", state) or checkpoint.load_state(tmp_path / "w.pt", kernel_size=5)
+
+
+@pytest.mark.parametrize("setup, message", [
+    ("file", "expected a directory, found a file"),
+    ("earlier run", r"found an earlier run \(metrics.json\); overwrite=True replaces it"),
+])
+def test_run_dir_errors_name_the_path_and_argument_not_a_flag(tmp_path, setup, message):
+    out = tmp_path / "run"
+    if setup == "file":
+        out.write_text("keep")
+    else:
+        out.mkdir()
+        (out / "metrics.json").write_text("{}")
+    with pytest.raises(BadFile, match=message) as e:
+        checkpoint.prepare_run_dir(out)
+    assert str(e.value).startswith(str(out)) and "--" not in str(e.value)

@@ -40,6 +40,7 @@ def _run(*args):
 
 @pytest.mark.parametrize("args", [("compare", "--kernel-size", "4"), ("compare", "--batch", "0"),
                                   ("compare", "--seed", "-1"), ("compare", "--dtype", "float16"),
+                                  ("compare", "--lr", "-1"), ("compare", "--lr", "nan"),
                                   ("nonsense",)])
 def test_bad_usage_exits_2_with_one_line(args):
     proc = _run(*args)

@@ -7,6 +7,7 @@ from flax import nnx
 
 import flax_lenet
 from flax_lenet import convert, linen
+from flax_lenet.errors import BadWeights
 from tests.helpers import state_numpy, torch_net
 
 SEED_NET_PARAMS = 81_194       # the seed's revision, 3x3 kernels
@@ -78,33 +79,40 @@ def test_parameters_order_matches_the_flax_tree(kernel_size):
 def test_missing_key_names_the_key_and_shape():
     state = state_numpy(torch_net(3, "float32"))
     del state["fc2.bias"]
-    with pytest.raises(KeyError, match=r"fc2\.bias.*\(84,\)"):
+    with pytest.raises(BadWeights, match=r"fc2\.bias.*\(84,\)"):
         convert.torch_to_flax(state)
 
 
 def test_extra_key_is_named():
     state = state_numpy(torch_net(3, "float32"))
     state["fc4.weight"] = np.zeros((3, 10), np.float32)
-    with pytest.raises(KeyError, match=r"fc4\.weight.*\(3, 10\)"):
+    with pytest.raises(BadWeights, match=r"fc4\.weight.*\(3, 10\)"):
         convert.torch_to_flax(state)
 
 
 def test_misshaped_key_names_expected_and_actual_shapes():
     state = state_numpy(torch_net(3, "float32"))
     state["fc1.weight"] = np.zeros((120, 400), np.float32)       # the 5x5 tutorial's fc1 in a 3x3 net
-    with pytest.raises(ValueError, match=r"fc1\.weight has shape \(120, 400\), expected \(120, 576\)"):
+    with pytest.raises(BadWeights, match=r"fc1\.weight has shape \(120, 400\), expected \(120, 576\)"):
         convert.torch_to_flax(state)
 
 
 def test_flax_params_with_wrong_shape_are_refused():
     params = convert.torch_to_flax(state_numpy(torch_net(5, "float32")))
     params["fc3"]["kernel"] = params["fc3"]["kernel"].T
-    with pytest.raises(ValueError, match=r"fc3/kernel has shape \(10, 84\), expected \(84, 10\)"):
+    with pytest.raises(BadWeights, match=r"fc3/kernel has shape \(10, 84\), expected \(84, 10\)"):
         convert.flax_to_torch(params)
 
 
 def test_unknown_kernel_size_is_refused():
     state = state_numpy(torch_net(3, "float32"))
     state["conv1.weight"] = np.zeros((6, 1, 4, 4), np.float32)
-    with pytest.raises(ValueError, match=r"conv1\.weight.*\(6, 1, 4, 4\)"):
+    with pytest.raises(BadWeights, match=r"conv1\.weight.*\(6, 1, 4, 4\)"):
         convert.torch_to_flax(state)
+
+
+@pytest.mark.parametrize("to_flax", [True, False], ids=["torch_to_flax", "flax_to_torch"])
+def test_something_that_is_not_a_mapping_is_refused(to_flax):
+    weights = [np.zeros((6, 1, 3, 3), np.float32)]
+    with pytest.raises(BadWeights, match="found list"):
+        convert.torch_to_flax(weights) if to_flax else convert.flax_to_torch(weights)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from flax_lenet.app import data
+from flax_lenet.errors import BadConfig, BadFile
 
 MNIST_PAD = 2   # 28 + 2 + 2 = 32, as LeNet-5
 
@@ -82,7 +83,7 @@ def test_mnist_is_padded_from_28_to_32_and_standardised(tmp_path, gz):
 def test_wrong_magic_number_is_refused(tmp_path):
     path = tmp_path / "x"
     path.write_bytes(b"\x08\x03\x00\x00" + bytes(20))        # little-endian writer, bytes swapped
-    with pytest.raises(ValueError, match="magic number .* found 0x08030000"):
+    with pytest.raises(BadFile, match="magic number .* found 0x08030000"):
         data.read_idx(path)
 
 
@@ -96,13 +97,13 @@ FULL = idx_bytes(0x08, (3, 2, 2), bytes(12))     # 16-byte header + 12 data byte
 ], ids=["in the magic number", "in the header", "in the data"])
 def test_truncated_file_is_refused(tmp_path, content, message):
     (tmp_path / "x").write_bytes(content)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(BadFile, match=message):
         data.read_idx(tmp_path / "x")
 
 
 def test_extra_bytes_after_the_data_are_refused(tmp_path):
     (tmp_path / "x").write_bytes(idx_bytes(0x08, (2,), bytes(5)))
-    with pytest.raises(ValueError, match="expected 2 data bytes .* found 5"):
+    with pytest.raises(BadFile, match="expected 2 data bytes .* found 5"):
         data.read_idx(tmp_path / "x")
 
 
@@ -111,31 +112,47 @@ def test_damaged_gzip_is_refused(tmp_path, damage):
     blob = gzip.compress(idx_bytes(0x08, (100,), bytes(range(100))))
     blob = blob[: len(blob) // 2] if damage == "truncated" else blob[:10] + b"\xff" * 8 + blob[18:]
     (tmp_path / "x.gz").write_bytes(blob)
-    with pytest.raises(ValueError, match="corrupt or truncated gzip"):
+    with pytest.raises(BadFile, match="corrupt or truncated gzip"):
         data.read_idx(tmp_path / "x.gz")
 
 
 def test_missing_file_is_refused(tmp_path):
-    with pytest.raises(FileNotFoundError, match="expected an IDX file, found no such file"):
+    with pytest.raises(BadFile, match="expected an IDX file, found no such file"):
         data.read_idx(tmp_path / "nothere")
+
+
+def test_a_file_that_cannot_be_read_is_refused_in_one_line(tmp_path):
+    (tmp_path / "train-images-idx3-ubyte").mkdir()             # the OS refuses to read a folder as a file
+    with pytest.raises(BadFile, match=r"expected a readable IDX file, found IsADirectoryError") as e:
+        data.read_idx(tmp_path / "train-images-idx3-ubyte")
+    assert "\n" not in str(e.value)
 
 
 def test_labels_that_do_not_match_the_images_in_count_are_refused(tmp_path):
     write_mnist(tmp_path)
     data.write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(39, np.uint8))
-    with pytest.raises(ValueError, match="expected 40 labels .* found 39"):
+    with pytest.raises(BadFile, match="expected 40 labels .* found 39"):
         data.load_mnist(tmp_path)
 
 
 def test_images_of_the_wrong_size_are_refused(tmp_path):
     write_mnist(tmp_path)
     data.write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((40, 32, 32), np.uint8))
-    with pytest.raises(ValueError, match=r"expected images \(N, 28, 28\), found shape \(40, 32, 32\)"):
+    with pytest.raises(BadFile, match=r"expected images \(N, 28, 28\), found shape \(40, 32, 32\)"):
         data.load_mnist(tmp_path)
 
 
 def test_missing_mnist_file_names_both_accepted_names(tmp_path):
     write_mnist(tmp_path)
     (tmp_path / "t10k-labels-idx1-ubyte").unlink()
-    with pytest.raises(FileNotFoundError, match="t10k-labels-idx1-ubyte or t10k-labels-idx1-ubyte.gz"):
+    with pytest.raises(BadFile, match="t10k-labels-idx1-ubyte or t10k-labels-idx1-ubyte.gz"):
         data.load_mnist(tmp_path)
+
+
+def test_a_missing_data_folder_is_named_without_command_line_flags(tmp_path):
+    with pytest.raises(BadFile, match=r"nothere: expected a folder with MNIST IDX files, found nothing") as e:
+        data.load_mnist(tmp_path / "nothere")
+    assert "--" not in str(e.value)
+    with pytest.raises(BadConfig, match="expected data_dir") as e:
+        data.load("mnist")
+    assert "--" not in str(e.value)

@@ -7,9 +7,11 @@
     anything else          an Orbax checkpoint directory               Flax   (conv1/kernel [kH, kW, I, O])
 
 Every load checks the keys and shapes against the Net (``flax_lenet.convert``) and says what
-was expected and what was found. Every save writes to a temporary name in the same folder and
-renames it into place, so a crash or a bad input never leaves a half-written file behind, and
-an existing file is replaced only with ``overwrite=True``.
+was expected and what was found: ``BadWeights`` for weights that do not fit the Net, ``BadFile``
+for a file that is missing, damaged, unreadable or unwritable (both ``flax_lenet.errors`` kinds).
+Every save writes to a temporary name in the same folder and renames it into place, so a crash
+or a bad input never leaves a half-written file behind, and an existing file is replaced only
+with ``overwrite=True``.
 """
 
 import os
@@ -24,10 +26,10 @@ from typing import Callable
 import numpy as np
 
 from flax_lenet import convert
+from flax_lenet.errors import BadFile, BadWeights
 
 TORCH_SUFFIXES = (".pt", ".pth")
 SAFETENSORS_SUFFIX = ".safetensors"
-FORMATS = ("torch", "safetensors", "orbax")
 
 
 def checkpoint_format(path) -> str:
@@ -57,6 +59,11 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {reason[:MAX_REASON]}{'...' if len(reason) > MAX_REASON else ''}"
 
 
+def _os_reason(e: OSError) -> str:
+    """``'PermissionError: Permission denied'``: an OS error on one line, without its path."""
+    return f"{type(e).__name__}: {e.strerror}" if e.strerror else _first_line(e)
+
+
 # --- atomic writes ----------------------------------------------------------------------------
 
 def atomic_write(path, write: Callable[[Path], None], *, overwrite: bool = False) -> None:
@@ -68,16 +75,28 @@ def atomic_write(path, write: Callable[[Path], None], *, overwrite: bool = False
     Args:
       path: the final file or directory.
       write: writes the content to the path it is given (a file, or a directory to create).
-      overwrite: replace an existing ``path``; otherwise ``FileExistsError``.
+      overwrite: replace an existing ``path``; otherwise ``BadFile``.
+
+    Raises:
+      BadFile: ``path`` exists and ``overwrite`` is false, its folder is missing, or the OS
+      refused a write (permissions, disk full); the old ``path``, if any, is left as it was.
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: expected a new path, found an existing "
-                              f"{'directory' if path.is_dir() else 'file'} (pass --overwrite to replace it)")
+        raise BadFile(f"{path}: expected a new path, found an existing "
+                      f"{'directory' if path.is_dir() else 'file'} (overwrite=True replaces it)")
     parent = path.parent
     if not parent.is_dir():
-        raise FileNotFoundError(f"{path}: expected an existing folder {parent}, found none")
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.tmp-"))
+        raise BadFile(f"{path}: expected an existing folder {parent}, found none")
+    try:
+        _write_and_rename(path, write)
+    except OSError as e:
+        raise BadFile(f"{path}: expected a writable folder with room for it, found {_os_reason(e)}") from None
+
+
+def _write_and_rename(path: Path, write: Callable[[Path], None]) -> None:
+    """``atomic_write`` once its checks passed: write in a private temporary folder, then rename."""
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     target = tmp / path.name                # written inside a private temporary folder
     try:
         write(target)
@@ -104,6 +123,12 @@ def _weights_only_reason(e: BaseException) -> str:
 
 # --- loading ----------------------------------------------------------------------------------
 
+def _unreadable(path: Path, e: OSError) -> BadFile:
+    """``BadFile`` for a checkpoint the OS would not let us read (permissions, a folder, ...)."""
+    return BadFile(f"{path}: expected {_describe(checkpoint_format(path))} that can be read, "
+                   f"found one that cannot be read ({_os_reason(e)})")
+
+
 def _load_torch_pickle(path: Path) -> dict:
     import torch
     try:
@@ -111,17 +136,19 @@ def _load_torch_pickle(path: Path) -> dict:
     except pickle.UnpicklingError as e:
         found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(e))
         if found is None:           # not a forbidden object: a damaged pickle stream
-            raise ValueError(f"{path}: expected {_describe('torch')}, found a truncated or corrupt file "
-                             f"({_weights_only_reason(e)})") from None
-        raise ValueError(f"{path}: refused: expected a state_dict of tensors, found a pickle with a "
-                         f"reference to {found.group(1)}; nothing in it was run "
-                         "(torch.load weights_only=True)") from None
-    except Exception as e:
-        raise ValueError(f"{path}: expected {_describe('torch')}, found a truncated or corrupt file "
-                         f"({_first_line(e)})") from None
+            raise BadFile(f"{path}: expected {_describe('torch')}, found a truncated or corrupt file "
+                          f"({_weights_only_reason(e)})") from None
+        raise BadFile(f"{path}: refused: expected a state_dict of tensors, found a pickle with a "
+                      f"reference to {found.group(1)}; nothing in it was run "
+                      "(torch.load weights_only=True)") from None
+    except OSError as e:
+        raise _unreadable(path, e) from None
+    except Exception as e:          # torch's zip and pickle readers fail in many ways on a damaged file
+        raise BadFile(f"{path}: expected {_describe('torch')}, found a truncated or corrupt file "
+                      f"({_first_line(e)})") from None
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         found = type(obj).__name__ if not isinstance(obj, dict) else "a dict with non-tensor values"
-        raise ValueError(f"{path}: expected a state_dict {{name: tensor}}, found {found}")
+        raise BadWeights(f"{path}: expected a state_dict {{name: tensor}}, found {found}")
     return {k: v.detach().cpu().numpy() for k, v in obj.items()}
 
 
@@ -129,9 +156,11 @@ def _load_safetensors(path: Path) -> dict:
     from safetensors.numpy import load_file
     try:
         return load_file(path)
-    except Exception as e:
-        raise ValueError(f"{path}: expected {_describe('safetensors')}, found a truncated or corrupt file "
-                         f"({_first_line(e)})") from None
+    except OSError as e:
+        raise _unreadable(path, e) from None
+    except Exception as e:          # safetensors reports a damaged header in its own error types
+        raise BadFile(f"{path}: expected {_describe('safetensors')}, found a truncated or corrupt file "
+                      f"({_first_line(e)})") from None
 
 
 def _ignore_closed_loop_callbacks() -> None:
@@ -160,18 +189,21 @@ def _ignore_closed_loop_callbacks() -> None:
 def _load_orbax(path: Path) -> dict:
     import orbax.checkpoint as ocp
     if not path.is_dir():
-        raise ValueError(f"{path}: expected {_describe('orbax')} (or a .pt/.pth/.safetensors file name), "
-                         "found a file")
+        raise BadFile(f"{path}: expected {_describe('orbax')} (or a .pt/.pth/.safetensors file name), "
+                      "found a file")
     try:
         with ocp.StandardCheckpointer() as ckptr:
             tree = ckptr.restore(path.absolute())
-    except Exception as e:
+    except Exception as e:          # Orbax and tensorstore fail in many ways on a damaged checkpoint
         _ignore_closed_loop_callbacks()
-        raise ValueError(f"{path}: expected {_describe('orbax')}, found one that cannot be read "
-                         f"({_first_line(e)})") from None
+        raise BadFile(f"{path}: expected {_describe('orbax')}, found one that cannot be read "
+                      f"({_first_line(e)})") from None
     if not isinstance(tree, dict):
-        raise ValueError(f"{path}: expected a Flax parameter tree, found {type(tree).__name__}")
-    return convert.flax_to_torch(tree)
+        raise BadWeights(f"{path}: expected a Flax parameter tree, found {type(tree).__name__}")
+    try:
+        return convert.flax_to_torch(tree)
+    except BadWeights as e:
+        raise BadWeights(f"{path}: {e}") from None
 
 
 def load_state(path, *, kernel_size: int | None = None) -> dict[str, np.ndarray]:
@@ -185,29 +217,27 @@ def load_state(path, *, kernel_size: int | None = None) -> dict[str, np.ndarray]
       ``{'conv1.weight': [O, I, kH, kW], ..., 'fc3.bias': [10]}``, checked against the Net.
 
     Raises:
-      FileNotFoundError: no such checkpoint. ValueError / KeyError: a corrupt or truncated
-      file, a pickle that carries code, missing or extra keys, wrong shapes, or the other
-      kernel size.
+      BadFile: no such checkpoint, an unreadable, corrupt or truncated file, or a pickle that
+      carries code. BadWeights: missing or extra keys, wrong shapes, the other kernel size, or
+      NaN/Inf weights.
     """
     path = Path(path)
     fmt = checkpoint_format(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: expected {_describe(fmt)}, found no such "
-                                f"{'directory' if fmt == 'orbax' else 'file'}")
+        raise BadFile(f"{path}: expected {_describe(fmt)}, found no such "
+                      f"{'directory' if fmt == 'orbax' else 'file'}")
     state = {"torch": _load_torch_pickle, "safetensors": _load_safetensors, "orbax": _load_orbax}[fmt](path)
     try:
         params = convert.torch_to_flax(state)               # checks keys and shapes
-    except KeyError as e:
-        raise KeyError(f"{path}: {e.args[0]}") from None
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+    except BadWeights as e:
+        raise BadWeights(f"{path}: {e}") from None
     found = convert.kernel_size_of(params)
     if kernel_size is not None and found != kernel_size:
-        raise ValueError(f"{path}: expected a checkpoint for kernel size {kernel_size}, "
+        raise BadWeights(f"{path}: expected a checkpoint for kernel size {kernel_size}, "
                          f"found one for kernel size {found}")
     for key, value in state.items():
         if not np.all(np.isfinite(value)):
-            raise ValueError(f"{path}: expected finite weights, found NaN or Inf in {key}")
+            raise BadWeights(f"{path}: expected finite weights, found NaN or Inf in {key}")
     return state
 
 
@@ -263,27 +293,31 @@ def convert_checkpoint(src, dst, *, overwrite: bool = False, kernel_size: int | 
 RUN_FILES = ("metrics.json", "curves.png", "flax.orbax", "torch.safetensors")
 
 
+def earlier_run(out) -> list[str]:
+    """The names of ``RUN_FILES`` already in the folder ``out`` (empty if none, or no folder)."""
+    out = Path(out)
+    return [name for name in RUN_FILES if (out / name).exists()] if out.is_dir() else []
+
+
 def prepare_run_dir(out, *, overwrite: bool = False) -> Path:
     """Check that ``out`` can hold a new run (create it if needed) before any training starts.
 
     Raises:
-      NotADirectoryError: ``out`` is a file. FileExistsError: ``out`` holds an earlier run and
-      ``overwrite`` is false. PermissionError: ``out`` cannot be written.
+      BadFile: ``out`` is a file, holds an earlier run and ``overwrite`` is false, or cannot
+      be written.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out: expected a directory, found a file at {out}")
-    if out.is_dir() and not overwrite:
-        earlier = [name for name in RUN_FILES if (out / name).exists()]
-        if earlier:
-            raise FileExistsError(f"--out: expected a new or empty run directory, found an earlier run in "
-                                  f"{out} ({', '.join(earlier)}); pass --overwrite to replace it")
+        raise BadFile(f"{out}: expected a directory, found a file")
+    earlier = earlier_run(out)
+    if earlier and not overwrite:
+        raise BadFile(f"{out}: expected a new or empty run directory, found an earlier run "
+                      f"({', '.join(earlier)}); overwrite=True replaces it")
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test-")
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise PermissionError(f"--out: expected a writable directory, found {out} not writable "
-                              f"({e.strerror or _first_line(e)})") from None
+        raise BadFile(f"{out}: expected a writable directory, found it not writable ({_os_reason(e)})") from None
     return out

@@ -1,14 +1,27 @@
 """``flax-lenet``: a thin layer that parses, calls the library, and prints.
 
-Each subcommand lives in ``flax_lenet/commands/<name>.py`` with ``add_arguments(parser)`` and
-``main(args) -> int``; heavy imports (torch, jax) happen inside ``main``. Bad usage or bad
-input exits 2 with one line on stderr and no traceback (``FLAX_LENET_DEBUG=1`` shows it).
+Each subcommand lives in ``flax_lenet/app/commands/<name>.py`` with ``add_arguments(parser)``
+and ``main(args) -> int``; heavy imports (torch, jax) happen inside ``main``.
+
+Exit codes: bad usage or bad input (argparse's errors, and any ``flax_lenet.errors.BadInput``
+a command raises) exits 2 with one line on stderr and no traceback (``FLAX_LENET_DEBUG=1``
+shows it); Ctrl-C exits 130 with one line; any other exception is a bug and propagates with
+its traceback (the console script then exits 1).
 """
 
 import argparse
 import importlib
 import os
 import sys
+
+from flax_lenet.errors import BadConfig, BadInput
+
+DESCRIPTION = """\
+Run the LeNet of PyTorch's "Neural Networks" tutorial in JAX/Flax and in PyTorch side by side:
+compare the two on the same weights, train both on handwritten digits, and evaluate or convert
+their checkpoints.
+"""
+EPILOG = "Run 'flax-lenet COMMAND --help' for the options of a command."
 
 COMMANDS = {
     "compare": "run the tutorial in torch and every Flax flavour from one set of weights and diff them",
@@ -20,8 +33,7 @@ COMMANDS = {
 }
 
 
-class UsageError(Exception):
-    """Bad usage or bad input: reported as one line, exit code 2."""
+UsageError = BadConfig    # the older name of a bad setting; commands raise flax_lenet.errors kinds
 
 
 def positive_int(text: str) -> int:
@@ -41,16 +53,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="flax-lenet", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    """The ``flax-lenet`` parser: one subparser per entry of ``COMMANDS``, each from its module."""
+    parser = _Parser(prog="flax-lenet", description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands", parser_class=_Parser)
     sub.required = True
     for name, help_text in COMMANDS.items():
-        try:
-            module = importlib.import_module(f"flax_lenet.app.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"flax_lenet.app.commands.{name}":
-                raise
-            continue  # not built yet
+        module = importlib.import_module(f"flax_lenet.app.commands.{name}")
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)
         p.set_defaults(_main=module.main)
@@ -58,14 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run one ``flax-lenet`` command and return its exit code.
+
+    A ``BadInput`` becomes ``flax-lenet COMMAND: error: <message>`` on stderr and exit code 2
+    (with ``FLAX_LENET_DEBUG=1`` it is re-raised with its traceback); Ctrl-C is one line and
+    130. Every other exception is a bug and propagates unchanged.
+    """
     args = build_parser().parse_args(argv)
     try:
         return int(args._main(args) or 0)
-    except (UsageError, ValueError, KeyError, OSError) as e:
+    except BadInput as e:
         if os.environ.get("FLAX_LENET_DEBUG"):
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"flax-lenet {args.command}: error: {msg}", file=sys.stderr)
+        message = str(e).replace("\n", " ")         # the contract is one line, whatever the message
+        print(f"flax-lenet {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"flax-lenet {args.command}: interrupted", file=sys.stderr)
@@ -83,7 +98,7 @@ def run() -> None:
         from flax_lenet import cache
         try:
             cache.enable()
-        except OSError:
+        except BadInput:            # the cache folder is a file or cannot be created
             pass
     sys.exit(main())
 

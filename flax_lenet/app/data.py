@@ -9,7 +9,9 @@ Two sources, both without a download:
 
 Images are scaled to [0, 1] and standardised with the training set's mean and standard
 deviation; the layout is NHWC, as ``flax_lenet.Net`` expects (torch: ``.transpose(0, 3, 1, 2)``).
-The IDX reader and writer are the project's own (``read_idx``, ``write_idx``).
+The IDX reader and writer are the project's own (``read_idx``, ``write_idx``). A missing,
+unreadable or damaged file raises ``BadFile``, bad images or labels ``BadImages``/``BadLabels``,
+an unknown data set ``BadConfig`` (``flax_lenet.errors``).
 """
 
 import gzip
@@ -21,11 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from flax_lenet.checks import check_finite, check_images, check_labels
+from flax_lenet.errors import BadConfig, BadFile, BadImages, BadInput
 
 NUM_CLASSES = 10
 DIGITS_TEST_FRACTION = 0.2      # 360 of the 1,797 digits are held out
 DIGITS_SPLIT_SEED = 0           # the split is fixed: it does not follow --seed
-DIGITS_SIDE = 8
 MNIST_SIDE = 28
 MNIST_PAD = (32 - MNIST_SIDE) // 2  # 2 pixels on each side, as LeNet-5
 
@@ -57,7 +59,7 @@ def _standardise(x_train: np.ndarray, x_test: np.ndarray):
 
 
 def make_dataset(name, x_train, y_train, x_test, y_test) -> Dataset:
-    """Check a dataset in the Net's layout and wrap it; raises ``ValueError`` on bad input."""
+    """Check a dataset in the Net's layout and wrap it; raises ``BadImages``/``BadLabels`` on bad input."""
     for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
         check_images(x)
         check_finite(x, f"{name} {split} images")
@@ -70,7 +72,7 @@ def resize_nearest(images: np.ndarray, side: int) -> np.ndarray:
     """``(N, h, h) -> (N, side, side)`` by repeating each pixel ``side // h`` times (no interpolation)."""
     factor, rest = divmod(side, images.shape[-1])
     if rest:
-        raise ValueError(f"expected an image side that divides {side}, found {images.shape[-1]}")
+        raise BadImages(f"expected an image side that divides {side}, found {images.shape[-1]}")
     return images.repeat(factor, axis=1).repeat(factor, axis=2)
 
 
@@ -99,37 +101,40 @@ def _read_bytes(path: Path) -> bytes:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: expected an IDX file, found no such file") from None
+        raise BadFile(f"{path}: expected an IDX file, found no such file") from None
+    except OSError as e:
+        raise BadFile(f"{path}: expected a readable IDX file, found {type(e).__name__} "
+                      f"({e.strerror or e})") from None
     if path.suffix != ".gz":
         return raw
     try:
         return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as e:   # BadGzipFile is an OSError
-        raise ValueError(f"{path}: expected a gzip-compressed IDX file, found a corrupt or "
-                         f"truncated gzip stream ({e})") from None
+        raise BadFile(f"{path}: expected a gzip-compressed IDX file, found a corrupt or "
+                      f"truncated gzip stream ({e})") from None
 
 
 def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
     """Decode the bytes of an IDX file: magic ``0 0 type ndim``, ``ndim`` big-endian int32 sizes, data."""
     if len(data) < 4:
-        raise ValueError(f"{name}: expected an IDX file (4-byte magic number), found {len(data)} bytes")
+        raise BadFile(f"{name}: expected an IDX file (4-byte magic number), found {len(data)} bytes")
     zero, code, ndim = data[:2], data[2], data[3]
     if zero != b"\x00\x00" or code not in IDX_DTYPES or ndim == 0:
-        raise ValueError(f"{name}: expected an IDX magic number 0x0000TTDD (type TT in "
-                         f"{{08,09,0B,0C,0D,0E}}, DD dimensions >= 1), found 0x{data[:4].hex().upper()}")
+        raise BadFile(f"{name}: expected an IDX magic number 0x0000TTDD (type TT in "
+                      f"{{08,09,0B,0C,0D,0E}}, DD dimensions >= 1), found 0x{data[:4].hex().upper()}")
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(f"{name}: truncated: expected a {header}-byte header for {ndim} dimensions, "
-                         f"found {len(data)} bytes")
+        raise BadFile(f"{name}: truncated: expected a {header}-byte header for {ndim} dimensions, "
+                      f"found {len(data)} bytes")
     shape = struct.unpack(f">{ndim}i", data[4:header])
     dtype = IDX_DTYPES[code]
     expected = int(np.prod(shape)) * dtype.itemsize
     found = len(data) - header
     if found < expected:
-        raise ValueError(f"{name}: truncated: expected {expected} data bytes for shape {shape}, found {found}")
+        raise BadFile(f"{name}: truncated: expected {expected} data bytes for shape {shape}, found {found}")
     if found > expected:
-        raise ValueError(f"{name}: expected {expected} data bytes for shape {shape}, found {found} "
-                         f"({found - expected} extra: not an IDX file of this shape)")
+        raise BadFile(f"{name}: expected {expected} data bytes for shape {shape}, found {found} "
+                      f"({found - expected} extra: not an IDX file of this shape)")
     return np.frombuffer(data, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -143,8 +148,8 @@ def read_idx(path) -> np.ndarray:
       The array, e.g. ``(60000, 28, 28)`` uint8 for MNIST training images.
 
     Raises:
-      FileNotFoundError: no such file. ValueError: a wrong magic number, a truncated or
-      corrupt file, or a size that does not match the header.
+      BadFile: no such file, an unreadable file, a wrong magic number, a truncated or corrupt
+      file, or a size that does not match the header.
     """
     path = Path(path)
     return parse_idx(_read_bytes(path), str(path))
@@ -156,7 +161,8 @@ def write_idx(path, array) -> None:
     codes = {dt.newbyteorder("="): code for code, dt in IDX_DTYPES.items()}
     code = codes.get(array.dtype.newbyteorder("="))
     if code is None:
-        raise ValueError(f"expected a dtype in {sorted(str(d) for d in codes)}, found {array.dtype}")
+        raise BadInput(f"expected an array of a dtype IDX can hold, one of {sorted(str(d) for d in codes)}, "
+                       f"found {array.dtype}")
     data = (bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}i", *array.shape)
             + array.astype(IDX_DTYPES[code]).tobytes())
     path = Path(path)
@@ -170,7 +176,7 @@ def _find_idx(data_dir: Path, stem: str) -> Path:
     for name in (stem, stem + ".gz"):
         if (data_dir / name).is_file():
             return data_dir / name
-    raise FileNotFoundError(f"{data_dir}: expected {stem} or {stem}.gz (MNIST IDX format), found neither")
+    raise BadFile(f"{data_dir}: expected {stem} or {stem}.gz (MNIST IDX format), found neither")
 
 
 def _mnist_split(data_dir: Path, split: str):
@@ -178,12 +184,12 @@ def _mnist_split(data_dir: Path, split: str):
     labels_path = _find_idx(data_dir, MNIST_FILES[f"{split}_labels"])
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or images.shape[1:] != (MNIST_SIDE, MNIST_SIDE):
-        raise ValueError(f"{images_path}: expected images (N, 28, 28), found shape {images.shape}")
+        raise BadFile(f"{images_path}: expected images (N, 28, 28), found shape {images.shape}")
     if labels.ndim != 1:
-        raise ValueError(f"{labels_path}: expected labels (N,), found shape {labels.shape}")
+        raise BadFile(f"{labels_path}: expected labels (N,), found shape {labels.shape}")
     if len(labels) != len(images):
-        raise ValueError(f"{labels_path}: expected {len(images)} labels (one per image in "
-                         f"{images_path.name}), found {len(labels)}")
+        raise BadFile(f"{labels_path}: expected {len(images)} labels (one per image in "
+                      f"{images_path.name}), found {len(labels)}")
     check_finite(images, f"images in {images_path}")
     if images.dtype == np.uint8:
         images = images.astype(np.float32) / 255.0
@@ -203,8 +209,8 @@ def load_mnist(data_dir) -> Dataset:
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise FileNotFoundError(f"--data-dir: expected a folder with MNIST IDX files, found "
-                                f"{'a file' if data_dir.exists() else 'nothing'} at {data_dir}")
+        raise BadFile(f"{data_dir}: expected a folder with MNIST IDX files, found "
+                      f"{'a file' if data_dir.exists() else 'nothing'}")
     x_train, y_train = _mnist_split(data_dir, "train")
     x_test, y_test = _mnist_split(data_dir, "test")
     x_train, x_test = _standardise(x_train, x_test)
@@ -217,9 +223,9 @@ def load(name: str = "digits", data_dir=None) -> Dataset:
         return load_digits()
     if name == "mnist":
         if data_dir is None:
-            raise ValueError("--data mnist: expected --data-dir DIR with the IDX files, found none")
+            raise BadConfig("name='mnist': expected data_dir, a folder with the IDX files, found None")
         return load_mnist(data_dir)
-    raise ValueError(f"data: expected 'digits' or 'mnist', found {name!r}")
+    raise BadConfig(f"name: expected 'digits' or 'mnist', found {name!r}")
 
 
 def random_shifts(x: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:

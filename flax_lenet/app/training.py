@@ -26,6 +26,7 @@ from flax import nnx
 
 from flax_lenet import convert, fast, train as flax_train
 from flax_lenet.checks import check_finite, check_images, check_labels
+from flax_lenet.errors import BadConfig, BadInput
 from flax_lenet.app.data import NUM_CLASSES, Dataset, random_shifts
 from flax_lenet.tolerances import ACCURACY_POINTS
 
@@ -49,22 +50,22 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.loss not in LOSSES:
-            raise ValueError(f"loss: expected one of {LOSSES}, found {self.loss!r}")
+            raise BadConfig(f"loss: expected one of {LOSSES}, found {self.loss!r}")
         if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype: expected 'float32' or 'float64', found {self.dtype!r}")
+            raise BadConfig(f"dtype: expected 'float32' or 'float64', found {self.dtype!r}")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}: expected a positive integer, found {getattr(self, name)}")
+                raise BadConfig(f"{name}: expected a positive integer, found {getattr(self, name)}")
         if not 0.0 <= self.lr_decay_at <= 1.0:
-            raise ValueError(f"lr_decay_at: expected a fraction in [0, 1], found {self.lr_decay_at}")
+            raise BadConfig(f"lr_decay_at: expected a fraction in [0, 1], found {self.lr_decay_at}")
         if not 0 <= self.shift <= 8:
-            raise ValueError(f"shift: expected 0..8 pixels, found {self.shift}")
+            raise BadConfig(f"shift: expected 0..8 pixels, found {self.shift}")
         if self.seed < 0:
-            raise ValueError(f"seed: expected a non-negative integer, found {self.seed}")
+            raise BadConfig(f"seed: expected a non-negative integer, found {self.seed}")
         if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum: expected 0 <= momentum < 1, found {self.momentum}")
+            raise BadConfig(f"momentum: expected 0 <= momentum < 1, found {self.momentum}")
         if not self.lr > 0:
-            raise ValueError(f"lr: expected a positive learning rate, found {self.lr}")
+            raise BadConfig(f"lr: expected a positive learning rate, found {self.lr}")
 
 
 @dataclass
@@ -101,7 +102,7 @@ class TrainResult:
                                "step_loss_max_rel": gap}}
 
 
-class TrainingDiverged(ValueError):
+class TrainingDiverged(BadInput):
     """The loss (or a weight) became NaN or Inf; ``last_good`` holds the weights before that epoch."""
 
     def __init__(self, message: str, last_good: "TrainResult"):
@@ -149,8 +150,8 @@ def batch_order(num_examples: int, cfg: TrainConfig) -> np.ndarray:
     """``(epochs, steps, batch_size)`` example indices: one shared permutation per epoch."""
     steps = num_examples // cfg.batch_size
     if steps == 0:
-        raise ValueError(f"batch_size: expected at most {num_examples} (the training set size), "
-                         f"found {cfg.batch_size}")
+        raise BadConfig(f"batch_size: expected at most {num_examples} (the training set size), "
+                        f"found {cfg.batch_size}")
     if cfg.max_steps_per_epoch is not None:
         steps = min(steps, cfg.max_steps_per_epoch)
     rng = np.random.default_rng(cfg.seed)
@@ -278,8 +279,8 @@ def train(dataset: Dataset, cfg: TrainConfig = TrainConfig(), *,
     from torch_reference import sgd_step
 
     if cfg.dtype == "float64" and not jax.config.jax_enable_x64:
-        raise ValueError("dtype float64: expected jax_enable_x64 to be on "
-                         "(jax.config.update('jax_enable_x64', True)), found it off")
+        raise BadConfig("dtype float64: expected jax_enable_x64 to be on "
+                        "(jax.config.update('jax_enable_x64', True)), found it off")
     for split, x, y in (("train", dataset.x_train, dataset.y_train), ("test", dataset.x_test, dataset.y_test)):
         check_images(x)
         check_finite(x, f"{split} images")

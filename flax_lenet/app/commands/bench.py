@@ -1,9 +1,10 @@
 """``flax-lenet bench``: train-step throughput of Flax and torch side by side; table, JSON, PNG."""
 
+import contextlib
 import json
 import os
 
-from flax_lenet.app.cli import UsageError
+from flax_lenet.errors import BadConfig, BadFile
 
 
 def _int_list(text):
@@ -36,11 +37,11 @@ def add_arguments(p):
 def _config(args):
     from flax_lenet.app import bench
     if args.rounds < 1 or not args.min_time > 0:
-        raise UsageError(f"--rounds must be >= 1 and --min-time > 0, found {args.rounds} and {args.min_time}")
+        raise BadConfig(f"--rounds must be >= 1 and --min-time > 0, found {args.rounds} and {args.min_time}")
     impls = bench.IMPLS if args.impl == "all" else tuple(i.strip() for i in args.impl.split(","))
     unknown = [i for i in impls if i not in bench.IMPLS]
     if unknown:
-        raise UsageError(f"--impl: expected some of {', '.join(bench.IMPLS)}, found {', '.join(unknown)}")
+        raise BadConfig(f"--impl: expected some of {', '.join(bench.IMPLS)}, found {', '.join(unknown)}")
     precision = args.precision or ("both" if args.device == "gpu" else "default")
     precisions = bench.PRECISIONS if precision == "both" else (precision,)
     batches = args.batch or (bench.GPU_BATCHES if args.device == "gpu" else bench.CPU_BATCHES)
@@ -51,7 +52,7 @@ def _config(args):
 def _check_writable(path):
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
-        raise UsageError(f"cannot write {path}: expected an existing directory, found none at {directory}")
+        raise BadFile(f"cannot write {path}: expected an existing directory, found none at {directory}")
 
 
 def main(args) -> int:
@@ -63,7 +64,7 @@ def main(args) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise UsageError("--png: expected matplotlib to be installed, found none "
+            raise BadConfig("--png: expected matplotlib to be installed, found none "
                              "(pip install matplotlib)") from None
     if cfg.device == "gpu":
         # JAX would otherwise take 75% of the GPU's memory at start-up and starve torch
@@ -71,7 +72,7 @@ def main(args) -> int:
         import jax
         import torch
         if not torch.cuda.is_available() or not any(d.platform == "gpu" for d in jax.devices()):
-            raise UsageError("--device gpu: expected a CUDA device visible to both torch and jax, found none")
+            raise BadConfig("--device gpu: expected a CUDA device visible to both torch and jax, found none")
     from flax_lenet.app import bench
     env = bench.environment(cfg)
     print(f"flax-lenet bench: {env['device']} ({env.get('torch_device') or env['jax_device']}, {env['cpu']}, "
@@ -84,9 +85,21 @@ def main(args) -> int:
     for line in bench.summary(results, cfg):
         print(line)
     if args.json:
-        bench.write_atomic(args.json, (json.dumps(bench.to_json(results, cfg, env), indent=2) + "\n").encode())
+        with _writing(args.json):
+            bench.write_atomic(args.json, (json.dumps(bench.to_json(results, cfg, env), indent=2) + "\n").encode())
         print(f"wrote {args.json}")
     if args.png:
-        bench.plot(results, env, args.png)
+        with _writing(args.png):
+            bench.plot(results, env, args.png)
         print(f"wrote {args.png}")
     return 0
+
+
+@contextlib.contextmanager
+def _writing(path):
+    """Turn an OS error while writing the user's ``path`` (permissions, disk full) into one-line ``BadFile``."""
+    try:
+        yield
+    except OSError as e:
+        raise BadFile(f"cannot write {path}: expected a writable folder with room for it, found "
+                      f"{type(e).__name__} ({e.strerror or e})") from None

@@ -7,7 +7,8 @@ over the run and the step where it happened.
 
 import json
 
-from flax_lenet.app.cli import UsageError, positive_int
+from flax_lenet.app.cli import positive_int
+from flax_lenet.errors import BadConfig
 
 FLAVOURS = ("nnx", "linen", "functional")
 
@@ -43,11 +44,14 @@ def _table(rows, header):
 
 def main(args) -> int:
     if args.seed < 0:
-        raise UsageError(f"--seed: expected a non-negative integer, found {args.seed}")
+        raise BadConfig(f"--seed: expected a non-negative integer, found {args.seed}")
+    if not args.lr >= 0:        # torch.optim would refuse it halfway through the run
+        raise BadConfig(f"--lr: expected a learning rate >= 0, found {args.lr} "
+                        f"(torch.optim: Invalid learning rate: {args.lr})")
     if args.optimizer is not None and args.steps is None:
-        raise UsageError(f"--optimizer {args.optimizer}: expected --steps N as well (a training run), found none")
+        raise BadConfig(f"--optimizer {args.optimizer}: expected --steps N as well (a training run), found none")
     if args.steps is not None and args.flavour not in ("all", "functional"):
-        raise UsageError(f"--steps: trains the functional flavour only, found --flavour {args.flavour}")
+        raise BadConfig(f"--steps: trains the functional flavour only, found --flavour {args.flavour}")
     import jax
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)

@@ -6,6 +6,10 @@
     anything else      Orbax checkpoint directory, Flax layout
 """
 
+from pathlib import Path
+
+from flax_lenet.errors import BadFile
+
 
 def add_arguments(p):
     p.add_argument("src", metavar="IN", help=".pt/.pth, .safetensors, or an Orbax checkpoint directory")
@@ -15,9 +19,18 @@ def add_arguments(p):
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
 
+def refuse_existing(dst, overwrite: bool) -> None:
+    """Refuse an existing OUT unless ``--overwrite``, in the command's words, before reading IN."""
+    dst = Path(dst)
+    if dst.exists() and not overwrite:
+        raise BadFile(f"{dst}: expected a new OUT, found an existing "
+                      f"{'directory' if dst.is_dir() else 'file'}; pass --overwrite to replace it")
+
+
 def main(args) -> int:
     from flax_lenet import convert
     from flax_lenet.app import checkpoint
+    refuse_existing(args.dst, args.overwrite)
     state = checkpoint.convert_checkpoint(args.src, args.dst, overwrite=args.overwrite,
                                           kernel_size=args.kernel_size)
     k = convert.kernel_size_of(convert.torch_to_flax(state))

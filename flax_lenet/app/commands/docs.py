@@ -5,14 +5,14 @@ import os
 import tempfile
 from pathlib import Path
 
-from flax_lenet.app.cli import UsageError
+from flax_lenet.errors import BadConfig, BadFile
 
 
 def default_out() -> Path:
     """The repository's ``docs/`` folder, found next to the ``flax_lenet`` package."""
     from flax_lenet.app.sidebyside.render import ROOT
     if not (ROOT / "pyproject.toml").is_file():
-        raise UsageError(f"expected a source checkout with pyproject.toml at {ROOT}, found none: pass --out DIR")
+        raise BadConfig(f"expected a source checkout with pyproject.toml at {ROOT}, found none: pass --out DIR")
     return ROOT / "docs"
 
 
@@ -49,7 +49,7 @@ def first_difference(old: str, new: str) -> str:
 def main(args) -> int:
     out = args.out if args.out is not None else default_out()
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out: expected a folder, found a file {out}")
+        raise BadFile(f"--out: expected a folder, found a file {out}")
     from flax_lenet.app.sidebyside import render
     files = render.build()
     if args.check:
@@ -65,8 +65,12 @@ def main(args) -> int:
         if not stale:
             print(f"flax-lenet docs: {', '.join(str(out / n) for n in files)} up to date")
         return 1 if stale else 0
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        _write_atomic(out / name, text)
-        print(f"wrote {out / name}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            _write_atomic(out / name, text)
+            print(f"wrote {out / name}")
+    except OSError as e:
+        raise BadFile(f"--out: expected a writable folder with room for the docs, found {out} refusing "
+                      f"({type(e).__name__}: {e.strerror or e})") from None
     return 0

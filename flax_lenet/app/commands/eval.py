@@ -6,13 +6,13 @@ directory (Flax layout); the format is read from the name (``flax_lenet.app.chec
 
 import json
 
-from flax_lenet.app.cli import UsageError
+from flax_lenet.errors import BadConfig
 
 
 def add_arguments(p):
     p.add_argument("checkpoint", metavar="CKPT", help=".pt/.pth, .safetensors, or an Orbax checkpoint directory")
     p.add_argument("--data", choices=("digits", "mnist"), default="digits", help="default: digits")
-    p.add_argument("--data-dir", help="folder with the MNIST IDX files (for --data mnist)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder with the MNIST IDX files (for --data mnist)")
     p.add_argument("--framework", choices=("both", "flax", "torch"), default="both",
                    help="which framework runs the Net (default: both)")
     p.add_argument("--kernel-size", type=int, choices=(3, 5),
@@ -22,7 +22,7 @@ def add_arguments(p):
 
 def main(args) -> int:
     if args.data == "mnist" and not args.data_dir:
-        raise UsageError("--data mnist: expected --data-dir DIR with the IDX files, found none")
+        raise BadConfig("--data mnist: expected --data-dir DIR with the IDX files, found none")
     import jax
     import numpy as np
 

@@ -8,7 +8,8 @@ checkpoint (``flax.orbax``, Flax layout) and the torch-trained weights as ``torc
 import json
 import sys
 
-from flax_lenet.app.cli import UsageError, positive_int
+from flax_lenet.app.cli import positive_int
+from flax_lenet.errors import BadConfig, BadFile, BadInput
 
 
 # A batch of 32 through this Net is too little work to share between threads, and torch's
@@ -23,7 +24,7 @@ def add_arguments(p):
     p.add_argument("--data", choices=("digits", "mnist"), default="digits",
                    help="digits: scikit-learn's 1,797 handwritten digits (no download); "
                         "mnist: the IDX files in --data-dir (default: digits)")
-    p.add_argument("--data-dir", help="folder with train-images-idx3-ubyte[.gz] etc. (for --data mnist)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder with train-images-idx3-ubyte[.gz] etc. (for --data mnist)")
     p.add_argument("--loss", choices=("ce", "mse"), default=d.loss,
                    help="ce: cross-entropy; mse: the tutorial's MSELoss on one-hot targets (default: ce)")
     p.add_argument("--epochs", type=positive_int, default=d.epochs, help=f"default: {d.epochs}")
@@ -39,8 +40,9 @@ def add_arguments(p):
     p.add_argument("--kernel-size", type=int, choices=(3, 5), default=d.kernel_size, help="default: 3")
     p.add_argument("--max-steps", type=positive_int, help="at most this many batches per epoch (smoke runs)")
     p.add_argument("--torch-threads", type=positive_int, default=TORCH_THREADS,
-                   help=f"torch.set_num_threads (default: {TORCH_THREADS}; see TORCH_THREADS)")
-    p.add_argument("--out", help="directory for metrics.json, curves.png and the checkpoints")
+                   help=f"threads for the torch side, torch.set_num_threads (default: {TORCH_THREADS}, "
+                        "the fastest for a Net this small)")
+    p.add_argument("--out", metavar="DIR", help="directory for metrics.json, curves.png and the checkpoints")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
@@ -120,13 +122,26 @@ def save_weights(out, result) -> None:
     checkpoint.save(out / "torch.safetensors", result.torch_state, overwrite=True)
 
 
+def prepare_out(out, overwrite: bool):
+    """``checkpoint.prepare_run_dir`` with its errors worded for this command's ``--out`` and ``--overwrite``."""
+    from flax_lenet.app import checkpoint
+    earlier = checkpoint.earlier_run(out)
+    if earlier and not overwrite:
+        raise BadFile(f"--out: expected a new or empty run directory, found an earlier run in {out} "
+                      f"({', '.join(earlier)}); pass --overwrite to replace it")
+    try:
+        return checkpoint.prepare_run_dir(out, overwrite=overwrite)
+    except BadFile as e:
+        raise BadFile(f"--out: {e}") from None
+
+
 def main(args) -> int:
     import time
     start = time.perf_counter()
     if args.data == "mnist" and not args.data_dir:
-        raise UsageError("--data mnist: expected --data-dir DIR with the IDX files, found none")
+        raise BadConfig("--data mnist: expected --data-dir DIR with the IDX files, found none")
     if args.data_dir and args.data != "mnist":
-        raise UsageError("--data-dir: expected --data mnist with it, found --data digits")
+        raise BadConfig("--data-dir: expected --data mnist with it, found --data digits")
     import jax
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
@@ -144,7 +159,7 @@ def _train(args, start) -> int:
 
     import jax
 
-    from flax_lenet.app import checkpoint, data, training
+    from flax_lenet.app import data, training
 
     cfg = training.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                momentum=args.momentum, lr_decay_at=args.lr_decay_at, shift=args.shift,
@@ -152,7 +167,7 @@ def _train(args, start) -> int:
                                kernel_size=args.kernel_size,
                                max_steps_per_epoch=args.max_steps)
     dataset = data.load(args.data, args.data_dir)       # bad data: fail before --out is created
-    out = checkpoint.prepare_run_dir(args.out, overwrite=args.overwrite) if args.out else None
+    out = prepare_out(args.out, args.overwrite) if args.out else None
     progress, say, close_bar = _progress_factory(cfg, args.quiet)
     if not args.quiet:
         say(f"flax-lenet train: {dataset.name} ({len(dataset.y_train)} train / {len(dataset.y_test)} test "
@@ -166,10 +181,10 @@ def _train(args, start) -> int:
         done = len(e.last_good.flax.train_loss)
         kept = f"the weights after epoch {done}" if done else "the initial weights"
         if out is None:
-            raise UsageError(f"{e}; nothing saved (no --out)") from None
+            raise BadInput(f"{e}; nothing saved (no --out)") from None
         save_weights(out, e.last_good)
-        raise UsageError(f"{e}; kept {kept} (the last with a finite loss) in {out}/flax.orbax and "
-                         f"{out}/torch.safetensors") from None
+        raise BadInput(f"{e}; kept {kept} (the last with a finite loss) in {out}/flax.orbax and "
+                       f"{out}/torch.safetensors") from None
     close_bar()
     metrics = result.metrics(dataset.describe())
     metrics["seconds_total"] = time.perf_counter() - start
