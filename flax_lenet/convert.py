@@ -70,6 +70,17 @@ def _fc1_to_torch(kernel: np.ndarray, side: int) -> np.ndarray:
     return k.reshape(out_features, 16 * side * side)        # [120, C*H*W]
 
 
+def _move_kernel(layer: str, a: np.ndarray, side: int, *, to_flax: bool) -> np.ndarray:
+    """One layer's weight from torch's layout to Flax's (``to_flax``) or back, as a fresh array."""
+    if layer.startswith("conv"):                            # [O, I, kH, kW] <-> [kH, kW, I, O]
+        moved = a.transpose(2, 3, 1, 0) if to_flax else a.transpose(3, 2, 0, 1)
+    elif layer == "fc1":                                    # [120, C*H*W] <-> [H*W*C, 120]
+        moved = _fc1_to_flax(a, side) if to_flax else _fc1_to_torch(a, side)
+    else:                                                   # [out, in] <-> [in, out]
+        moved = a.T
+    return np.array(moved, order="C")
+
+
 def _to_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):                            # a torch tensor
         value = value.detach().cpu().numpy()
@@ -126,17 +137,8 @@ def torch_to_flax(state_dict: Mapping[str, Any]) -> dict[str, dict[str, np.ndarr
     k = _infer_kernel_size(shapes, "conv1.weight", 3, f"keys {sorted(shapes)}")
     _check(shapes, torch_shapes(k), f"torch state_dict (kernel size {k})")
     side = flat_side(k)
-    params = {}
-    for layer in LAYERS:
-        w, b = arrays[f"{layer}.weight"], arrays[f"{layer}.bias"]
-        if layer.startswith("conv"):
-            kernel = w.transpose(2, 3, 1, 0)                # [O, I, kH, kW] -> [kH, kW, I, O]
-        elif layer == "fc1":
-            kernel = _fc1_to_flax(w, side)                  # [120, C*H*W] -> [H*W*C, 120]
-        else:
-            kernel = w.T                                    # [out, in] -> [in, out]
-        params[layer] = {"kernel": np.ascontiguousarray(kernel), "bias": np.array(b)}
-    return params
+    return {layer: {"kernel": _move_kernel(layer, arrays[f"{layer}.weight"], side, to_flax=True),
+                    "bias": np.array(arrays[f"{layer}.bias"])} for layer in LAYERS}
 
 
 def _flax_tree(params: Any) -> Mapping[str, Any]:
@@ -180,15 +182,8 @@ def flax_to_torch(params: Any) -> dict[str, np.ndarray]:
     side = flat_side(k)
     state = {}
     for layer in LAYERS:
-        kernel, b = flat[f"{layer}/kernel"], flat[f"{layer}/bias"]
-        if layer.startswith("conv"):
-            w = kernel.transpose(3, 2, 0, 1)                # [kH, kW, I, O] -> [O, I, kH, kW]
-        elif layer == "fc1":
-            w = _fc1_to_torch(kernel, side)                 # [H*W*C, 120] -> [120, C*H*W]
-        else:
-            w = kernel.T                                    # [in, out] -> [out, in]
-        state[f"{layer}.weight"] = np.ascontiguousarray(w)
-        state[f"{layer}.bias"] = np.array(b)
+        state[f"{layer}.weight"] = _move_kernel(layer, flat[f"{layer}/kernel"], side, to_flax=False)
+        state[f"{layer}.bias"] = np.array(flat[f"{layer}/bias"])
     return state
 
 
@@ -236,5 +231,4 @@ def nhwc_to_nchw(x) -> np.ndarray:
 
 def state_to_numpy(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """``{name: tensor}`` (a torch ``state_dict``, or numpy arrays) as fresh numpy arrays."""
-    return {name: np.array(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
-            for name, v in state_dict.items()}
+    return {name: np.array(_to_numpy(v)) for name, v in state_dict.items()}

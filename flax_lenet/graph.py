@@ -16,6 +16,8 @@ from itertools import zip_longest
 import jax
 from jax.extend.core import Literal
 
+from flax_lenet.table import format_table
+
 #: torch ``grad_fn`` class name -> layer op.
 TORCH_OPS = {
     "ConvolutionBackward0": "conv",
@@ -127,10 +129,7 @@ def aligned(torch_ops, jax_ops) -> list[tuple[str, str, str]]:
 
 def render(rows) -> str:
     """The aligned rows as a plain-text table, loss at the bottom as in the tutorial."""
-    header = ("torch loss.grad_fn chain", "layer", "jax.make_jaxpr(loss_fn)")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
-    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(header), line(tuple("-" * w for w in widths))] + [line(r) for r in rows])
+    return format_table(("torch loss.grad_fn chain", "layer", "jax.make_jaxpr(loss_fn)"), rows)
 
 
 def net_graphs(kernel_size: int = 3) -> list[tuple[str, str, str]]:
@@ -144,7 +143,7 @@ def net_graphs(kernel_size: int = 3) -> list[tuple[str, str, str]]:
     net = TorchNet(kernel_size)
     x, target = torch.zeros(1, 1, 32, 32), torch.zeros(1, 10)
     loss = torch.nn.MSELoss()(net(x), target)
-    params = convert.torch_to_flax({k: v.detach().numpy() for k, v in net.state_dict().items()})
+    params = convert.torch_to_flax(net.state_dict())
     jx = jax.ShapeDtypeStruct((1, 32, 32, 1), np.float32)
     jt = jax.ShapeDtypeStruct((1, 10), np.float32)
     return aligned(torch_graph(loss), jax_graph(functional.loss_fn, params, jx, jt))

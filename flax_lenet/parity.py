@@ -53,11 +53,15 @@ def diff(actual, expected) -> tuple[float, float]:
     return max_abs, (max_abs / scale if scale > 0 else max_abs)
 
 
-def tutorial_data(batch: int, seed: int, dtype: str):
-    """The tutorial's ``input = randn(N, 1, 32, 32)`` (NCHW) and ``target = randn(N, 10)``, via numpy."""
+def tutorial_data(batch: int, seed: int, dtype: str, steps: int | None = None):
+    """The tutorial's ``input = randn(N, 1, 32, 32)`` (NCHW) and ``target = randn(N, 10)``, via numpy.
+
+    With ``steps``, that many batches: ``(steps, N, 1, 32, 32)`` and ``(steps, N, 10)``.
+    """
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((batch, 1, 32, 32)).astype(dtype)
-    target = rng.standard_normal((batch, 10)).astype(dtype)
+    lead = (batch,) if steps is None else (steps, batch)
+    x = rng.standard_normal((*lead, 1, 32, 32)).astype(dtype)
+    target = rng.standard_normal((*lead, 10)).astype(dtype)
     return x, target
 
 
@@ -68,11 +72,21 @@ def torch_device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def set_torch_tf32(enabled: bool) -> None:
-    """TF32 for convs (cudnn, on by default) and matmuls (off by default) in torch."""
+@contextlib.contextmanager
+def torch_tf32(enabled: bool | None):
+    """TF32 in torch's cuDNN convolutions (on by default) and CUDA matmuls (off by default).
+
+    ``True`` or ``False`` sets both for the block; ``None`` leaves torch's defaults. The flags
+    are restored on exit.
+    """
     import torch
-    torch.backends.cudnn.allow_tf32 = enabled
-    torch.backends.cuda.matmul.allow_tf32 = enabled
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    if enabled is not None:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def torch_run(net, x_nchw: np.ndarray, target: np.ndarray, lr: float) -> dict:
@@ -85,19 +99,16 @@ def torch_run(net, x_nchw: np.ndarray, target: np.ndarray, lr: float) -> dict:
     y = torch.from_numpy(target).to(dev)
     criterion = torch.nn.MSELoss()
 
-    def np_state(m):
-        return {k: v.detach().cpu().numpy().copy() for k, v in m.state_dict().items()}
-
     work = copy.deepcopy(net)
     work.zero_grad()
     out = work(x)
     loss = criterion(out, y)
     loss.backward()
-    grads = {k: p.grad.detach().cpu().numpy().copy() for k, p in work.named_parameters()}
+    grads = convert.state_to_numpy({k: p.grad for k, p in work.named_parameters()})
     with torch.no_grad():          # the tutorial's f.data.sub_(f.grad.data * learning_rate)
         for f in work.parameters():
             f.data.sub_(f.grad.data * lr)
-    manual = np_state(work)
+    manual = convert.state_to_numpy(work.state_dict())
 
     work = copy.deepcopy(net)
     optimizer = torch.optim.SGD(work.parameters(), lr=lr)
@@ -105,7 +116,7 @@ def torch_run(net, x_nchw: np.ndarray, target: np.ndarray, lr: float) -> dict:
     criterion(work(x), y).backward()
     optimizer.step()
     return {"logits": out.detach().cpu().numpy(), "loss": loss.detach().cpu().numpy(),
-            "grads": grads, "manual": manual, "sgd": np_state(work)}
+            "grads": grads, "manual": manual, "sgd": convert.state_to_numpy(work.state_dict())}
 
 
 # --- flax side -------------------------------------------------------------------------------
@@ -181,8 +192,7 @@ FAULTS = {"flatten": _fault_flatten, "transpose": _fault_transpose}
 @contextlib.contextmanager
 def precision(tf32: bool):
     """Full float32 (TF32 off) in both frameworks unless ``tf32``; no effect on CPU."""
-    set_torch_tf32(tf32)
-    with jax.default_matmul_precision("default" if tf32 else "highest"):
+    with torch_tf32(tf32), jax.default_matmul_precision("default" if tf32 else "highest"):
         yield
 
 
@@ -208,7 +218,7 @@ def compare(*, flavours=FLAVOURS, dtype="float32", kernel_size=3, batch=1, seed=
     tol = tolerance(dtype, "cpu" if dev.type == "cpu" else "gpu", tf32)
     torch.manual_seed(seed)
     net = TorchNet(kernel_size).to(getattr(torch, dtype)).to(dev)
-    state = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
+    state = convert.state_to_numpy(net.state_dict())
     x, target = tutorial_data(batch, seed, dtype)
     params = convert.torch_to_flax(state)
     back = convert.flax_to_torch(params)

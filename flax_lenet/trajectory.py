@@ -69,10 +69,7 @@ def preset(name: str, lr: float) -> Optimizer:
 
 def batches(steps: int, batch: int, seed: int, dtype: str):
     """``steps`` fixed batches, NCHW inputs ``(steps, N, 1, 32, 32)`` and targets ``(steps, N, 10)``."""
-    rng = np.random.default_rng(seed)
-    xs = rng.standard_normal((steps, batch, 1, 32, 32)).astype(dtype)
-    ys = rng.standard_normal((steps, batch, 10)).astype(dtype)
-    return xs, ys
+    return parity.tutorial_data(batch, seed, dtype, steps=steps)
 
 
 def torch_steps(state: dict, opt: Optimizer, xs: np.ndarray, ys: np.ndarray):
@@ -92,7 +89,7 @@ def torch_steps(state: dict, opt: Optimizer, xs: np.ndarray, ys: np.ndarray):
         loss = criterion(net(torch.from_numpy(x).to(dev)), torch.from_numpy(y).to(dev))
         loss.backward()
         optimizer.step()
-        yield loss.item(), {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
+        yield loss.item(), convert.state_to_numpy(net.state_dict())
 
 
 def flax_steps(params: dict, opt, xs_nhwc: np.ndarray, ys: np.ndarray):
@@ -161,12 +158,12 @@ def compare(opt: Optimizer, *, steps: int = 100, dtype: str = "float64", kernel_
     dev = parity.torch_device()
     tol = trajectory_tolerance(dtype, "cpu" if dev.type == "cpu" else "gpu", tf32)
     torch.manual_seed(seed)
-    state = {k: v.detach().numpy() for k, v in TorchNet(kernel_size).to(getattr(torch, dtype)).state_dict().items()}
+    state = convert.state_to_numpy(TorchNet(kernel_size).to(getattr(torch, dtype)).state_dict())
     params = convert.torch_to_flax(state)
     if fault is not None:
         parity.FAULTS[fault](state, params)
     xs, ys = batches(steps, batch, seed, dtype)
-    xs_nhwc = np.ascontiguousarray(xs.transpose(0, 1, 3, 4, 2))     # (T, N, 1, 32, 32) -> (T, N, 32, 32, 1)
+    xs_nhwc = convert.nchw_to_nhwc(xs)                              # (T, N, 1, 32, 32) -> (T, N, 32, 32, 1)
     with parity.precision(tf32):
         rows = diff_trajectories(torch_steps(state, opt, xs, ys), flax_steps(params, opt, xs_nhwc, ys), tol.rtol)
     return rows, tol

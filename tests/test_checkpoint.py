@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file as load_safetensors_torch
 
 from flax_lenet import convert
-from flax_lenet.app import checkpoint, training
+from flax_lenet.app import checkpoint
 from flax_lenet.errors import BadFile, BadWeights
 from flax_lenet.tolerances import FLOAT32_CPU
 from tests.helpers import assert_close, state_numpy, torch_net

@@ -19,18 +19,19 @@ its dots too); ``highest`` switches TF32 off in both. On a CPU the two are the s
 so only ``default`` runs there.
 """
 
-import contextlib
 import dataclasses
 import datetime
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
+
+from flax_lenet import parity
+from flax_lenet.app import files
+from flax_lenet.table import format_table
 
 TORCH_IMPLS = ("eager", "eager-1t", "compile", "compile-cg")
 FLAX_IMPLS = ("train_step",)
@@ -72,32 +73,12 @@ class Result:
 
 # --- helpers -----------------------------------------------------------------------------------
 
-def _batch(n: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, 1, 32, 32)).astype(np.float32)
-    return x, rng.standard_normal((n, 10)).astype(np.float32)
-
-
 def _torch_state(kernel_size: int):
     import torch
 
     from torch_reference import Net as TorchNet
     torch.manual_seed(0)
     return TorchNet(kernel_size)
-
-
-@contextlib.contextmanager
-def _torch_precision(precision: str):
-    """``default``: torch's own flags (cudnn TF32 on, matmul TF32 off); ``highest``: both off."""
-    import torch
-    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    if precision == "highest":
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 # --- runners: set up once per (impl, precision, batch); run(n) does n steps and synchronises --
@@ -132,7 +113,7 @@ class _TorchRunner:
         torch = self.torch
         torch.set_num_threads(self.threads)
         try:
-            with _torch_precision(self.precision):
+            with parity.torch_tf32(False if self.precision == "highest" else None):
                 for _ in range(n):
                     self.opt.zero_grad(set_to_none=True)
                     loss = self.crit(self.model(self.x), self.y)
@@ -164,7 +145,7 @@ class _FlaxRunner:
         self.jax, self.impl = jax, impl
         self.prec = "default" if precision == "default" else "highest"
         dev = jax.devices("gpu" if cfg.device == "gpu" else "cpu")[0]
-        state = {k: v.detach().numpy() for k, v in _torch_state(cfg.kernel_size).state_dict().items()}
+        state = _torch_state(cfg.kernel_size).state_dict()
         with jax.default_device(dev):
             model = convert.to_nnx(convert.torch_to_flax(state))
             optimizer = nnx.Optimizer(model, optax.sgd(cfg.lr), wrt=nnx.Param)
@@ -217,7 +198,7 @@ def run(cfg: BenchConfig, log=None) -> list[Result]:
     results = []
     say = log or (lambda *a, **k: None)
     for batch in cfg.batches:
-        x, y = _batch(batch)
+        x, y = parity.tutorial_data(batch, 0, "float32")
         for precision in _precisions(cfg):
             runners = {}
             for name in applicable(cfg):
@@ -323,36 +304,16 @@ def table(results: list[Result], cfg: BenchConfig) -> str:
                      f"{r.compile_s:.2f}" if r.compile_s is not None else "-",
                      f"{r.peak_mb:.1f}" if r.peak_mb is not None else "-",
                      (r.note + (f" spread={r.spread:.0%}" if r.spread is not None else "")).strip()])
-    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
-    fmt = lambda row: "  ".join(c.rjust(w) if 2 <= i <= 7 else c.ljust(w)  # noqa: E731
-                                for i, (c, w) in enumerate(zip(row, widths))).rstrip()
     flops = FLOPS_PER_SAMPLE.get(cfg.kernel_size)
     foot = (f"training FLOPs per sample ~{flops / 1e6:.2f} M; spread = (max - min) / median over "
             f"{cfg.rounds} interleaved rounds")
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows] + [foot])
+    return format_table(header, rows, right=range(2, 8)) + "\n" + foot
 
 
 def to_json(results: list[Result], cfg: BenchConfig, env: dict) -> dict:
     """The whole run as a JSON-ready dict: config, environment, results."""
     return {"config": dataclasses.asdict(cfg), "environment": env,
             "results": [dataclasses.asdict(r) for r in results]}
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename: never half-written."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)                 # mkstemp makes it 0600; give it a normal file's mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def plot(results: list[Result], env: dict, path: str) -> None:
@@ -384,7 +345,7 @@ def plot(results: list[Result], env: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    write_atomic(path, buf.getvalue())
+    files.write_bytes(path, buf.getvalue())
 
 
 def summary(results: list[Result], cfg: BenchConfig) -> list[str]:

@@ -17,15 +17,14 @@ with ``overwrite=True``.
 import os
 import pickle
 import re
-import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from flax_lenet import convert
+from flax_lenet.app.files import atomic_write, os_reason
 from flax_lenet.errors import BadFile, BadWeights
 
 TORCH_SUFFIXES = (".pt", ".pth")
@@ -59,61 +58,6 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {reason[:MAX_REASON]}{'...' if len(reason) > MAX_REASON else ''}"
 
 
-def _os_reason(e: OSError) -> str:
-    """``'PermissionError: Permission denied'``: an OS error on one line, without its path."""
-    return f"{type(e).__name__}: {e.strerror}" if e.strerror else _first_line(e)
-
-
-# --- atomic writes ----------------------------------------------------------------------------
-
-def atomic_write(path, write: Callable[[Path], None], *, overwrite: bool = False) -> None:
-    """Call ``write(tmp)`` on a path in a temporary folder beside ``path``, then rename it to ``path``.
-
-    The folder is on the same file system, so the rename is atomic for a file; an existing
-    directory is first moved aside (and moved back if the second rename fails).
-
-    Args:
-      path: the final file or directory.
-      write: writes the content to the path it is given (a file, or a directory to create).
-      overwrite: replace an existing ``path``; otherwise ``BadFile``.
-
-    Raises:
-      BadFile: ``path`` exists and ``overwrite`` is false, its folder is missing, or the OS
-      refused a write (permissions, disk full); the old ``path``, if any, is left as it was.
-    """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise BadFile(f"{path}: expected a new path, found an existing "
-                      f"{'directory' if path.is_dir() else 'file'} (overwrite=True replaces it)")
-    parent = path.parent
-    if not parent.is_dir():
-        raise BadFile(f"{path}: expected an existing folder {parent}, found none")
-    try:
-        _write_and_rename(path, write)
-    except OSError as e:
-        raise BadFile(f"{path}: expected a writable folder with room for it, found {_os_reason(e)}") from None
-
-
-def _write_and_rename(path: Path, write: Callable[[Path], None]) -> None:
-    """``atomic_write`` once its checks passed: write in a private temporary folder, then rename."""
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    target = tmp / path.name                # written inside a private temporary folder
-    try:
-        write(target)
-        if path.is_dir() and not path.is_symlink():
-            old = tmp / f"{path.name}.previous"
-            os.replace(path, old)           # a directory cannot be replaced in one rename
-            try:
-                os.replace(target, path)
-            except OSError:
-                os.replace(old, path)
-                raise
-        else:
-            os.replace(target, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _weights_only_reason(e: BaseException) -> str:
     """The line of torch's long ``weights_only`` message that says what was wrong."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
@@ -126,7 +70,7 @@ def _weights_only_reason(e: BaseException) -> str:
 def _unreadable(path: Path, e: OSError) -> BadFile:
     """``BadFile`` for a checkpoint the OS would not let us read (permissions, a folder, ...)."""
     return BadFile(f"{path}: expected {_describe(checkpoint_format(path))} that can be read, "
-                   f"found one that cannot be read ({_os_reason(e)})")
+                   f"found one that cannot be read ({os_reason(e)})")
 
 
 def _load_torch_pickle(path: Path) -> dict:
@@ -149,7 +93,7 @@ def _load_torch_pickle(path: Path) -> dict:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         found = type(obj).__name__ if not isinstance(obj, dict) else "a dict with non-tensor values"
         raise BadWeights(f"{path}: expected a state_dict {{name: tensor}}, found {found}")
-    return {k: v.detach().cpu().numpy() for k, v in obj.items()}
+    return convert.state_to_numpy(obj)
 
 
 def _load_safetensors(path: Path) -> dict:
@@ -319,5 +263,5 @@ def prepare_run_dir(out, *, overwrite: bool = False) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise BadFile(f"{out}: expected a writable directory, found it not writable ({_os_reason(e)})") from None
+        raise BadFile(f"{out}: expected a writable directory, found it not writable ({os_reason(e)})") from None
     return out

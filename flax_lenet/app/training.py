@@ -166,7 +166,7 @@ def initial_state(cfg: TrainConfig) -> dict:
     from torch_reference import Net as TorchNet
     torch.manual_seed(cfg.seed)
     net = TorchNet(cfg.kernel_size).to(getattr(torch, cfg.dtype))
-    return {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+    return convert.state_to_numpy(net.state_dict())
 
 
 # --- Flax -------------------------------------------------------------------------------------
@@ -367,7 +367,7 @@ def train(dataset: Dataset, cfg: TrainConfig = TrainConfig(), *,
         fr.test_accuracy.append(f_acc)
         tr.test_accuracy.append(t_acc)
         result.flax_params = _numpy_tree(params)
-        result.torch_state = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+        result.torch_state = convert.state_to_numpy(net.state_dict())
         if on_epoch:
             on_epoch(epoch, result)
     return result

@@ -1,9 +1,9 @@
 """``flax-lenet bench``: train-step throughput of Flax and torch side by side; table, JSON, PNG."""
 
-import contextlib
 import json
 import os
 
+from flax_lenet.app import files
 from flax_lenet.errors import BadConfig, BadFile
 
 
@@ -85,21 +85,9 @@ def main(args) -> int:
     for line in bench.summary(results, cfg):
         print(line)
     if args.json:
-        with _writing(args.json):
-            bench.write_atomic(args.json, (json.dumps(bench.to_json(results, cfg, env), indent=2) + "\n").encode())
+        files.write_text(args.json, json.dumps(bench.to_json(results, cfg, env), indent=2) + "\n")
         print(f"wrote {args.json}")
     if args.png:
-        with _writing(args.png):
-            bench.plot(results, env, args.png)
+        bench.plot(results, env, args.png)
         print(f"wrote {args.png}")
     return 0
-
-
-@contextlib.contextmanager
-def _writing(path):
-    """Turn an OS error while writing the user's ``path`` (permissions, disk full) into one-line ``BadFile``."""
-    try:
-        yield
-    except OSError as e:
-        raise BadFile(f"cannot write {path}: expected a writable folder with room for it, found "
-                      f"{type(e).__name__} ({e.strerror or e})") from None

@@ -7,10 +7,11 @@ over the run and the step where it happened.
 
 import json
 
+from flax_lenet import parity
 from flax_lenet.app.cli import positive_int
 from flax_lenet.errors import BadConfig
+from flax_lenet.table import format_table
 
-FLAVOURS = ("nnx", "linen", "functional")
 
 
 def add_arguments(p):
@@ -21,7 +22,7 @@ def add_arguments(p):
     p.add_argument("--batch", type=positive_int, default=1, help="batch size N (default: 1, as the tutorial)")
     p.add_argument("--seed", type=int, default=0, help="seed for the weights and data (default: 0)")
     p.add_argument("--lr", type=float, default=0.01, help="learning rate of the update (default: 0.01)")
-    p.add_argument("--flavour", choices=FLAVOURS + ("all",), default="all", help="default: all")
+    p.add_argument("--flavour", choices=parity.FLAVOURS + ("all",), default="all", help="default: all")
     p.add_argument("--tf32", action="store_true",
                    help="on a GPU, leave TF32 on in both frameworks (their defaults) and use the TF32 tier")
     p.add_argument("--break", dest="fault", choices=("flatten", "transpose"),
@@ -34,12 +35,6 @@ def add_arguments(p):
     p.add_argument("--optimizer", choices=("sgd", "momentum", "nesterov", "adam", "adamw"), default=None,
                    help="with --steps: torch.optim.SGD / SGD(momentum=0.9) / SGD(momentum=0.9, nesterov=True) / "
                         "Adam / AdamW (torch's defaults, --lr) against flax_lenet.optim (default: sgd)")
-
-
-def _table(rows, header):
-    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-    fmt = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
 def main(args) -> int:
@@ -57,8 +52,7 @@ def main(args) -> int:
         jax.config.update("jax_enable_x64", True)
     if args.steps is not None:
         return _main_steps(args, jax.default_backend())
-    from flax_lenet import parity
-    flavours = FLAVOURS if args.flavour == "all" else (args.flavour,)
+    flavours = parity.FLAVOURS if args.flavour == "all" else (args.flavour,)
     rows, tol = parity.compare(flavours=flavours, dtype=args.dtype, kernel_size=args.kernel_size,
                                batch=args.batch, seed=args.seed, lr=args.lr, tf32=args.tf32,
                                fault=args.fault)
@@ -72,7 +66,7 @@ def main(args) -> int:
         print("flax-lenet compare: " + ", ".join(f"{k}={v}" for k, v in config.items() if v is not None))
         body = [[r.quantity, r.flavour, f"{r.max_abs:.3e}", f"{r.max_rel:.3e}", f"{r.rtol:.0e}",
                  "ok" if r.ok else "FAIL"] for r in rows]
-        print(_table(body, ["quantity", "flavour", "max abs diff", "max rel diff", "tolerance", "ok"]))
+        print(format_table(["quantity", "flavour", "max abs diff", "max rel diff", "tolerance", "ok"], body))
         print(f"relative = max|flax - torch| / max|torch|; tolerance: {tol.reason}")
         bad = sum(not r.ok for r in rows)
         print(f"{'all ' + str(len(rows)) + ' quantities agree' if ok else str(bad) + ' of ' + str(len(rows)) + ' quantities differ'}")
@@ -95,7 +89,7 @@ def _main_steps(args, device) -> int:
     print("flax-lenet compare: " + ", ".join(f"{k}={v}" for k, v in config.items() if v is not None))
     body = [[r.quantity, f"{r.max_abs:.3e}", f"{r.max_rel:.3e}", str(r.step), f"{r.rtol:.0e}",
              "ok" if r.ok else "FAIL"] for r in rows]
-    print(_table(body, ["quantity", "max abs diff", "max rel diff", "at step", "tolerance", "ok"]))
+    print(format_table(["quantity", "max abs diff", "max rel diff", "at step", "tolerance", "ok"], body))
     print(f"largest difference over {args.steps} steps, compared after every step; relative = "
           f"max|flax - torch| / max|torch|; tolerance: {tol.reason}")
     bad = sum(not r.ok for r in rows)

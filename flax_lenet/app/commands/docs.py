@@ -1,10 +1,9 @@
 """``flax-lenet docs``: write (or ``--check``) the side-by-side tutorial generated from the source."""
 
 import difflib
-import os
-import tempfile
 from pathlib import Path
 
+from flax_lenet.app.files import write_text
 from flax_lenet.errors import BadConfig, BadFile
 
 
@@ -20,21 +19,6 @@ def add_arguments(p):
     p.add_argument("--out", type=Path, default=None, help="folder to write into (default: the repo's docs/)")
     p.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 if the files in --out differ from what the code generates now")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)               # mkstemp makes it 0600
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def first_difference(old: str, new: str) -> str:
@@ -68,7 +52,7 @@ def main(args) -> int:
     try:
         out.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():
-            _write_atomic(out / name, text)
+            write_text(out / name, text)
             print(f"wrote {out / name}")
     except OSError as e:
         raise BadFile(f"--out: expected a writable folder with room for the docs, found {out} refusing "
