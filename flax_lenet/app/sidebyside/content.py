@@ -11,6 +11,11 @@ from torch_reference import model as torch_model
 from torch_reference import train as torch_train
 
 
+def _text(paragraph: str) -> str:
+    """A triple-quoted paragraph as one line of prose."""
+    return " ".join(paragraph.split())
+
+
 @dataclass(frozen=True)
 class Section:
     id: str
@@ -50,12 +55,13 @@ SECTIONS = (
     ),
     Section(
         "call", "Module.__call__: forward, apply, call, and hooks", "nn.Module 的 __call__",
-        "net(x) runs torch's Module.__call__: forward-pre-hooks, forward, forward hooks, and backward "
-        "hooks wired onto grad_fn (Keras: Model.__call__ runs call). An NNX module's __call__ is the "
-        "forward itself; Linen's apply binds the variables and calls __call__. Flax has no hook "
-        "registry: Linen intercepts method calls with nn.intercept_methods, and an NNX layer's class "
-        "can be swapped for a hooked subclass. The hooks below take torch's signatures, so one "
-        "function runs in both frameworks.",
+        _text("""
+            net(x) runs torch's Module.__call__: forward-pre-hooks, forward, forward hooks, and
+            backward hooks wired onto grad_fn (Keras: Model.__call__ runs call). An NNX module's
+            __call__ is the forward itself; Linen's apply binds the variables and calls __call__.
+            Flax has no hook registry: Linen intercepts method calls with nn.intercept_methods,
+            and an NNX layer's class can be swapped for a hooked subclass. The hooks below take
+            torch's signatures, so one function runs in both frameworks."""),
         torch=(hooks.torch_hooks, hooks.torch_output_grads),
         flax={"NNX": (hooks.nnx_hooks, hooks.nnx_output_grads),
               "Linen": (hooks.linen_hooks, hooks.perturb_output, hooks.linen_output_grads),
