@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file as load_safetensors_torch
 
 from flax_lenet import convert
-from flax_lenet.app import checkpoint
+from flax_lenet.app import checkpoint, runs
 from flax_lenet.errors import BadFile, BadWeights
 from flax_lenet.tolerances import FLOAT32_CPU
 from tests.helpers import assert_close, state_numpy, torch_net
@@ -195,5 +195,5 @@ def test_run_dir_errors_name_the_path_and_argument_not_a_flag(tmp_path, setup, m
         out.mkdir()
         (out / "metrics.json").write_text("{}")
     with pytest.raises(BadFile, match=message) as e:
-        checkpoint.prepare_run_dir(out)
+        runs.prepare_run_dir(out)
     assert str(e.value).startswith(str(out)) and "--" not in str(e.value)

@@ -105,3 +105,21 @@ def test_per_epoch_lines_show_both_frameworks_and_their_difference(trained):
     line = lines[-1]
     assert "flax loss" in line and "torch loss" in line and "diff loss" in line and "pt" in line
     assert "test accuracy: flax" in out
+
+
+def test_overwrite_replaces_the_run_whole_and_never_a_folder_of_other_files(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    (out / "curves.png").write_bytes(b"old")
+    rc, _, _ = run(capsys, "train", "--out", out, "--overwrite", *TINY)
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "flax.orbax", "metrics.json", "torch.safetensors"]
+    assert (out / "curves.png").read_bytes().startswith(PNG_MAGIC)                 # the new run's plot
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]                          # no temporary left
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.txt").write_text("keep")
+    rc, _, err = run(capsys, "train", "--out", photos, "--overwrite", *TINY)
+    assert rc == 2 and "found other files (a.txt)" in err
+    assert [p.name for p in photos.iterdir()] == ["a.txt"]

@@ -14,11 +14,9 @@ or a bad input never leaves a half-written file behind, and an existing file is 
 with ``overwrite=True``.
 """
 
-import os
 import pickle
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -230,38 +228,3 @@ def convert_checkpoint(src, dst, *, overwrite: bool = False, kernel_size: int | 
     state = load_state(src, kernel_size=kernel_size)
     save(dst, state, overwrite=overwrite)
     return state
-
-
-# --- run directories --------------------------------------------------------------------------
-
-RUN_FILES = ("metrics.json", "curves.png", "flax.orbax", "torch.safetensors")
-
-
-def earlier_run(out) -> list[str]:
-    """The names of ``RUN_FILES`` already in the folder ``out`` (empty if none, or no folder)."""
-    out = Path(out)
-    return [name for name in RUN_FILES if (out / name).exists()] if out.is_dir() else []
-
-
-def prepare_run_dir(out, *, overwrite: bool = False) -> Path:
-    """Check that ``out`` can hold a new run (create it if needed) before any training starts.
-
-    Raises:
-      BadFile: ``out`` is a file, holds an earlier run and ``overwrite`` is false, or cannot
-      be written.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise BadFile(f"{out}: expected a directory, found a file")
-    earlier = earlier_run(out)
-    if earlier and not overwrite:
-        raise BadFile(f"{out}: expected a new or empty run directory, found an earlier run "
-                      f"({', '.join(earlier)}); overwrite=True replaces it")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise BadFile(f"{out}: expected a writable directory, found it not writable ({os_reason(e)})") from None
-    return out

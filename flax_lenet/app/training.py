@@ -87,18 +87,20 @@ class TrainResult:
     torch_state: dict               # torch layout, numpy: the weights the torch side trained
 
     def metrics(self, data: dict) -> dict:
-        """The content of ``metrics.json``."""
+        """The content of ``metrics.json`` (accuracies are None before the first epoch ends)."""
         def side(run):
-            return {"test_accuracy": run.test_accuracy[-1], "test_accuracy_per_epoch": run.test_accuracy,
+            last = run.test_accuracy[-1] if run.test_accuracy else None
+            return {"test_accuracy": last, "test_accuracy_per_epoch": run.test_accuracy,
                     "train_loss": run.train_loss, "step_loss": run.step_loss, "seconds": run.seconds,
                     "compile_seconds": run.compile_seconds}
         gap = step_loss_diff(self.flax.step_loss, self.torch.step_loss)
-        points = 100 * abs(self.flax.test_accuracy[-1] - self.torch.test_accuracy[-1])
+        epochs = min(len(self.flax.test_accuracy), len(self.torch.test_accuracy))
+        points = 100 * abs(self.flax.test_accuracy[-1] - self.torch.test_accuracy[-1]) if epochs else None
         return {"flax": side(self.flax), "torch": side(self.torch), "data": data,
                 "config": asdict(self.config),
                 "difference": {"test_accuracy_points": points,
                                "test_accuracy_within_points": ACCURACY_POINTS,
-                               "test_accuracy_agrees": points <= ACCURACY_POINTS,
+                               "test_accuracy_agrees": points is not None and points <= ACCURACY_POINTS,
                                "step_loss_max_rel": gap}}
 
 

@@ -5,8 +5,6 @@ checkpoint (``flax.orbax``, Flax layout) and the torch-trained weights as ``torc
 (torch layout). Library: ``flax_lenet.app.training``; this file only parses, calls and prints.
 """
 
-import json
-import sys
 
 from flax_lenet.app.cli import positive_int
 from flax_lenet.errors import BadConfig, BadFile, BadInput
@@ -47,90 +45,15 @@ def add_arguments(p):
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
 
-def _progress_factory(cfg, quiet):
-    """A per-epoch tqdm bar over the torch and Flax batches (off when quiet or not a terminal)."""
-    if quiet or not sys.stderr.isatty():
-        return None, print, lambda: None
-    from tqdm import tqdm
-    bar = [None]
-
-    def start(epoch, total):
-        if bar[0] is not None:
-            bar[0].close()
-        bar[0] = tqdm(total=total, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
-        return lambda: bar[0].update()
-
-    def close():
-        if bar[0] is not None:
-            bar[0].close()
-
-    return start, tqdm.write, close
-
-
-def epoch_line(epoch: int, result) -> str:
-    """``epoch  3/20  flax loss 0.1234 acc 97.22%  torch loss 0.1230 acc 97.50%  diff ...``."""
-    f, t = result.flax, result.torch
-    return (f"epoch {epoch + 1:>2}/{result.config.epochs}  "
-            f"flax loss {f.train_loss[-1]:.4f} acc {100 * f.test_accuracy[-1]:6.2f}%  "
-            f"torch loss {t.train_loss[-1]:.4f} acc {100 * t.test_accuracy[-1]:6.2f}%  "
-            f"diff loss {abs(f.train_loss[-1] - t.train_loss[-1]):.1e} "
-            f"acc {100 * abs(f.test_accuracy[-1] - t.test_accuracy[-1]):.2f} pt")
-
-
-def plot_curves(path, result, data_name: str) -> None:
-    """Loss and test accuracy per epoch, both frameworks on the same axes, to a PNG (atomically)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    from flax_lenet.app.checkpoint import atomic_write
-    epochs = range(1, len(result.flax.train_loss) + 1)
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for name, run, style in (("Flax", result.flax, dict(color="tab:blue", lw=2.5, alpha=0.7)),
-                             ("torch", result.torch, dict(color="tab:orange", lw=1.2, ls="--", marker="o", ms=3))):
-        ax_loss.plot(epochs, run.train_loss, label=name, **style)
-        ax_acc.plot(epochs, [100 * a for a in run.test_accuracy], label=name, **style)
-    ax_loss.set(xlabel="epoch", ylabel=f"mean training loss ({result.config.loss})", yscale="log",
-                title="training loss")
-    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
-    c = result.config
-    drop = round(c.lr_decay_at * c.epochs)              # epochs 1..drop at lr, then lr / 10
-    for ax in (ax_loss, ax_acc):
-        if drop < c.epochs:
-            ax.axvline(drop + 0.5, color="grey", lw=0.8, ls=":", label="lr / 10")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(f"Flax vs torch on {data_name}: same initial weights, same batches "
-                 f"(lr {c.lr}, batch {c.batch_size}, {c.dtype})")
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110), overwrite=True)
-    plt.close(fig)
-
-
-def _write_json(path, obj) -> None:
-    from flax_lenet.app.checkpoint import atomic_write
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"), overwrite=True)
-
-
-def save_weights(out, result) -> None:
-    """The Flax-trained weights as Orbax (Flax layout), the torch-trained as safetensors (torch layout)."""
-    from flax_lenet import convert
-    from flax_lenet.app import checkpoint
-    checkpoint.save(out / "flax.orbax", convert.flax_to_torch(result.flax_params), overwrite=True)
-    checkpoint.save(out / "torch.safetensors", result.torch_state, overwrite=True)
-
-
 def prepare_out(out, overwrite: bool):
-    """``checkpoint.prepare_run_dir`` with its errors worded for this command's ``--out`` and ``--overwrite``."""
-    from flax_lenet.app import checkpoint
-    earlier = checkpoint.earlier_run(out)
+    """``runs.prepare_run_dir`` with its errors worded for this command's ``--out`` and ``--overwrite``."""
+    from flax_lenet.app import runs
+    earlier = runs.earlier_run(out)
     if earlier and not overwrite:
         raise BadFile(f"--out: expected a new or empty run directory, found an earlier run in {out} "
                       f"({', '.join(earlier)}); pass --overwrite to replace it")
     try:
-        return checkpoint.prepare_run_dir(out, overwrite=overwrite)
+        return runs.prepare_run_dir(out, overwrite=overwrite)
     except BadFile as e:
         raise BadFile(f"--out: {e}") from None
 
@@ -159,7 +82,7 @@ def _train(args, start) -> int:
 
     import jax
 
-    from flax_lenet.app import data, training
+    from flax_lenet.app import data, runs, training
 
     cfg = training.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                momentum=args.momentum, lr_decay_at=args.lr_decay_at, shift=args.shift,
@@ -168,12 +91,12 @@ def _train(args, start) -> int:
                                max_steps_per_epoch=args.max_steps)
     dataset = data.load(args.data, args.data_dir)       # bad data: fail before --out is created
     out = prepare_out(args.out, args.overwrite) if args.out else None
-    progress, say, close_bar = _progress_factory(cfg, args.quiet)
+    progress, say, close_bar = runs.progress_bars(cfg, args.quiet)
     if not args.quiet:
         say(f"flax-lenet train: {dataset.name} ({len(dataset.y_train)} train / {len(dataset.y_test)} test "
             f"images), {cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.loss} loss, {cfg.dtype}, "
             f"jax on {jax.default_backend()}")
-    on_epoch = None if args.quiet else (lambda epoch, result: say(epoch_line(epoch, result)))
+    on_epoch = None if args.quiet else (lambda epoch, result: say(runs.epoch_line(epoch, result)))
     try:
         result = training.train(dataset, cfg, on_epoch=on_epoch, progress=progress)
     except training.TrainingDiverged as e:
@@ -182,7 +105,7 @@ def _train(args, start) -> int:
         kept = f"the weights after epoch {done}" if done else "the initial weights"
         if out is None:
             raise BadInput(f"{e}; nothing saved (no --out)") from None
-        save_weights(out, e.last_good)
+        runs.write_run(out, e.last_good, None, dataset.name)   # weights only: not a finished run
         raise BadInput(f"{e}; kept {kept} (the last with a finite loss) in {out}/flax.orbax and "
                        f"{out}/torch.safetensors") from None
     close_bar()
@@ -196,10 +119,8 @@ def _train(args, start) -> int:
           f"(start-up apart: flax compiles {result.flax.compile_seconds:.1f} s, "
           f"torch {result.torch.compile_seconds:.1f} s)")
     if out is not None:
-        save_weights(out, result)
-        plot_curves(out / "curves.png", result, dataset.name)
         metrics["seconds_total"] = time.perf_counter() - start
-        _write_json(out / "metrics.json", metrics)
+        runs.write_run(out, result, metrics, dataset.name)
         print(f"wrote {out}/metrics.json, curves.png, flax.orbax (Flax layout), torch.safetensors (torch layout) "
               f"in {metrics['seconds_total']:.1f} s")
     return 0
