@@ -11,8 +11,8 @@ from flax_lenet.errors import BadConfig, BadFile, BadInput
 
 
 # A batch of 32 through this Net is too little work to share between threads, and torch's
-# OpenMP threads spin while waiting: on 2 shared cores a step took 35-145 ms with 2 threads
-# and 6-13 ms with 1 (issue 5's report). The Flax side keeps XLA's own thread pool.
+# OpenMP threads spin while waiting for it: on 2 shared cores one thread is torch's fastest
+# setting here. The Flax side keeps XLA's own thread pool.
 TORCH_THREADS = 1
 
 
