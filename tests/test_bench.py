@@ -32,6 +32,7 @@ def test_bench_prints_a_row_per_implementation(smoke):
     for impl in ("torch:eager", "flax:train_step"):
         assert any(line.startswith(impl) and " 2 " in line for line in text.splitlines()), impl
     assert "x torch eager" in text
+    assert "torch and Flax each in a process of its own" in text and "  torch: a process of its own" in text
 
 
 def test_bench_json_has_a_measured_result_per_implementation(smoke):

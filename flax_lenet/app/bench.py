@@ -21,10 +21,14 @@ so only ``default`` runs there.
 
 import dataclasses
 import datetime
+import itertools
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -236,6 +240,41 @@ def run(cfg: BenchConfig, log=None) -> list[Result]:
                     res.note = (res.note + f" threads={r.threads}").strip()
             del runners
     return results
+
+
+def run_in_processes(cfg: BenchConfig, log=None) -> list[Result]:
+    """``run``, with torch's implementations in one fresh process and Flax's in another.
+
+    In one process torch's OpenMP threads and XLA's thread pool compete for the same cores,
+    which makes torch look slower than it is; measured apart, each framework has the machine to
+    itself. The children are ``flax-lenet bench --processes one``; their results are merged in
+    ``run``'s order.
+    """
+    say = log or (lambda *a, **k: None)
+    results = []
+    for framework in ("torch", "flax"):
+        impls = [i for i in applicable(cfg) if i.startswith(framework + ":")]
+        if not impls:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "results.json")
+            argv = [sys.executable, "-m", "flax_lenet", "bench", "--processes", "one", "--device", cfg.device,
+                    "--batch", ",".join(map(str, cfg.batches)), "--impl", ",".join(impls),
+                    "--precision", "both" if len(cfg.precisions) > 1 else cfg.precisions[0],
+                    "--kernel-size", str(cfg.kernel_size), "--rounds", str(cfg.rounds),
+                    "--min-time", repr(cfg.min_time), "--json", out]
+            say(f"  {framework}: a process of its own")
+            with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as proc:
+                for line in proc.stdout:
+                    if line.startswith("  "):                   # the child's set-up lines
+                        say(line.rstrip())
+            if proc.returncode != 0:
+                raise RuntimeError(f"bench: the {framework} process failed (exit {proc.returncode}): "
+                                   + " ".join(argv))
+            with open(out, encoding="utf-8") as f:
+                results += [Result(**r) for r in json.load(f)["results"]]
+    order = {key: n for n, key in enumerate(itertools.product(cfg.batches, _precisions(cfg), applicable(cfg)))}
+    return sorted(results, key=lambda r: order[(r.batch, r.precision, r.impl)])
 
 
 def _steps_for(runner, min_time) -> int:
