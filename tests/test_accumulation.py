@@ -21,7 +21,8 @@ LR, MOMENTUM = 0.01, 0.9
 _grad = jax.jit(jax.grad(functional.loss_fn))
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")   # see conftest.py
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"),   # see conftest.py
+              pytest.mark.x64]                             # every claim here is checked in float64
 
 
 @pytest.fixture(scope="module")

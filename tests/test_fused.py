@@ -52,6 +52,7 @@ def test_fused_forward_and_gradients_equal_the_layered_net(kernel_size, dtype):
     assert_tree_close(got[1], want[1], TOL[dtype], "grads")
 
 
+@pytest.mark.x64
 def test_fused_check_catches_misplaced_kernel_taps(monkeypatch):
     # the block kernel built with each patch column's row and column swapped (a transposed kernel)
     p, x = _params(3, "float64"), _images(3, "float64")
@@ -62,6 +63,7 @@ def test_fused_check_catches_misplaced_kernel_taps(monkeypatch):
         assert_close(fused.forward(p, x), want, FLOAT64, "transposed taps")
 
 
+@pytest.mark.x64
 def test_fused_pool_check_catches_split_ties(monkeypatch):
     # a plain jnp.max pool splits a tie's gradient among the tied inputs; torch gives it to the first
     p, x = _params(3, "float64"), _images(3, "float64", ties=True)
@@ -85,6 +87,7 @@ def _model(kernel_size=3, dtype="float32"):
     return convert.to_nnx(_params(kernel_size, dtype))
 
 
+@pytest.mark.x64
 def test_train_step_uses_the_fused_forward_only_for_a_plain_net():
     x = _images(4, "float32")
     model = _model()
@@ -116,6 +119,7 @@ def test_train_step_on_cpu_has_no_convolution_unless_a_layer_is_hooked():
         assert CONV_OP in _compiled_step(model, x, y)
 
 
+@pytest.mark.x64
 def test_train_step_runs_hooks_of_a_hooked_layer():
     x, y = _images(4, "float64"), jnp.zeros((4, 10), jnp.float64)
     hooked, plain = _model(3, "float64"), _model(3, "float64")
@@ -128,6 +132,7 @@ def test_train_step_runs_hooks_of_a_hooked_layer():
     assert abs(float(got) - float(train.loss_fn(plain, x, y))) > 1e-6   # the hook changed it
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("kernel_size", [3, 5])
 def test_fused_train_step_equals_the_layered_step(kernel_size):
     # the same SGD step through model(x) (a hook that changes nothing turns the fused path off)

@@ -58,6 +58,7 @@ def test_cpu_conv_and_its_gradients_match_lax_conv(layer, kernel_size, dtype):
         assert_close(g, w, TOL[dtype], f"{layer} {name}")
 
 
+@pytest.mark.x64
 def test_conv_check_catches_a_flipped_kernel():
     # true convolution (kernel flipped) instead of torch's cross-correlation
     x, k = _rand((BATCH, 32, 32, 1), "float64", 0), _rand((3, 3, 1, 6), "float64", 1)
@@ -86,6 +87,7 @@ def test_multichannel_conv_forward_is_the_library_op():
     assert CONV_OP in jax.jit(_fast_conv).lower(x, k).compile().as_text()
 
 
+@pytest.mark.x64
 def test_conv2_gradient_checks_catch_misplaced_taps():
     # right numbers in the wrong places: kernel-gradient offsets (a, b) read as (b, a), and
     # the input gradient spread one pixel off
@@ -111,6 +113,7 @@ def test_cpu_gradient_of_conv2_has_no_convolution_but_the_forward():
     assert grads(_library_conv).lower(x, k).compile().as_text().count(CONV_OP) == 3
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("side", POOL_SIDES)
 def test_max_pool_matches_flax_max_pool(side):
     x = _rand((BATCH, side, side, 4), "float64", 0)
@@ -156,6 +159,7 @@ def test_pool_gradient_check_catches_split_ties():
         np.testing.assert_array_equal(_grad_of_pool(plain, x), _torch_pool_grad(x))
 
 
+@pytest.mark.x64
 def test_overlapping_pool_falls_through_to_flax():
     x = _rand((BATCH, 13, 13, 4), "float64", 0)
     np.testing.assert_array_equal(layers.max_pool(x, (3, 3), strides=(1, 1)),

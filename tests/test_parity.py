@@ -56,6 +56,7 @@ def test_large_batch_matches_torch(torch_results):
     assert_tree_close(got["grads"], ref["grads"], tol, "grad")
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("fault", sorted(parity.FAULTS))
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_suite_catches_a_broken_conversion(torch_results, flavour, fault):
@@ -70,6 +71,7 @@ def test_suite_catches_a_broken_conversion(torch_results, flavour, fault):
         assert_tree_close(got["grads"], ref["grads"], tolerance("float32"), "grad")
 
 
+@pytest.mark.x64
 def test_swapped_image_axes_are_caught(torch_results):
     """NCHW -> NHWC must keep H and W in place: an image with H and W swapped gives other logits."""
     state, x, target, ref = torch_results(3, "float64", 1)
@@ -80,6 +82,7 @@ def test_swapped_image_axes_are_caught(torch_results):
         assert_close(got["logits"], ref["logits"], tolerance("float32"), "logits")
 
 
+@pytest.mark.x64
 def test_train_step_returns_torch_loss_and_updates_like_sgd(torch_results):
     """``flax_lenet.train_step`` returns the loss before the step, as ``loss`` in the torch loop."""
     import jax.numpy as jnp

@@ -105,6 +105,7 @@ def assert_runs_agree(actual, expected, tol, what):
             assert_close(a[name], e[name], tol, f"{what}: step {step} {name}")
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("run", list(RUNS))
 def test_torch_optim_loop_matches_flax_optim_float64(run, problem):
     optimizer, kwargs = RUNS[run]
@@ -119,6 +120,7 @@ def test_torch_optim_loop_matches_flax_optim_float64(run, problem):
 
 # --- the same checker, fed a wrong optimizer, fails --------------------------------------------
 
+@pytest.mark.x64
 @pytest.mark.parametrize("run, wrong_tx", [
     ("adamw-defaults", optax.adamw(1e-3)),                           # optax's weight decay is 1e-4
     ("sgd-momentum0.9-dampening0.2-wd1e-3",
@@ -142,6 +144,7 @@ def test_float32_adamw_run_stays_within_the_measured_drift():
     assert not bad, f"adamw float32: {bad}"
 
 
+@pytest.mark.x64
 def test_compare_reports_the_worst_step_and_fails_on_a_broken_conversion():
     rows, _ = trajectory.compare(trajectory.preset("sgd", 0.01), steps=3, dtype="float64", batch=BATCH)
     assert [r.quantity for r in rows] == ["loss"] + [f"params {k}" for k in convert.torch_shapes(3)]
