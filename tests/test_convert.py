@@ -57,7 +57,7 @@ def test_converted_weights_load_into_torch_and_nnx(kernel_size):
     net = torch_net(kernel_size, "float32", seed=2)
     params = convert.torch_to_flax(state_numpy(net))
     model = flax_lenet.Net(kernel_size, rngs=nnx.Rngs(0))
-    nnx.update(model, params)                                     # loads as the issue promises
+    nnx.update(model, params)                                     # torch_to_flax's output loads as is
     sd = convert.flax_to_torch(nnx.state(model, nnx.Param))
     fresh = torch_net(kernel_size, "float32", seed=99)
     fresh.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
