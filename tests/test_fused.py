@@ -41,7 +41,8 @@ def _loss_and_grads(forward, params, x, ct):
     return loss, {**convert.flax_to_torch(gp), "images": gx}
 
 
-@pytest.mark.parametrize("kernel_size,dtype", [(3, "float64"), (5, "float64"), (3, "float32"), (5, "float32")])
+@pytest.mark.parametrize("kernel_size,dtype", [(3, "float64"), pytest.param(5, "float64", marks=pytest.mark.slow),
+                                               (3, "float32"), pytest.param(5, "float32", marks=pytest.mark.slow)])
 def test_fused_forward_and_gradients_equal_the_layered_net(kernel_size, dtype):
     p, x = _params(kernel_size, dtype), _images(5, dtype, ties=True)
     ct = jnp.asarray(np.random.default_rng(2).standard_normal((5, 10)), dtype)
@@ -133,7 +134,7 @@ def test_train_step_runs_hooks_of_a_hooked_layer():
 
 
 @pytest.mark.x64
-@pytest.mark.parametrize("kernel_size", [3, 5])
+@pytest.mark.parametrize("kernel_size", [3, pytest.param(5, marks=pytest.mark.slow)])
 def test_fused_train_step_equals_the_layered_step(kernel_size):
     # the same SGD step through model(x) (a hook that changes nothing turns the fused path off)
     x = _images(6, "float64")

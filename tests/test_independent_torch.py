@@ -68,7 +68,8 @@ def _flax_loss_and_grads(flavour, params, x, y, kernel_size):
 
 @pytest.mark.parametrize("dtype", ("float64", "float32"))
 @pytest.mark.parametrize("kernel_size", (3, 5))
-@pytest.mark.parametrize("flavour", ("nnx", "linen", "functional"))
+@pytest.mark.parametrize("flavour", ("nnx", pytest.param("linen", marks=pytest.mark.slow),
+                                     pytest.param("functional", marks=pytest.mark.slow)))
 def test_independent_torch_net_agrees_with_every_flavour(flavour, kernel_size, dtype):
     torch.manual_seed(1234 + kernel_size)
     net = IndependentNet(kernel_size).to(getattr(torch, dtype))
