@@ -1,10 +1,63 @@
-"""Test set-up: float64 on (the truth tier needs it from the start), GPU marker handling."""
+"""Test set-up: each test runs in the JAX mode its dtype needs; GPU marker handling.
+
+float32 tests run as every user runs JAX: ``jax_enable_x64`` off, the default. A test needs
+float64 when it is parametrised with ``dtype`` "float64" or marked ``@pytest.mark.x64``; its
+setup, body and teardown then run inside ``jax.enable_x64(True)``, a context that ends with the
+phase, so nothing carries over to the next test. Module-scoped fixtures are built during the
+setup of the first test that asks for them, in that test's mode: a fixture that makes float64
+JAX arrays is only asked for by x64 tests (or returns numpy arrays).
+
+The CLI's float64 paths (``compare --dtype float64``, ``train --dtype float64``, ``eval`` on
+float64 weights) switch x64 on with ``jax.config.update``, for the whole process, as they do for
+a user; such tests need no marker, and the global flag is put back after every phase.
+"""
+
+import contextlib
 
 import jax
+import pytest
 
-jax.config.update("jax_enable_x64", True)
+X64_DEFAULT = False                       # JAX's default, whatever JAX_ENABLE_X64 says here
+jax.config.update("jax_enable_x64", X64_DEFAULT)
 
-import pytest  # noqa: E402
+
+def needs_x64(item) -> bool:
+    """Marked ``x64``, or parametrised with a ``dtype`` of float64 (as a string or a dtype)."""
+    if item.get_closest_marker("x64") is not None:
+        return True
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return "dtype" in params and str(getattr(params["dtype"], "__name__", params["dtype"])) == "float64"
+
+
+@contextlib.contextmanager
+def _mode(item):
+    """The test's mode for one phase (setup, call, teardown); the global flag restored after it."""
+    if jax.config.jax_enable_x64 != X64_DEFAULT:     # a leak from outside any phase: undo it
+        jax.config.update("jax_enable_x64", X64_DEFAULT)
+    try:
+        with jax.enable_x64(True) if needs_x64(item) else contextlib.nullcontext():
+            yield
+    finally:
+        if jax.config.jax_enable_x64 != X64_DEFAULT:  # e.g. the CLI's jax.config.update(..., True)
+            jax.config.update("jax_enable_x64", X64_DEFAULT)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    with _mode(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    with _mode(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    with _mode(item):
+        return (yield)
 
 
 def _cuda_in_both() -> bool:

@@ -21,7 +21,8 @@ LR, MOMENTUM = 0.01, 0.9
 _grad = jax.jit(jax.grad(functional.loss_fn))
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")   # see conftest.py
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"),   # see conftest.py
+              pytest.mark.x64]                             # every claim here is checked in float64
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,8 @@ def optax_accumulated_training(state, xs, ys, tx) -> list[dict]:
         updates, opt_state = update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         if i % K:
-            assert all(jax.tree.leaves(jax.tree.map(jnp.array_equal, params, before))), f"moved at micro-step {i}"
+            jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b, err_msg=f"moved at micro-step {i}"),
+                         params, before)
         else:
             after.append(convert.flax_to_torch(params))
     return after

@@ -36,19 +36,21 @@ def test_round_trip_is_bit_identical(kernel_size, dtype):
     back = convert.flax_to_torch(convert.torch_to_flax(state))
     assert list(back) == list(state)
     for key in state:
-        assert back[key].dtype == state[key].dtype and np.array_equal(back[key], state[key]), key
+        np.testing.assert_array_equal(back[key], state[key], err_msg=key, strict=True)   # dtype too
     params = convert.torch_to_flax(state)
     again = convert.torch_to_flax(convert.flax_to_torch(params))
     for layer in params:
         for leaf in params[layer]:
-            assert np.array_equal(again[layer][leaf], params[layer][leaf]), (layer, leaf)
+            np.testing.assert_array_equal(again[layer][leaf], params[layer][leaf], err_msg=f"{layer} {leaf}", strict=True)
 
 
 def test_torch_tensors_and_numpy_arrays_convert_alike():
     net = torch_net(5, "float32", seed=1)
     from_tensors = convert.torch_to_flax(net.state_dict())
     from_numpy = convert.torch_to_flax(state_numpy(net))
-    assert all(np.array_equal(from_tensors[l][k], from_numpy[l][k]) for l in from_numpy for k in from_numpy[l])
+    for layer in from_numpy:
+        for leaf in from_numpy[layer]:
+            np.testing.assert_array_equal(from_tensors[layer][leaf], from_numpy[layer][leaf], err_msg=f"{layer} {leaf}")
 
 
 @pytest.mark.parametrize("kernel_size", (3, 5))
@@ -56,7 +58,7 @@ def test_converted_weights_load_into_torch_and_nnx(kernel_size):
     net = torch_net(kernel_size, "float32", seed=2)
     params = convert.torch_to_flax(state_numpy(net))
     model = flax_lenet.Net(kernel_size, rngs=nnx.Rngs(0))
-    nnx.update(model, params)                                     # loads as the issue promises
+    nnx.update(model, params)                                     # torch_to_flax's output loads as is
     sd = convert.flax_to_torch(nnx.state(model, nnx.Param))
     fresh = torch_net(kernel_size, "float32", seed=99)
     fresh.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})

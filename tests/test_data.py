@@ -51,7 +51,7 @@ def test_images_are_sklearns_digits_with_each_pixel_repeated_4x4(digits):
     sk = sk_digits()
     img8 = digits.x_train[:, ::4, ::4, 0]                                     # one pixel per 4x4 block
     blocks = digits.x_train[..., 0].reshape(-1, 8, 4, 8, 4)
-    assert np.all(blocks == img8[:, :, None, :, None])                        # constant 4x4 blocks
+    np.testing.assert_array_equal(blocks, np.broadcast_to(img8[:, :, None, :, None], blocks.shape))  # 4x4 blocks
     # standardising is affine: the 17 grey levels 0..16 map to 17 equally spaced values
     levels = np.unique(img8)
     assert len(levels) == 17

@@ -1,8 +1,9 @@
 """The same seed gives bit-identical Flax parameters and a bit-identical 100-step training run in
 two separate processes. On a GPU, where torch's run is checked as well, both frameworks need
-their determinism flags (REFERENCE.md): ``XLA_FLAGS=--xla_gpu_deterministic_ops=true``;
-``torch.use_deterministic_algorithms(True)``, ``cudnn.benchmark=False``,
-``CUBLAS_WORKSPACE_CONFIG=:4096:8``.
+their determinism flags: ``XLA_FLAGS=--xla_gpu_deterministic_ops=true`` for XLA (see
+https://github.com/jax-ml/jax/discussions/10674); ``torch.use_deterministic_algorithms(True)``,
+``cudnn.benchmark=False``, ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` for torch (see
+https://pytorch.org/docs/stable/notes/randomness.html).
 """
 
 import os

@@ -42,7 +42,8 @@ def _loss_and_grads(forward, params, x, ct):
     return loss, {**convert.flax_to_torch(gp), "images": gx}
 
 
-@pytest.mark.parametrize("kernel_size,dtype", [(3, "float64"), (5, "float64"), (3, "float32"), (5, "float32")])
+@pytest.mark.parametrize("kernel_size,dtype", [(3, "float64"), pytest.param(5, "float64", marks=pytest.mark.slow),
+                                               (3, "float32"), pytest.param(5, "float32", marks=pytest.mark.slow)])
 def test_fast_forward_and_gradients_equal_the_layered_net(kernel_size, dtype):
     p, x = _params(kernel_size, dtype), _images(5, dtype, ties=True)
     ct = jnp.asarray(np.random.default_rng(2).standard_normal((5, 10)), dtype)
@@ -54,6 +55,7 @@ def test_fast_forward_and_gradients_equal_the_layered_net(kernel_size, dtype):
     assert_tree_close(got[1], want[1], TOL[dtype], "grads")
 
 
+@pytest.mark.x64
 def test_fast_check_catches_misplaced_kernel_taps(monkeypatch):
     # the block kernel built with each patch column's row and column swapped (a transposed kernel)
     p, x = _params(3, "float64"), _images(3, "float64")
@@ -64,6 +66,7 @@ def test_fast_check_catches_misplaced_kernel_taps(monkeypatch):
         assert_close(fast.forward(p, x), want, FLOAT64, "transposed taps")
 
 
+@pytest.mark.x64
 def test_fast_pool_check_catches_split_ties(monkeypatch):
     # a plain jnp.max pool splits a tie's gradient among the tied inputs; torch gives it to the first
     p, x = _params(3, "float64"), _images(3, "float64", ties=True)
@@ -91,8 +94,6 @@ def test_train_step_uses_the_fast_forward_only_for_a_plain_net():
     x = _images(4, "float32")
     model = _model()
     assert fast.applies_to(model, x)
-    assert not fast.applies_to(model, x.astype(jnp.float64))          # dtypes differ: model(x) decides
-    assert not fast.applies_to(_model(3, "float64"), x)
 
     class Wider(flax_lenet.Net):
         pass
@@ -103,6 +104,14 @@ def test_train_step_uses_the_fast_forward_only_for_a_plain_net():
     assert fast.applies_to(model, x)
     model.conv1.padding = "SAME"
     assert not fast.applies_to(model, x)
+
+
+@pytest.mark.x64
+def test_train_step_uses_the_fast_forward_only_when_the_dtypes_are_the_nets():
+    x = _images(4, "float32")
+    assert not fast.applies_to(_model(), x.astype(jnp.float64))          # dtypes differ: model(x) decides
+    assert not fast.applies_to(_model(3, "float64"), x)
+    assert fast.applies_to(_model(3, "float64"), x.astype(jnp.float64))
 
 
 def _compiled_step(model, x, y):
@@ -118,6 +127,7 @@ def test_train_step_on_cpu_has_no_convolution_unless_a_layer_is_hooked():
         assert CONV_OP in _compiled_step(model, x, y)
 
 
+@pytest.mark.x64
 def test_train_step_runs_hooks_of_a_hooked_layer():
     x, y = _images(4, "float64"), jnp.zeros((4, 10), jnp.float64)
     hooked, plain = _model(3, "float64"), _model(3, "float64")
@@ -130,7 +140,8 @@ def test_train_step_runs_hooks_of_a_hooked_layer():
     assert abs(float(got) - float(train.loss_fn(plain, x, y))) > 1e-6   # the hook changed it
 
 
-@pytest.mark.parametrize("kernel_size", [3, 5])
+@pytest.mark.x64
+@pytest.mark.parametrize("kernel_size", [3, pytest.param(5, marks=pytest.mark.slow)])
 def test_fast_train_step_equals_the_layered_step(kernel_size):
     # the same SGD step through model(x) (a hook that changes nothing turns the fast path off)
     x = _images(6, "float64", ties=True)
@@ -144,6 +155,7 @@ def test_fast_train_step_equals_the_layered_step(kernel_size):
                       convert.flax_to_torch(nnx.state(plain, nnx.Param)), FLOAT64, "params after the step")
 
 
+@pytest.mark.x64
 def test_train_step_differentiates_the_loss_it_is_given():
     # a loss that only looks at one logit: its gradient reaches fc3's row for that class only
     x, y = _images(4, "float64"), jnp.zeros((4, 10), jnp.float64)

@@ -23,6 +23,8 @@ from flax_lenet.app.sidebyside import examples
 from flax_lenet.tolerances import FLOAT64
 from tests.helpers import assert_close, state_numpy, torch_net
 
+pytestmark = pytest.mark.x64     # the float64 tier throughout (see conftest.py)
+
 BATCH = 2
 LR = 0.01
 ACCUMULATED_STEPS = 3

@@ -22,6 +22,8 @@ from flax_lenet.parity import tutorial_data
 from flax_lenet.tolerances import FLOAT64
 from tests.helpers import assert_close, state_numpy, torch_net
 
+pytestmark = pytest.mark.x64     # the float64 tier throughout (see conftest.py)
+
 BATCH = 2
 LAYERS = ("conv1", "conv2", "fc1", "fc2", "fc3")
 

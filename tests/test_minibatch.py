@@ -21,6 +21,8 @@ from flax_lenet.app.sidebyside import examples
 from flax_lenet.tolerances import FLOAT64
 from tests.helpers import assert_close, state_numpy, torch_net
 
+pytestmark = pytest.mark.x64     # the float64 tier throughout (see conftest.py)
+
 SEED_FLAT_FEATURES = 576                 # 16 * 6 * 6, fc1's input for 3x3 kernels
 UNBATCHED_FLAT_FEATURES = 96             # (6, 6, 16).reshape(6, -1): the "batch" is the height
 

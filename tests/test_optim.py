@@ -87,6 +87,7 @@ def assert_same_trajectory(actual, expected, tol, what):
             assert_close(a[k], e[k], tol, f"{what} step {step} {k}")
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("config", CONFIGS, ids=_ids)
 def test_update_matches_torch_optim_float64(config):
     name, kwargs = config
@@ -98,6 +99,7 @@ def test_update_matches_torch_optim_float64(config):
 
 # --- optax's own transforms where they differ from torch: the reason for the custom code ----
 
+@pytest.mark.x64
 @pytest.mark.parametrize("torch_kwargs, plain_optax", [
     ({"lr": 0.1, "momentum": 0.9, "dampening": 0.2}, optax.sgd(0.1, momentum=0.9)),
     ({"lr": 0.1, "momentum": 0.9, "dampening": 0.2},
@@ -111,6 +113,7 @@ def test_optax_momentum_is_not_torch_dampening(torch_kwargs, plain_optax):
         assert_same_trajectory(optax_params_after_each_step(plain_optax, params, grads), expected, FLOAT64, "")
 
 
+@pytest.mark.x64
 def test_optax_amsgrad_is_not_torch_amsgrad():
     params, grads = _problem()
     expected = torch_params_after_each_step("adam", {"lr": 1e-2, "amsgrad": True}, params, grads)
@@ -119,6 +122,7 @@ def test_optax_amsgrad_is_not_torch_amsgrad():
                                expected, FLOAT64, "optax.amsgrad")
 
 
+@pytest.mark.x64
 def test_optax_adamw_default_weight_decay_is_not_torch_default():
     params, grads = _problem()
     expected = torch_params_after_each_step("adamw", {}, params, grads)
@@ -128,6 +132,7 @@ def test_optax_adamw_default_weight_decay_is_not_torch_default():
     assert inspect.signature(optim.adamw).parameters["weight_decay"].default == 1e-2
 
 
+@pytest.mark.x64
 def test_maximize_negates_before_weight_decay():
     """torch: g <- -g, then g + wd*theta; decaying first and negating after is another optimizer."""
     kwargs = {"lr": 0.1, "weight_decay": 0.1, "maximize": True}

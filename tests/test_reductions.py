@@ -25,7 +25,8 @@ N = 4
 OUT = 10
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")   # see conftest.py
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"),   # see conftest.py
+              pytest.mark.x64]                             # every claim here is checked in float64
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ def runs(tiny):
     return run
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("loss", ["ce", "mse"])
 def test_loss_curves_agree_step_for_step_float64(runs, loss):
     r = runs(dtype="float64", loss=loss)
@@ -42,6 +43,7 @@ def test_loss_curves_agree_step_for_step_float64(runs, loss):
     assert gap <= TRAIN_FLOAT64.rtol, f"step losses differ by {gap:.2e}"
 
 
+@pytest.mark.x64
 def test_trained_weights_agree_float64(runs):
     from flax_lenet import convert
     from tests.helpers import assert_tree_close
@@ -68,6 +70,7 @@ def _torch_fault(monkeypatch, fault):
     monkeypatch.setattr(training, "build_optimizers", broken)
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("fault", ["no momentum in torch", "lr drop one step late in torch"])
 def test_a_mismatched_optimizer_fails_the_float64_check(tiny, monkeypatch, fault):
     _torch_fault(monkeypatch, fault)
