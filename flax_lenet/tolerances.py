@@ -13,6 +13,11 @@ the frameworks come from their documentation, cited beside the tier that relies 
 from dataclasses import dataclass
 
 
+def _text(paragraph: str) -> str:
+    """A triple-quoted reason as one line of prose."""
+    return " ".join(paragraph.split())
+
+
 @dataclass(frozen=True)
 class Tolerance:
     rtol: float   # bound on max|a - b| / max|b|
@@ -21,10 +26,10 @@ class Tolerance:
 
 EXACT = Tolerance(0.0, "conversion is a pure permutation of array elements: bit-identical")
 
-FLOAT64 = Tolerance(1e-12, (
-    "float64 truth tier: unit roundoff 1.1e-16, a few hundred accumulated terms per dot "
-    "product; measured differences are ~1e-15, so 1e-12 leaves 1000x headroom over what is "
-    "seen and is 1e10x below a transposed weight"))
+FLOAT64 = Tolerance(1e-12, _text("""
+    float64 truth tier: unit roundoff 1.1e-16, a few hundred accumulated terms per dot product;
+    measured differences are ~1e-15, so 1e-12 leaves 1000x headroom over what is seen and is
+    1e10x below a transposed weight"""))
 
 # Flax's "Convert PyTorch models to Flax" guide checks each converted layer with
 # np.testing.assert_almost_equal(..., decimal=6), an absolute bound of 1.5e-6:
@@ -32,11 +37,11 @@ FLOAT64 = Tolerance(1e-12, (
 # Hugging Face transformers' PyTorch/Flax equivalence tests bound max|diff| of the outputs by
 # 1e-5 (check_pt_flax_outputs, tol=1e-5, in tests/test_modeling_common.py):
 #   https://github.com/huggingface/transformers/blob/v4.40.0/tests/test_modeling_common.py
-FLOAT32_CPU = Tolerance(1e-5, (
-    "float32 on CPU: unit roundoff 6e-8, but XLA and oneDNN sum convolutions and dots in "
-    "different orders; measured ~1e-7..2e-6 on gradients (max over seeds and batches), "
-    "Flax's conversion guide settles for ~1e-6 per layer and Hugging Face's equivalence tests "
-    "for 1e-5 on outputs"))
+FLOAT32_CPU = Tolerance(1e-5, _text("""
+    float32 on CPU: unit roundoff 6e-8, but XLA and oneDNN sum convolutions and dots in
+    different orders; measured ~1e-7..2e-6 on gradients (max over seeds and batches), Flax's
+    conversion guide settles for ~1e-6 per layer and Hugging Face's equivalence tests for 1e-5
+    on outputs"""))
 
 # TF32: torch uses it for cuDNN convolutions by default (torch.backends.cudnn.allow_tf32=True)
 # but not for matmuls (torch.backends.cuda.matmul.allow_tf32=False since 1.12):
@@ -48,15 +53,14 @@ FLOAT32_CPU = Tolerance(1e-5, (
 # TF32 keeps 10 explicit mantissa bits, so its unit roundoff is 2**-11 = 4.9e-4.
 # The two GPU figures below were measured once, on an H200, when these tiers were set; on any
 # CUDA machine test_parity.py::test_compare_on_gpu checks both tiers again.
-FLOAT32_GPU = Tolerance(1e-5, (
-    "float32 on a GPU with TF32 off in both frameworks (jax_default_matmul_precision="
-    "'highest', torch cudnn/matmul allow_tf32=False): as CPU; measured 1.0e-6 on logits on "
-    "an H200"))
+FLOAT32_GPU = Tolerance(1e-5, _text("""
+    float32 on a GPU with TF32 off in both frameworks (jax_default_matmul_precision='highest',
+    torch cudnn/matmul allow_tf32=False): as CPU; measured 1.0e-6 on logits on an H200"""))
 
-TF32_GPU = Tolerance(2e-2, (
-    "float32 on a GPU with TF32 on (both frameworks' default for convs, JAX's for dots): "
-    "10-bit mantissa, unit roundoff 4.9e-4, and the two frameworks round different operands; "
-    "measured 1.1e-3 on logits on an H200, and gradients pass through two more TF32 products"))
+TF32_GPU = Tolerance(2e-2, _text("""
+    float32 on a GPU with TF32 on (both frameworks' default for convs, JAX's for dots): 10-bit
+    mantissa, unit roundoff 4.9e-4, and the two frameworks round different operands; measured
+    1.1e-3 on logits on an H200, and gradients pass through two more TF32 products"""))
 
 
 def tolerance(dtype: str, platform: str = "cpu", tf32: bool = False) -> Tolerance:
@@ -80,29 +84,28 @@ def tolerance(dtype: str, platform: str = "cpu", tf32: bool = False) -> Toleranc
 #   https://optax.readthedocs.io/en/latest/api/optimizers.html#optax.adamw
 #   https://pytorch.org/docs/stable/generated/torch.optim.SGD.html
 
-TRAJECTORY_FLOAT64 = Tolerance(1e-9, (
-    "float64, params after each of 100 optimizer steps: measured <=1e-15 for SGD in all its "
-    "variants and <=9e-13 for Adam/AdamW/AMSGrad, where the first step's g / (|g| + eps) "
-    "amplifies the rounding of gradients near eps; 1e-9 leaves 1000x headroom over that. "
-    "Mismatches land far outside: optax's "
-    "AdamW default decay 3e-4 after 5 steps (0.3 after 100), a missing dampening 2e-2 after 5, "
-    "a wrong fc1 flatten 2.0 after 3"))
+TRAJECTORY_FLOAT64 = Tolerance(1e-9, _text("""
+    float64, params after each of 100 optimizer steps: measured <=1e-15 for SGD in all its
+    variants and <=9e-13 for Adam/AdamW/AMSGrad, where the first step's g / (|g| + eps)
+    amplifies the rounding of gradients near eps; 1e-9 leaves 1000x headroom over that.
+    Mismatches land far outside: optax's AdamW default decay 3e-4 after 5 steps (0.3 after 100),
+    a missing dampening 2e-2 after 5, a wrong fc1 flatten 2.0 after 3"""))
 
-TRAJECTORY_FLOAT32_CPU = Tolerance(3e-3, (
-    "float32 on CPU, params after each of 100 steps: a kink (relu or max-pool switching on a "
-    "rounding-sized difference) or Adam's g / (|g| + eps) on a near-zero gradient turns 1e-7 "
-    "into a lasting difference. Measured over 50 runs (10 optimizer settings x 5 seeds): "
-    "median 3e-7, worst 7.6e-4 (nesterov); torch float32 itself drifts up to 3.6e-4 from torch "
-    "float64 on the same runs. 3e-3 is 4x the worst seen; a wrong flatten gives 2.0, optax's "
-    "AdamW default decay 0.3 after 100 steps"))
+TRAJECTORY_FLOAT32_CPU = Tolerance(3e-3, _text("""
+    float32 on CPU, params after each of 100 steps: a kink (relu or max-pool switching on a
+    rounding-sized difference) or Adam's g / (|g| + eps) on a near-zero gradient turns 1e-7 into
+    a lasting difference. Measured over 50 runs (10 optimizer settings x 5 seeds): median 3e-7,
+    worst 7.6e-4 (nesterov); torch float32 itself drifts up to 3.6e-4 from torch float64 on the
+    same runs. 3e-3 is 4x the worst seen; a wrong flatten gives 2.0, optax's AdamW default decay
+    0.3 after 100 steps"""))
 
-TRAJECTORY_GPU = Tolerance(3e-3, (
-    "float32 on a GPU with TF32 off: not measured for whole runs; assumed as CPU because one "
-    "step agrees as on CPU (FLOAT32_GPU)"))
+TRAJECTORY_GPU = Tolerance(3e-3, _text("""
+    float32 on a GPU with TF32 off: not measured for whole runs; assumed as CPU because one step
+    agrees as on CPU (FLOAT32_GPU)"""))
 
-TRAJECTORY_TF32_GPU = Tolerance(5e-2, (
-    "float32 on a GPU with TF32 on: not measured for whole runs; per-step TF32 differences "
-    "(~1e-3) grow through the same kinks as float32, so only a loose sanity bound is given"))
+TRAJECTORY_TF32_GPU = Tolerance(5e-2, _text("""
+    float32 on a GPU with TF32 on: not measured for whole runs; per-step TF32 differences
+    (~1e-3) grow through the same kinks as float32, so only a loose sanity bound is given"""))
 
 
 def trajectory_tolerance(dtype: str, platform: str = "cpu", tf32: bool = False) -> Tolerance:
@@ -117,16 +120,16 @@ def trajectory_tolerance(dtype: str, platform: str = "cpu", tf32: bool = False) 
 
 # --- side-by-side training runs (flax-lenet train) ---------------------------------------------
 
-TRAIN_FLOAT64 = Tolerance(1e-9, (
-    "float64 training, per-step losses over whole runs: each step adds ~1e-16 "
-    "of rounding that later steps can amplify; measured 1.4e-14 over the 880 steps of the "
-    "default run (8e-16 on the 8-step test run), so 1e-9 leaves room, yet a missing momentum "
-    "or a learning-rate drop one step late moves the losses by far more (asserted > 1e-6)"))
+TRAIN_FLOAT64 = Tolerance(1e-9, _text("""
+    float64 training, per-step losses over whole runs: each step adds ~1e-16 of rounding that
+    later steps can amplify; measured 1.4e-14 over the 880 steps of the default run (8e-16 on
+    the 8-step test run), so 1e-9 leaves room, yet a missing momentum or a learning-rate drop
+    one step late moves the losses by far more (asserted > 1e-6)"""))
 
-TRAIN_FLOAT32_FIRST_STEPS = Tolerance(1e-5, (
-    "float32 training, the first 8 per-step losses only: the FLOAT32_CPU reasoning for one "
-    "step; later, SGD amplifies float32 rounding chaotically (measured 6e-4 relative on the "
-    "epoch loss after ~250 steps), so only the final accuracies are compared from then on"))
+TRAIN_FLOAT32_FIRST_STEPS = Tolerance(1e-5, _text("""
+    float32 training, the first 8 per-step losses only: the FLOAT32_CPU reasoning for one step;
+    later, SGD amplifies float32 rounding chaotically (measured 6e-4 relative on the epoch loss
+    after ~250 steps), so only the final accuracies are compared from then on"""))
 
 # Final float32 test accuracies of the two frameworks agree within 1 percentage point: float32
 # runs part ways after ~250 steps (see TRAIN_FLOAT32_FIRST_STEPS), so only their outcomes can be
@@ -136,12 +139,12 @@ ACCURACY_POINTS = 1.0
 
 # --- data parallelism (flax_lenet.parallel) -------------------------------------------------
 
-SHARDED_FLOAT32 = Tolerance(1e-6, (
-    "sharded vs single-device step, float32, both in JAX on CPU: the same arithmetic except "
-    "that the batch-mean gradient is summed per device and then across 8 devices (another "
-    "order); measured 9e-8 on parameters after 3 SGD-momentum steps; a step that skips the "
-    "cross-device gradient sum is off by ~1e-2"))
+SHARDED_FLOAT32 = Tolerance(1e-6, _text("""
+    sharded vs single-device step, float32, both in JAX on CPU: the same arithmetic except that
+    the batch-mean gradient is summed per device and then across 8 devices (another order);
+    measured 9e-8 on parameters after 3 SGD-momentum steps; a step that skips the cross-device
+    gradient sum is off by ~1e-2"""))
 
-SHARDED_FLOAT64 = Tolerance(1e-14, (
-    "sharded vs single-device step, float64: only the summation order differs, measured "
-    "1.7e-16 after 3 steps; 1e-14 pins it to a few hundred ulps"))
+SHARDED_FLOAT64 = Tolerance(1e-14, _text("""
+    sharded vs single-device step, float64: only the summation order differs, measured 1.7e-16
+    after 3 steps; 1e-14 pins it to a few hundred ulps"""))
