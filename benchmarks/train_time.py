@@ -27,6 +27,7 @@ def write_synthetic_mnist(folder: Path, seed: int = 0) -> None:
     """MNIST's four IDX files at MNIST's size, random pixels, balanced labels."""
     from flax_lenet.app.data import write_idx
     rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
     for split, n in MNIST_SIZE.items():
         write_idx(folder / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
         write_idx(folder / f"{split}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
