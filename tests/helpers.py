@@ -2,7 +2,7 @@
 
 import torch
 
-from flax_lenet import parity
+from flax_lenet import convert, parity
 from flax_lenet.tolerances import Tolerance
 
 
@@ -14,7 +14,7 @@ def torch_net(kernel_size: int, dtype: str, seed: int = 0):
 
 
 def state_numpy(net) -> dict:
-    return {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
+    return convert.state_to_numpy(net.state_dict())
 
 
 def assert_close(actual, expected, tol: Tolerance, what: str = "") -> None:

@@ -29,13 +29,13 @@ pytestmark = [pytest.mark.usefixtures("one_torch_thread"),   # see conftest.py
 def setup():
     """A float64 torch Net, its Flax params, and CYCLES * K micro-batches (NCHW and NHWC)."""
     net = torch_net(3, "float64")
-    state = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+    state = convert.state_to_numpy(net.state_dict())
     xs, ys = zip(*(parity.tutorial_data(MICRO, seed, "float64") for seed in range(CYCLES * K)))
     return net, state, list(xs), list(ys)
 
 
 def torch_grads(net) -> dict:
-    return {k: p.grad.detach().numpy().copy() for k, p in net.named_parameters()}
+    return convert.state_to_numpy({k: p.grad for k, p in net.named_parameters()})
 
 
 def jax_grads(state, x, y) -> dict:
@@ -76,7 +76,7 @@ def torch_accumulated_training(net, xs, ys, loss_scale=1.0) -> list[dict]:
         for x, y in zip(xs[c * K:(c + 1) * K], ys[c * K:(c + 1) * K]):
             (torch.nn.functional.mse_loss(net(torch.from_numpy(x)), torch.from_numpy(y)) * loss_scale).backward()
         opt.step()
-        after.append({k: v.detach().numpy().copy() for k, v in net.state_dict().items()})
+        after.append(convert.state_to_numpy(net.state_dict()))
     return after
 
 

@@ -71,7 +71,7 @@ def test_weights_converted_from_torch_give_torchs_logits_in_flax(tmp_path, state
     checkpoint.convert_checkpoint(tmp_path / "t.safetensors", tmp_path / "f.orbax")
     net = Net()
     net.load_state_dict(load_safetensors_torch(tmp_path / "t.safetensors"))
-    expected = net(torch.from_numpy(np.array(x.transpose(0, 3, 1, 2), order="C"))).detach().numpy()
+    expected = net(torch.from_numpy(convert.nhwc_to_nchw(x))).detach().numpy()
     params = checkpoint.load_flax_params(tmp_path / "f.orbax")
     assert_close(_flax_logits(params, x), expected, FLOAT32_CPU, "logits")
     # a conversion that forgot fc1's flatten order fails the same check

@@ -162,7 +162,7 @@ def nnx_copy(net):
 
 
 def torch_grads(grads):
-    return {k: v.detach().numpy() for k, v in grads.items()}
+    return convert.state_to_numpy(grads)
 
 
 def test_torch_backprop_equals_nnx_grad_and_jax_grad(tutorial):

@@ -42,7 +42,7 @@ def setup():
 def torch_layout(a):
     """NHWC activations -> NCHW (torch's), other ranks unchanged."""
     a = np.asarray(a)
-    return a.transpose(0, 3, 1, 2) if a.ndim == 4 else a
+    return convert.nhwc_to_nchw(a) if a.ndim == 4 else a
 
 
 # --- forward pre-hook / forward hook that replace a value -------------------------------------

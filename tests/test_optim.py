@@ -13,7 +13,7 @@ import optax
 import pytest
 import torch
 
-from flax_lenet import optim
+from flax_lenet import convert, optim
 from flax_lenet.tolerances import FLOAT64
 from helpers import assert_close
 
@@ -66,7 +66,7 @@ def torch_params_after_each_step(name, kwargs, params, grads):
         for k, t in leaves.items():
             t.grad = torch.tensor(g[k])
         opt.step()
-        out.append({k: t.detach().numpy().copy() for k, t in leaves.items()})
+        out.append(convert.state_to_numpy(leaves))
     return out
 
 

@@ -43,7 +43,7 @@ def torch_param_grads(net, loss_of_output) -> dict:
     """``.grad`` of every parameter after ``loss_of_output(net(x)).backward()`` on a fresh graph."""
     net.zero_grad()
     loss_of_output().backward()
-    return {k: p.grad.detach().numpy().copy() for k, p in net.named_parameters()}
+    return convert.state_to_numpy({k: p.grad for k, p in net.named_parameters()})
 
 
 #: ``(d_params, d_x)`` of ``functional.forward`` for the cotangent ``ct`` on the logits: ``jax.vjp``.
@@ -103,7 +103,7 @@ def test_sgd_does_not_average_reduction_sum_needs_lr_over_n_times_10(setup):
         opt.zero_grad()
         torch.nn.MSELoss(reduction=reduction)(net(torch.from_numpy(x)), torch.from_numpy(target)).backward()
         opt.step()
-        return {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+        return convert.state_to_numpy(net.state_dict())
 
     lr = 0.1
     mean = params_after_one_step("mean", lr)
@@ -129,7 +129,7 @@ def test_cross_entropy_is_mean_of_optax_softmax_cross_entropy_with_integer_label
         net.zero_grad()
         loss = F.cross_entropy(net(xt), lt, reduction=reduction)
         loss.backward()
-        expected = {k: p.grad.detach().numpy().copy() for k, p in net.named_parameters()}
+        expected = convert.state_to_numpy({k: p.grad for k, p in net.named_parameters()})
 
         def jax_loss(y, reduce=reduce):
             return reduce(optax.softmax_cross_entropy_with_integer_labels(y, labels))
@@ -150,10 +150,10 @@ def test_backward_with_a_cotangent_is_jax_vjp(setup):
     net.zero_grad()
     out = net(xt)
     out.backward(torch.from_numpy(ct))
-    expected = {k: p.grad.detach().numpy().copy() for k, p in net.named_parameters()}
+    expected = convert.state_to_numpy({k: p.grad for k, p in net.named_parameters()})
     d_params, d_x = _forward_vjp(params, x_nhwc[:1], jnp.asarray(ct))
     assert_grads_close(convert.flax_to_torch(d_params), expected, "vjp params")
-    assert_close(np.asarray(d_x).transpose(0, 3, 1, 2), xt.grad.numpy(), FLOAT64, "vjp input (NHWC -> NCHW)")
+    assert_close(convert.nhwc_to_nchw(d_x), xt.grad.numpy(), FLOAT64, "vjp input (NHWC -> NCHW)")
     d_params_ones, _ = _forward_vjp(params, x_nhwc[:1], jnp.ones((1, OUT)))                       # out.sum().backward(): another cotangent
     with pytest.raises(AssertionError):
         assert_grads_close(convert.flax_to_torch(d_params_ones), expected, "vjp with ones")

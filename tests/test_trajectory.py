@@ -68,8 +68,8 @@ def torch_loop(state: dict, optimizer: str, kwargs: dict, xs, ys) -> list[dict]:
         loss = criterion(net(torch.from_numpy(x)), torch.from_numpy(y))
         loss.backward()
         opt.step()
-        after.append({_NAMED[k.split(".")[0]] + "." + k.split(".")[1]: v.detach().numpy().copy()
-                      for k, v in net.state_dict().items()})
+        after.append({_NAMED[k.split(".")[0]] + "." + k.split(".")[1]: v
+                      for k, v in convert.state_to_numpy(net.state_dict()).items()})
     return after
 
 
