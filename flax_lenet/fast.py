@@ -47,7 +47,7 @@ from flax_lenet.model import Net, flat_side
 
 _NET_CALL = Net.__call__  # if the class's __call__ is replaced, model(x) is no longer this forward
 
-# --- the pool: max over the window axis, gradient to the first maximum (torch's rule) ----------------------
+# --- the pool: max over the window axis, gradient to the first maximum (torch's rule) ------
 
 
 def _window_max(y, axis):
