@@ -121,6 +121,25 @@ def test_relu_row_all_calls_agree():
         agree({"jax.nn.gelu": jax.nn.gelu(X_NHWC)}, expected)
 
 
+def test_relu_gradient_at_zero_is_torchs_in_jax_nn_relu_but_not_in_jnp_maximum():
+    x = torch.tensor([-1.0, 0.0, 2.0], dtype=torch.float64, requires_grad=True)
+    F.relu(x).sum().backward()
+    expected = x.grad.numpy()                                               # [0, 0, 1]
+    xj = jnp.asarray([-1.0, 0.0, 2.0])
+    for name, f in {"jax.nn.relu": jax.nn.relu, "nnx.relu": nnx.relu, "linen.relu": linen_nn.relu}.items():
+        np.testing.assert_array_equal(jax.grad(lambda v: f(v).sum())(xj), expected, err_msg=name)
+    maximum = jax.grad(lambda v: jnp.maximum(v, 0).sum())(xj)
+    assert float(maximum[1]) == 0.5 and float(expected[1]) == 0.0          # same values, other gradient
+
+
+def test_torch_zero_grad_sets_grad_to_none():
+    net = torch_net(3, "float64")
+    net(torch.zeros(1, 1, 32, 32, dtype=torch.float64)).sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    net.zero_grad()                                                         # set_to_none=True by default
+    assert all(p.grad is None for p in net.parameters())
+
+
 def test_linear_row_all_calls_agree():
     torch.manual_seed(0)
     layer = nn.Linear(120, 84).double()

@@ -42,7 +42,7 @@ def torch_loss(net, input, target):
 
 def torch_backprop(net, input, target):
     """``zero_grad()`` then ``backward()``: the gradients land in each parameter's ``.grad``."""
-    net.zero_grad()                            # zeroes the gradient buffers of all parameters
+    net.zero_grad()                            # .grad = None for every parameter (set_to_none=True)
     loss = torch_loss(net, input, target)
     loss.backward()
     return {name: p.grad for name, p in net.named_parameters()}

@@ -66,7 +66,7 @@ OPS = (
           "nn.max_pool(x, (2, 2), strides=(2, 2))",
           "lax.reduce_window(x, -inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID')",
           "tests/test_functional_mapping.py::test_max_pool_row_all_calls_agree"),
-    OpRow("relu", "nn.ReLU()", "F.relu(x)", "nnx.relu(x)", "nn.relu(x)", "jax.nn.relu(x) = jnp.maximum(x, 0)",
+    OpRow("relu", "nn.ReLU()", "F.relu(x)", "nnx.relu(x)", "nn.relu(x)", "jax.nn.relu(x): values as jnp.maximum(x, 0), gradient at 0 as torch (0, not 0.5)",
           "tests/test_functional_mapping.py::test_relu_row_all_calls_agree"),
     OpRow("linear", "nn.Linear(120, 84)", "F.linear(x, W, b) = x @ W.T + b", "nnx.Linear(120, 84)",
           "nn.Dense(84)", "x @ kernel + b, kernel = W.T",
