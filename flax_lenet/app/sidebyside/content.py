@@ -145,7 +145,7 @@ SECTIONS = (
         torch=(graph.torch_graph,),
         flax={"NNX": (graph.jax_graph,), "Linen": (graph.jax_graph,), "functional": (graph.jax_graph,)},
         notes=("torch's parameter branches (AccumulateGrad, TBackward0 for W.T) hang off the main chain; "
-               "in the jaxpr the parameter reshapes for the bias are off the input's path.",),
+               "in the jaxpr the bias's broadcast_in_dim is off the input's path.",),
         tests=("tests/test_graph.py::test_grad_fn_chain_and_jaxpr_correspond_layer_by_layer",
                "tests/test_graph.py::test_graph_comparison_fails_for_a_different_network"),
         extra="graph",
