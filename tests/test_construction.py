@@ -14,6 +14,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from flax_lenet import Net, linen
@@ -58,6 +59,7 @@ def test_building_a_net_compiles_nothing_per_parameter():
     assert found["second"] == 0, found       # ten new parameter shapes, no new program
 
 
+@pytest.mark.slow     # a broken twin in a fresh process: seconds, off the fast tier
 def test_the_count_sees_flax_initialisers_compiling_per_shape():
     """The broken twin: Flax's own initialisers compile again for every new shape."""
     found = compiles_in_a_fresh_process("flax-defaults")

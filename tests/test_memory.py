@@ -87,6 +87,7 @@ def test_a_mnist_sized_set_and_an_epoch_of_batches_fit_in_one_small_copy(mnist_s
     assert found["rise_mib"] < LOADER_BOUND_MIB, found
 
 
+@pytest.mark.slow     # a broken twin in a fresh process: seconds, off the fast tier
 def test_the_memory_bound_catches_a_float_copy_of_the_set(mnist_sized):
     """The broken twin: one float32 copy of the training images breaks the bound."""
     found = loader_rise(mnist_sized, "float-copy")
