@@ -1,18 +1,33 @@
-"""Start-up of ``flax-lenet compare`` (or any command) without and with the persistent cache.
+"""Start-up, each in fresh processes: ``import flax_lenet``, a first ``Net()``, and a command.
 
     python benchmarks/startup.py [--runs 3] [-- compare --batch 1]
 
-Runs the command in fresh processes: once with no cache, then with an empty cache directory
-(the cold run fills it), then again with the filled one (warm). Prints wall-clock seconds.
+``import flax_lenet`` and ``flax_lenet.Net(rngs=nnx.Rngs(0))`` are timed inside a fresh
+interpreter (the Net after the import). The command (default ``flax-lenet compare``) runs in
+fresh processes without the persistent compilation cache (``FLAX_LENET_CACHE=0``), then with an
+empty cache directory (``FLAX_LENET_CACHE_DIR``; the cold run fills it), then again with the
+filled one (warm). Prints wall-clock seconds, medians of ``--runs``, and the load average.
 """
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+LIBRARY = """
+import json, time
+t0 = time.perf_counter()
+import flax_lenet
+t1 = time.perf_counter()
+from flax import nnx
+flax_lenet.Net(rngs=nnx.Rngs(0))
+t2 = time.perf_counter()
+print(json.dumps({"import": t1 - t0, "net": t2 - t1}))
+"""
 
 
 def timed(argv, env) -> float:
@@ -24,20 +39,30 @@ def timed(argv, env) -> float:
     return time.perf_counter() - t0
 
 
+def library(env) -> dict:
+    proc = subprocess.run([sys.executable, "-c", LIBRARY], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"startup: import flax_lenet / Net() failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3, help="rounds of (no cache, warm cache); median reported")
     p.add_argument("command", nargs="*", default=["compare"], help="flax-lenet command (default: compare)")
     args = p.parse_args()
-    base = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("JAX_COMPILATION_CACHE", "FLAX_LENET_CACHE"))}
+    lib = [library(dict(base)) for _ in range(args.runs)]
+    print(f"fresh process: import flax_lenet {statistics.median(r['import'] for r in lib):.2f} s, "
+          f"then Net(rngs=nnx.Rngs(0)) {statistics.median(r['net'] for r in lib):.2f} s "
+          f"(medians of {args.runs}); load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as cache_dir:
-        cached = dict(base, JAX_COMPILATION_CACHE_DIR=cache_dir,
-                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+        cached = dict(base, FLAX_LENET_CACHE_DIR=cache_dir)
         cold = timed(args.command, cached)
         none, warm = [], []
         for _ in range(args.runs):                 # interleaved, so load drift hits both
-            none.append(timed(args.command, base))
+            none.append(timed(args.command, dict(base, FLAX_LENET_CACHE="0")))
             warm.append(timed(args.command, cached))
         files = sum(len(f) for _, _, f in os.walk(cache_dir))
     cmd = "flax-lenet " + " ".join(args.command)

@@ -1,8 +1,8 @@
 """JAX's persistent compilation cache, so that a second ``flax-lenet`` process skips compiling.
 
-The first call of every jitted function (and of every eager op on a new shape -- ``Net(...)``'s
-initialisers are dozens of them) traces and compiles; on 2 CPU cores that is most of the
-start-up of ``flax-lenet compare``. With the cache on, XLA executables are written to disk and
+The first call of every jitted function (and of every eager op on a new shape) traces and
+compiles; on 2 CPU cores that was most of the start-up of ``flax-lenet compare``. Library
+users get the same with one call, ``flax_lenet.cache.enable()``, before their first jit. With the cache on, XLA executables are written to disk and
 a later process with the same jax version, device and code loads them instead
 (``benchmarks/startup.py`` measures both).
 

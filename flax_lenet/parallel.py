@@ -13,15 +13,30 @@ the same update. torch's equivalent is ``DistributedDataParallel``.
 
 The batch size must be a multiple of the number of devices.
 
-Several hosts (multi-host / multi-process): call ``jax.distributed.initialize()`` first in
-every process (on a cluster it reads the coordinator, process count and id from the
-environment -- SLURM, Open MPI, Kubernetes, TPU pods -- otherwise pass
-``coordinator_address='host0:1234', num_processes=P, process_id=i``). ``jax.devices()`` then
-lists the devices of all hosts, so ``batch_mesh()`` spans them; each process loads only its own
-slice of the global batch and assembles the global array with
-``jax.make_array_from_process_local_data(NamedSharding(mesh, P('batch')), local_x)``
-(``shard_batch(..., local=True)``). Every process runs the same program; parameters stay
-replicated, so any process can save them (``jax.process_index() == 0`` by convention).
+Several processes (several hosts, or several GPUs with one process each): every process runs
+the same program and calls ``jax.distributed.initialize()`` before anything else touches JAX
+(on a cluster it reads the coordinator, process count and id from the environment -- SLURM,
+Open MPI, Kubernetes, TPU pods -- otherwise pass ``coordinator_address='host0:1234',
+num_processes=P, process_id=i``). ``jax.devices()`` then lists the devices of all processes,
+so ``batch_mesh()`` spans them; each process loads only its own rows of every global batch
+(its devices' share, in ``jax.devices()`` order: process ``i`` of ``P`` takes rows
+``i*N/P .. (i+1)*N/P``) and assembles the global array with ``shard_batch(local_x, mesh,
+local=True)`` (``jax.make_array_from_process_local_data``). Parameters stay replicated, so
+any process can save them (``jax.process_index() == 0`` by convention). Across processes the
+gradient sum is a real collective: NCCL between GPUs, gloo on CPU (JAX's default,
+``jax_cpu_collectives_implementation``).
+
+A launcher on one machine, 2 processes of 2 CPU devices each (what ``tests/test_multiprocess.py``
+runs, with ``tests/multiprocess_worker.py`` as the program)::
+
+    export XLA_FLAGS=--xla_force_host_platform_device_count=2 JAX_PLATFORMS=cpu
+    python train.py --port 12345 --process 0 --processes 2 &    # each calls
+    python train.py --port 12345 --process 1 --processes 2 &    # jax.distributed.initialize(
+    wait                                                        #   f"localhost:{port}", 2, i)
+
+On several hosts the same, with ``coordinator_address`` = process 0's host and one process per
+host (``XLA_FLAGS`` not needed: the host's GPUs are its local devices), or ``srun python
+train.py`` under SLURM with ``jax.distributed.initialize()`` and no arguments.
 """
 
 import jax

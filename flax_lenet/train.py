@@ -50,6 +50,7 @@ def train_step(model, optimizer, x, target, loss_fn=loss_fn):
     return loss
 
 
+@jax.jit   # one program for the whole tree; eagerly, each leaf's `*` and `-` compiled apart
 def sgd_update(params, grads, learning_rate=0.01):
     """The manual rule ``weights = weights - learning_rate * gradient`` on a parameter tree."""
     return jax.tree.map(lambda p, g: p - learning_rate * g, params, grads)

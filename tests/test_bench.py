@@ -32,7 +32,7 @@ def test_bench_prints_a_row_per_implementation(smoke):
     for impl in ("torch:eager", "flax:train_step"):
         assert any(line.startswith(impl) and " 2 " in line for line in text.splitlines()), impl
     assert "x torch eager" in text
-    assert "torch and Flax each in a process of its own" in text and "  torch: a process of its own" in text
+    assert "each implementation in a process of its own" in text and "  torch:eager: a process of its own" in text
 
 
 def test_bench_json_has_a_measured_result_per_implementation(smoke):
@@ -43,6 +43,10 @@ def test_bench_json_has_a_measured_result_per_implementation(smoke):
     assert set(got) == {"torch:eager", "flax:train_step"}
     for r in got.values():
         assert r["samples_per_s"] > 0 and r["compile_s"] > 0, r
+        assert 50 < r["peak_rss_mb"] < 8192, r              # a process's resident memory, in MiB
+    # each implementation measured in a process of its own: torch's process never loaded jax's
+    # compiled step, Flax's never ran torch's, so the two peaks are not one process's figure twice
+    assert got["torch:eager"]["peak_rss_mb"] != got["flax:train_step"]["peak_rss_mb"]
 
 
 def test_bench_writes_a_png(smoke):

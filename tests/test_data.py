@@ -82,3 +82,29 @@ def test_random_shifts_move_pixels_without_changing_them():
         assert any(np.array_equal(shifted[n], w) for w in windows)
     assert not np.array_equal(shifted, x) or not np.array_equal(again, x)
     assert data.random_shifts(x, 0, np.random.default_rng(0)) is x
+
+
+def test_shifts_made_per_batch_are_the_whole_set_shifted_once():
+    """Gathering and shifting batch by batch gives the pixels a shifted copy of the set gave."""
+    x = np.random.default_rng(1).normal(size=(64, 32, 32, 1)).astype(np.float32)
+    whole = data.random_shifts(x, 2, np.random.default_rng(5))
+    shifts = data.Shifts(x, 2, np.random.default_rng(5))
+    order = np.random.default_rng(6).permutation(64).reshape(4, 16)
+    for idx in order:
+        np.testing.assert_array_equal(shifts[idx], whole[idx])
+    # the broken twin: shifts drawn per batch (a fresh draw for each) are other pixels
+    redrawn = data.Shifts(x[order[1]], 2, np.random.default_rng(5))[np.arange(16)]
+    assert not np.array_equal(redrawn, whole[order[1]])
+
+
+def test_uint8_images_become_the_float_images_of_the_float_path(tmp_path):
+    """MNIST kept as grey levels: ``images`` equals scaling and standardising a float copy."""
+    rng = np.random.default_rng(2)
+    for split, n in (("train", 50), ("t10k", 10)):
+        data.write_idx(tmp_path / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        data.write_idx(tmp_path / f"{split}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
+    ds = data.load_mnist(tmp_path)
+    x = ds.x_train.astype(np.float32) / np.float32(255.0)
+    mean, std = float(x.astype(np.float64).mean()), float(x.astype(np.float64).std())
+    np.testing.assert_array_equal(ds.images("train"), ((x - mean) / std).astype(np.float32))
+    np.testing.assert_array_equal(ds.images("train", [3, 1]), ds.images("train")[[3, 1]])

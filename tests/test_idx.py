@@ -69,14 +69,18 @@ def test_mnist_is_padded_from_28_to_32_and_standardised(tmp_path, gz):
     arrays = write_mnist(tmp_path, gz=gz)
     ds = data.load_mnist(tmp_path)
     assert ds.x_train.shape == (40, 32, 32, 1) and ds.x_test.shape == (20, 32, 32, 1)
-    assert ds.x_train.dtype == np.float32
+    assert ds.x_train.dtype == np.uint8                       # stored as grey levels: one copy, 1 byte a pixel
+    x_train = ds.images("train")
+    assert x_train.dtype == np.float32 and x_train.shape == (40, 32, 32, 1)
     np.testing.assert_array_equal(ds.y_train, arrays["train"][1])
     # the 2-pixel frame is the value of a 0 pixel; the inside is the image, scaled the same way
     raw = arrays["train"][0].astype(np.float32) / 255.0
     padded = np.pad(raw, ((0, 0), (MNIST_PAD, MNIST_PAD), (MNIST_PAD, MNIST_PAD)))
     mean, std = padded.mean(), padded.std()
-    np.testing.assert_allclose(ds.x_train[..., 0], (padded - mean) / std, rtol=1e-5, atol=1e-5)
-    frame = ds.x_train[:, :MNIST_PAD, :, 0]
+    np.testing.assert_allclose(x_train[..., 0], (padded - mean) / std, rtol=1e-5, atol=1e-5)
+    test = np.pad(arrays["t10k"][0] / np.float32(255), ((0, 0), (MNIST_PAD, MNIST_PAD), (MNIST_PAD, MNIST_PAD)))
+    np.testing.assert_allclose(ds.images("test")[..., 0], (test - mean) / std, rtol=1e-5, atol=1e-5)
+    frame = x_train[:, :MNIST_PAD, :, 0]
     np.testing.assert_allclose(frame, -mean / std, rtol=1e-5)
 
 

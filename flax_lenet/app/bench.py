@@ -71,11 +71,31 @@ class Result:
     spread: float | None = None         # (max - min) / median over rounds
     compile_s: float | None = None      # first call: tracing, compiling (or torch warm-up) and one step
     peak_mb: float | None = None        # torch: max_memory_allocated (GPU); flax: compiled args+out+temp
+    peak_rss_mb: float | None = None    # the measuring process's peak resident memory (peak_rss_mib)
     note: str = ""
     rounds: list = field(default_factory=list)
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB (CPU memory, on any device).
+
+    Linux: ``VmHWM`` from ``/proc/self/status``. Not ``ru_maxrss``: Linux carries the forking
+    process's peak over ``exec`` into it, so a child of a large process would report its
+    parent's peak. Elsewhere ``resource.getrusage`` (macOS reports bytes, Linux KiB).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
 
 def _torch_state(kernel_size: int):
     import torch
@@ -216,6 +236,7 @@ def run(cfg: BenchConfig, log=None) -> list[Result]:
                     res.compile_s = time.perf_counter() - t0
                     r.run(1)                             # second call: steady state from here
                     res.peak_mb = r.peak_mb()            # before the others run (torch's peak is global)
+                    res.peak_rss_mb = peak_rss_mib()     # the process's, so far (one impl per process: its own)
                     runners[name] = (r, res)
                     say(f"  set up {name} [{precision}] N={batch}: {res.compile_s:.2f} s")
                 except Exception as e:  # noqa: BLE001 - one broken peer must not stop the others
@@ -239,23 +260,26 @@ def run(cfg: BenchConfig, log=None) -> list[Result]:
                 if isinstance(r, _TorchRunner):
                     res.note = (res.note + f" threads={r.threads}").strip()
             del runners
+    if len(applicable(cfg)) == 1:      # a process of its own: its whole peak is this implementation's
+        peak = peak_rss_mib()
+        for res in results:
+            res.peak_rss_mb = peak if res.peak_rss_mb is not None else None
     return results
 
 
 def run_in_processes(cfg: BenchConfig, log=None) -> list[Result]:
-    """``run``, with torch's implementations in one fresh process and Flax's in another.
+    """``run``, with each implementation in a fresh process of its own.
 
     In one process torch's OpenMP threads and XLA's thread pool compete for the same cores,
     which makes torch look slower than it is; measured apart, each framework has the machine to
-    itself. The children are ``flax-lenet bench --processes one``; their results are merged in
-    ``run``'s order.
+    itself, and each implementation's peak resident memory (``peak_rss_mb``) is its own
+    process's: imports, set-up and every batch size. The children are ``flax-lenet bench
+    --processes one``; their results are merged in ``run``'s order.
     """
     say = log or (lambda *a, **k: None)
     results = []
-    for framework in ("torch", "flax"):
-        impls = [i for i in applicable(cfg) if i.startswith(framework + ":")]
-        if not impls:
-            continue
+    for impl in applicable(cfg):
+        impls = [impl]
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "results.json")
             argv = [sys.executable, "-m", "flax_lenet", "bench", "--processes", "one", "--device", cfg.device,
@@ -263,13 +287,13 @@ def run_in_processes(cfg: BenchConfig, log=None) -> list[Result]:
                     "--precision", "both" if len(cfg.precisions) > 1 else cfg.precisions[0],
                     "--kernel-size", str(cfg.kernel_size), "--rounds", str(cfg.rounds),
                     "--min-time", repr(cfg.min_time), "--json", out]
-            say(f"  {framework}: a process of its own")
+            say(f"  {impl}: a process of its own")
             with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as proc:
                 for line in proc.stdout:
                     if line.startswith("  "):                   # the child's set-up lines
                         say(line.rstrip())
             if proc.returncode != 0:
-                raise RuntimeError(f"bench: the {framework} process failed (exit {proc.returncode}): "
+                raise RuntimeError(f"bench: the {impl} process failed (exit {proc.returncode}): "
                                    + " ".join(argv))
             with open(out, encoding="utf-8") as f:
                 results += [Result(**r) for r in json.load(f)["results"]]
@@ -332,7 +356,8 @@ def ratios(results: list[Result], versus: str = "torch:eager") -> dict:
 def table(results: list[Result], cfg: BenchConfig) -> str:
     """A fixed-width table: one row per result, ratio to torch eager, and the compute-bound fraction."""
     rat = ratios(results)
-    header = ["impl", "prec", "N", "samples/s", "step ms", "x torch eager", "compile s", "peak MB", "note"]
+    header = ["impl", "prec", "N", "samples/s", "step ms", "x torch eager", "compile s", "peak MB",
+              "peak RSS MB", "note"]
     rows = []
     for r in results:
         ratio = rat.get((r.impl, r.precision, r.batch))
@@ -342,11 +367,14 @@ def table(results: list[Result], cfg: BenchConfig) -> str:
                      f"{ratio:.2f}" if ratio else "-",
                      f"{r.compile_s:.2f}" if r.compile_s is not None else "-",
                      f"{r.peak_mb:.1f}" if r.peak_mb is not None else "-",
+                     f"{r.peak_rss_mb:.0f}" if r.peak_rss_mb is not None else "-",
                      (r.note + (f" spread={r.spread:.0%}" if r.spread is not None else "")).strip()])
     flops = FLOPS_PER_SAMPLE.get(cfg.kernel_size)
     foot = (f"training FLOPs per sample ~{flops / 1e6:.2f} M; spread = (max - min) / median over "
-            f"{cfg.rounds} interleaved rounds")
-    return format_table(header, rows, right=range(2, 8)) + "\n" + foot
+            f"{cfg.rounds} interleaved rounds; peak MB: device memory of the step (GPU torch, or "
+            f"Flax's compiled buffers); peak RSS MB: the peak resident memory of the process that "
+            f"ran the implementation (with --processes one, of everything set up before it too)")
+    return format_table(header, rows, right=range(2, 9)) + "\n" + foot
 
 
 def to_json(results: list[Result], cfg: BenchConfig, env: dict) -> dict:

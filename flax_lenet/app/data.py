@@ -8,7 +8,8 @@ Two sources, both without a download:
   28x28 images padded by 2 pixels on each side to 32x32, as LeNet-5 does.
 
 Images are scaled to [0, 1] and standardised with the training set's mean and standard
-deviation; the layout is NHWC, as ``flax_lenet.Net`` expects (torch: ``.transpose(0, 3, 1, 2)``).
+deviation (MNIST's grey levels are kept as bytes, one copy of the set, and made float32 per
+batch: ``Dataset.images``, ``Dataset.to_float``); the layout is NHWC, as ``flax_lenet.Net`` expects (torch: ``.transpose(0, 3, 1, 2)``).
 The IDX reader and writer are the project's own (``read_idx``, ``write_idx``). A missing,
 unreadable or damaged file raises ``BadFile``, bad images or labels ``BadImages``/``BadLabels``,
 an unknown data set ``BadConfig`` (``flax_lenet.errors``).
@@ -40,22 +41,59 @@ MNIST_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train and test images ``(N, 32, 32, 1)`` float32 in NHWC, labels ``(N,)`` int32 in 0..9."""
+    """Train and test images ``(N, 32, 32, 1)`` in NHWC, labels ``(N,)`` int32 in 0..9.
+
+    ``x_train`` and ``x_test`` hold the images once, as stored: float32, ready for the Net, or
+    (MNIST) uint8 grey levels, one byte a pixel, with ``pixel_values`` the float32 value of each
+    level 0..255 (scaled to [0, 1] and standardised). ``images(split, idx)`` and ``to_float``
+    give float32 images either way; training gathers its batches from the stored copy, so
+    60,000 MNIST images cost 61 MB, not 245 MB, and no other copy of the set is made.
+    """
     name: str
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    pixel_values: np.ndarray | None = None      # (256,) float32 for uint8 images; None for float
+
+    def to_float(self, x: np.ndarray) -> np.ndarray:
+        """Stored images (a batch of ``x_train`` or ``x_test``) as float32 images for the Net."""
+        return self.pixel_values[x] if self.pixel_values is not None else np.asarray(x, np.float32)
+
+    def images(self, split: str = "train", idx=slice(None)) -> np.ndarray:
+        """``x_train[idx]`` (``split='train'``) or ``x_test[idx]`` (``'test'``) as float32 images."""
+        return self.to_float((self.x_train if split == "train" else self.x_test)[idx])
 
     def describe(self) -> dict:
         return {"name": self.name, "train": int(len(self.y_train)), "test": int(len(self.y_test)),
                 "image_shape": list(self.x_train.shape[1:]), "layout": "NHWC"}
 
 
+def _mean_std(x: np.ndarray, rows: int = 4096):
+    """The mean and standard deviation of every element of ``x``, without a copy of ``x``.
+
+    ``x.std()`` makes a temporary the size of ``x`` (245 MB for MNIST in float32); the squared
+    deviations are summed here in float64 over blocks of ``rows`` images instead.
+    """
+    mean = float(x.mean())
+    squares = 0.0
+    for start in range(0, len(x), rows):
+        d = x[start:start + rows].astype(np.float64).ravel() - mean
+        squares += float(d @ d)
+    return mean, float(np.sqrt(squares / max(x.size, 1)))
+
+
 def _standardise(x_train: np.ndarray, x_test: np.ndarray):
-    """Subtract the training mean and divide by the training standard deviation (one scalar each)."""
-    mean, std = float(x_train.mean()), float(x_train.std())
-    return (x_train - mean) / std, (x_test - mean) / std
+    """Subtract the training mean and divide by the training standard deviation, in place.
+
+    Both arrays must be fresh float arrays the caller owns: the one copy of the data set is
+    standardised where it lies (the training loop gathers batches from it).
+    """
+    mean, std = _mean_std(x_train)
+    for x in (x_train, x_test):
+        x -= mean
+        x /= std
+    return x_train, x_test
 
 
 def make_dataset(name, x_train, y_train, x_test, y_test) -> Dataset:
@@ -66,6 +104,24 @@ def make_dataset(name, x_train, y_train, x_test, y_test) -> Dataset:
         check_labels(y, len(x), f"{name} {split}")
     return Dataset(name, np.asarray(x_train, np.float32), np.asarray(y_train, np.int32),
                    np.asarray(x_test, np.float32), np.asarray(y_test, np.int32))
+
+
+def _grey_level_values(x_train: np.ndarray, rows: int = 4096) -> np.ndarray:
+    """The float32 image value of each uint8 grey level: ``(level / 255 - mean) / std``.
+
+    ``mean`` and ``std`` are the training images' (after ``/ 255``), computed exactly in float64
+    from a histogram of the grey levels, counted ``rows`` images at a time.
+    """
+    counts = np.zeros(256, np.int64)
+    for start in range(0, len(x_train), rows):
+        counts += np.bincount(x_train[start:start + rows].ravel(), minlength=256)
+    scaled = np.arange(256, dtype=np.float32) / np.float32(255.0)          # as the float path scales
+    levels, n = scaled.astype(np.float64), max(int(counts.sum()), 1)
+    mean = float(counts @ levels) / n
+    std = float(np.sqrt(counts @ (levels - mean) ** 2 / n))
+    values = scaled - mean
+    values /= std
+    return values
 
 
 def resize_nearest(images: np.ndarray, side: int) -> np.ndarray:
@@ -191,10 +247,10 @@ def _mnist_split(data_dir: Path, split: str):
         raise BadFile(f"{labels_path}: expected {len(images)} labels (one per image in "
                       f"{images_path.name}), found {len(labels)}")
     check_finite(images, f"images in {images_path}")
-    if images.dtype == np.uint8:
-        images = images.astype(np.float32) / 255.0
-    pad = ((0, 0), (MNIST_PAD, MNIST_PAD), (MNIST_PAD, MNIST_PAD))
-    return np.pad(images.astype(np.float32), pad)[..., None], labels     # (N, 32, 32, 1)
+    dtype = np.uint8 if images.dtype == np.uint8 else np.float32       # grey levels stay bytes
+    x = np.zeros((len(images), 32, 32, 1), dtype)                      # the padding is 0 pixels
+    x[:, MNIST_PAD:MNIST_PAD + MNIST_SIDE, MNIST_PAD:MNIST_PAD + MNIST_SIDE, 0] = images
+    return x, labels                                                    # (N, 32, 32, 1)
 
 
 def load_mnist(data_dir) -> Dataset:
@@ -205,7 +261,9 @@ def load_mnist(data_dir) -> Dataset:
         ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte``, each optionally ``.gz``.
 
     Returns:
-      A ``Dataset`` of ``(N, 32, 32, 1)`` float32 images, standardised with the training statistics.
+      A ``Dataset`` of ``(N, 32, 32, 1)`` images standardised with the training statistics:
+      uint8 IDX files (MNIST's) stay uint8 grey levels with ``pixel_values`` (their float32
+      values, ``(level / 255 - mean) / std``); other IDX dtypes become float32 images.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -213,8 +271,16 @@ def load_mnist(data_dir) -> Dataset:
                       f"{'a file' if data_dir.exists() else 'nothing'}")
     x_train, y_train = _mnist_split(data_dir, "train")
     x_test, y_test = _mnist_split(data_dir, "test")
-    x_train, x_test = _standardise(x_train, x_test)
-    return make_dataset(f"mnist:{data_dir}", x_train, y_train, x_test, y_test)
+    name = f"mnist:{data_dir}"
+    if x_train.dtype != np.uint8 or x_test.dtype != np.uint8:
+        x_train, x_test = _standardise(x_train.astype(np.float32, copy=False),
+                                       x_test.astype(np.float32, copy=False))
+        return make_dataset(name, x_train, y_train, x_test, y_test)
+    for split, y in (("train", y_train), ("test", y_test)):
+        check_labels(y, len(y), f"{name} {split}")
+    values = _grey_level_values(x_train)
+    check_finite(values, f"{name} images (standardised: every training pixel the same grey level?)")
+    return Dataset(name, x_train, np.asarray(y_train, np.int32), x_test, np.asarray(y_test, np.int32), values)
 
 
 def load(name: str = "digits", data_dir=None) -> Dataset:
@@ -228,17 +294,34 @@ def load(name: str = "digits", data_dir=None) -> Dataset:
     raise BadConfig(f"name: expected 'digits' or 'mnist', found {name!r}")
 
 
-def random_shifts(x: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
-    """Shift every image of ``x`` ``(N, H, W, C)`` by its own random ``-max_shift..max_shift`` pixels.
+class Shifts:
+    """One epoch's random shifts of ``x`` ``(N, H, W, C)``, drawn up front and applied per batch.
 
-    Borders are filled by repeating the edge pixel. Pure data movement, done once per epoch in
-    numpy so that both frameworks see exactly the same images.
+    Every image gets its own shift of ``-max_shift..max_shift`` pixels in each direction (two
+    small integer arrays, drawn from ``rng`` in one go); ``shifts[idx]`` is the batch
+    ``x[idx]``, shifted, a fresh array. Borders are filled by repeating the edge pixel. Pure
+    data movement in numpy, so both frameworks see exactly the same pixels, and no shifted
+    copy of the whole data set is ever made.
     """
+
+    def __init__(self, x: np.ndarray, max_shift: int, rng: np.random.Generator):
+        self.x, self.max_shift = x, max_shift
+        n, span = len(x), 2 * max_shift + 1
+        self.dy, self.dx = (rng.integers(0, span, n), rng.integers(0, span, n)) if max_shift else (None, None)
+
+    def __getitem__(self, idx) -> np.ndarray:
+        batch = self.x[idx]
+        if not self.max_shift:
+            return batch
+        s, (h, w) = self.max_shift, batch.shape[1:3]
+        padded = np.pad(batch, ((0, 0), (s, s), (s, s), (0, 0)), mode="edge")
+        rows = (self.dy[idx][:, None] + np.arange(h))[:, :, None]         # (B, H, 1)
+        cols = (self.dx[idx][:, None] + np.arange(w))[:, None, :]         # (B, 1, W)
+        return padded[np.arange(len(batch))[:, None, None], rows, cols]   # (B, H, W, C)
+
+
+def random_shifts(x: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
+    """Every image of ``x`` ``(N, H, W, C)`` shifted as ``Shifts`` does (the whole set at once)."""
     if max_shift == 0:
         return x
-    n, h, w = x.shape[:3]
-    padded = np.pad(x, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)), mode="edge")
-    dy, dx = rng.integers(0, 2 * max_shift + 1, n), rng.integers(0, 2 * max_shift + 1, n)
-    rows = (dy[:, None] + np.arange(h))[:, :, None]                 # (N, H, 1)
-    cols = (dx[:, None] + np.arange(w))[:, None, :]                 # (N, 1, W)
-    return padded[np.arange(n)[:, None, None], rows, cols]          # (N, H, W, C)
+    return Shifts(x, max_shift, rng)[np.arange(len(x))]

@@ -8,8 +8,9 @@ loss and optimizer. The torch side is the tutorial's loop::
         optimizer.zero_grad(); loss = criterion(net(input), target); loss.backward(); optimizer.step()
 
 The Flax side is the same loop over ``flax_lenet.train_step``, the library's one training
-step (block-wise on CPU, ``flax_lenet.fast``). The random shifts are drawn in numpy so both
-frameworks see the same pixels. Each side's one-time start-up (Flax: tracing and compiling the
+step (block-wise on CPU, ``flax_lenet.fast``). The random shifts are drawn in numpy, once per
+epoch, and each batch is gathered and shifted from the data set's one copy
+(``flax_lenet.app.data.Shifts``), so both frameworks see the same pixels. Each side's one-time start-up (Flax: tracing and compiling the
 step and the evaluation; torch: its first step and evaluation) runs on copies of the models
 before the clock starts, and is reported apart as ``compile_seconds``.
 """
@@ -27,7 +28,7 @@ from flax import nnx
 from flax_lenet import convert, fast, train as flax_train
 from flax_lenet.checks import check_finite, check_images, check_labels
 from flax_lenet.errors import BadConfig, BadInput
-from flax_lenet.app.data import NUM_CLASSES, Dataset, random_shifts
+from flax_lenet.app.data import NUM_CLASSES, Dataset, Shifts
 from flax_lenet.tolerances import ACCURACY_POINTS
 
 LOSSES = ("ce", "mse")
@@ -187,10 +188,31 @@ def mse_onehot_loss(model, x, labels):
 FLAX_LOSSES = {"ce": ce_loss, "mse": mse_onehot_loss}
 
 
+EVAL_BATCH = 1000   # test images per forward pass: 10,000 at once would hold ~1 GB of activations
+
+
 @nnx.jit(graph=False)
-def _correct(model, x, y):
+def _correct_batch(model, x, y):
     """The number of images in ``x`` that ``model`` classifies as ``y`` (block-wise on CPU)."""
     return jnp.sum(jnp.argmax(fast.view(model, x)(x), -1) == y)
+
+
+def _correct(model, x: np.ndarray, y: np.ndarray, to_float=None) -> int:
+    """``_correct_batch`` over ``EVAL_BATCH`` images at a time; one compiled shape per data set.
+
+    ``to_float`` turns stored images into float ones (``Dataset.to_float``), a batch at a time.
+    The last batch is padded with zero images labelled -1, which no argmax equals.
+    """
+    dtype, size = model.conv1.kernel[...].dtype, min(EVAL_BATCH, len(y))
+    total = 0
+    for start in range(0, len(y), size):
+        xb, yb = x[start:start + size], np.asarray(y[start:start + size], np.int32)
+        xb = to_float(xb) if to_float else xb
+        if len(yb) < size:
+            xb = np.concatenate([xb, np.zeros((size - len(yb),) + xb.shape[1:], xb.dtype)])
+            yb = np.concatenate([yb, np.full(size - len(yb), -1, np.int32)])
+        total += int(_correct_batch(model, jnp.asarray(xb, dtype), jnp.asarray(yb)))
+    return total
 
 
 def flax_accuracy(params: dict, x: np.ndarray, y: np.ndarray) -> float:
@@ -198,9 +220,7 @@ def flax_accuracy(params: dict, x: np.ndarray, y: np.ndarray) -> float:
     check_images(x)
     check_finite(x)
     check_labels(y, len(x))
-    model = convert.to_nnx(params)
-    dtype = model.conv1.kernel[...].dtype
-    return int(_correct(model, jnp.asarray(x, dtype), jnp.asarray(y))) / len(y)
+    return _correct(convert.to_nnx(params), np.asarray(x), np.asarray(y)) / len(y)
 
 
 # --- torch ------------------------------------------------------------------------------------
@@ -227,7 +247,7 @@ def torch_accuracy(state: dict, x: np.ndarray, y: np.ndarray) -> float:
     dtype = np.asarray(next(iter(state.values()))).dtype
     net = TorchNet(k).to(getattr(torch, str(dtype)))
     net.load_state_dict({name: torch.as_tensor(np.asarray(v)) for name, v in state.items()})
-    return _torch_accuracy(net, _torch_images(x, dtype), torch.from_numpy(np.asarray(y, np.int64)))
+    return _torch_accuracy(net, x, np.asarray(y), dtype)
 
 
 def _torch_images(x: np.ndarray, dtype):
@@ -236,10 +256,17 @@ def _torch_images(x: np.ndarray, dtype):
     return torch.from_numpy(convert.nhwc_to_nchw(np.asarray(x, dtype)))
 
 
-def _torch_accuracy(net, x, y) -> float:
+def _torch_accuracy(net, x: np.ndarray, y: np.ndarray, dtype, to_float=None) -> float:
+    """``net``'s accuracy on NHWC ``x``, ``EVAL_BATCH`` images (made NCHW tensors) at a time."""
     import torch
+    correct = 0
     with torch.no_grad():
-        return int((net(x).argmax(-1) == y).sum()) / len(y)
+        for start in range(0, len(y), EVAL_BATCH):
+            xb = x[start:start + EVAL_BATCH]
+            xb = _torch_images(to_float(xb) if to_float else xb, dtype)
+            yb = torch.from_numpy(np.asarray(y[start:start + EVAL_BATCH], np.int64))
+            correct += int((net(xb).argmax(-1) == yb).sum())
+    return correct / len(y)
 
 
 # --- side by side -----------------------------------------------------------------------------
@@ -259,7 +286,8 @@ def train(dataset: Dataset, cfg: TrainConfig = TrainConfig(), *,
     """Train the Flax Net and the torch reference side by side.
 
     Args:
-      dataset: images ``(N, 32, 32, 1)`` NHWC float, labels 0..9 (``flax_lenet.app.data``).
+      dataset: images ``(N, 32, 32, 1)`` NHWC (float, or uint8 with ``pixel_values``), labels
+        0..9 (``flax_lenet.app.data.Dataset``).
       cfg: the run's configuration.
       on_epoch: called as ``on_epoch(epoch, result_so_far)`` after every epoch.
       progress: called as ``progress(epoch, total_ticks)`` at the start of an epoch; returns a
@@ -284,7 +312,7 @@ def train(dataset: Dataset, cfg: TrainConfig = TrainConfig(), *,
         raise BadConfig("dtype float64: expected jax_enable_x64 to be on "
                         "(jax.config.update('jax_enable_x64', True)), found it off")
     for split, x, y in (("train", dataset.x_train, dataset.y_train), ("test", dataset.x_test, dataset.y_test)):
-        check_images(x)
+        check_images(dataset.to_float(x[:1]))          # uint8 grey levels are checked as floats
         check_finite(x, f"{split} images")
         check_labels(y, len(x), f"{split} labels")
     dtype = np.dtype(cfg.dtype)
@@ -297,57 +325,55 @@ def train(dataset: Dataset, cfg: TrainConfig = TrainConfig(), *,
     net.load_state_dict({k: torch.from_numpy(v) for k, v in state0.items()})
     tx, t_opt, t_sched = build_optimizers(cfg, net.parameters(), steps)
     criterion = torch_criterion(cfg.loss)
-    torch_x_test = _torch_images(dataset.x_test, dtype)
     torch_y_train = torch.from_numpy(dataset.y_train.astype(np.int64))
-    torch_y_test = torch.from_numpy(dataset.y_test.astype(np.int64))
 
     # Flax: the NNX Net and an nnx.Optimizer, trained with flax_lenet.train_step.
     model = convert.to_nnx(convert.torch_to_flax(state0))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     flax_loss = FLAX_LOSSES[cfg.loss]
-    fx_test, fy_test = jnp.asarray(dataset.x_test, dtype), jnp.asarray(dataset.y_test)
 
     fr, tr = FrameworkRun(), FrameworkRun()
-    first = dataset.x_train[order[0, 0]].astype(dtype), dataset.y_train[order[0, 0]]
+    first = dataset.images("train", order[0, 0]).astype(dtype), dataset.y_train[order[0, 0]]
+    evaluate = dict(x=dataset.x_test, y=dataset.y_test, to_float=dataset.to_float)
     start = time.perf_counter()                 # one-time start-up, on copies: not in `seconds`
     warm = copy.deepcopy(net)
     warm_opt = torch.optim.SGD(warm.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     sgd_step(warm, warm_opt, _torch_images(first[0], dtype), torch.from_numpy(first[1].astype(np.int64)), criterion)
-    _torch_accuracy(warm.eval(), torch_x_test, torch_y_test)
+    _torch_accuracy(warm.eval(), dtype=dtype, **evaluate)
     tr.compile_seconds = time.perf_counter() - start
     start = time.perf_counter()
     warm_model, warm_opt = nnx.clone(model), nnx.clone(optimizer)
     flax_train.train_step(warm_model, warm_opt, first[0], first[1], loss_fn=flax_loss).block_until_ready()
-    _correct(warm_model, fx_test, fy_test).block_until_ready()
+    _correct(warm_model, **evaluate)
     fr.compile_seconds = time.perf_counter() - start
 
     shift_rng = np.random.default_rng([cfg.seed, 1])
     result = TrainResult(cfg, fr, tr, _numpy_tree(nnx.state(model, nnx.Param)), state0)
     for epoch in range(cfg.epochs):
         tick = progress(epoch, 2 * steps) if progress else (lambda: None)
-        x_epoch = random_shifts(dataset.x_train, cfg.shift, shift_rng).astype(dtype, copy=False)
+        shifts = Shifts(dataset.x_train, cfg.shift, shift_rng)   # batches: gathered and shifted one at a time
 
         start = time.perf_counter()
-        torch_x_train = _torch_images(x_epoch, dtype)
         net.train()
         t_losses = []
         for idx in order[epoch]:                    # the tutorial's loop, one batch at a time
-            i = torch.from_numpy(idx)
-            t_losses.append(float(sgd_step(net, t_opt, torch_x_train[i], torch_y_train[i], criterion)))
+            x = _torch_images(dataset.to_float(shifts[idx]), dtype)
+            t_losses.append(float(sgd_step(net, t_opt, x, torch_y_train[torch.from_numpy(idx)], criterion)))
             t_sched.step()
             tick()
         net.eval()
-        t_acc = _torch_accuracy(net, torch_x_test, torch_y_test)
+        t_acc = _torch_accuracy(net, dtype=dtype, **evaluate)
         tr.seconds += time.perf_counter() - start
 
         start = time.perf_counter()
         losses = []
         for idx in order[epoch]:                    # the same loop, through the library's step
-            losses.append(flax_train.train_step(model, optimizer, x_epoch[idx], dataset.y_train[idx],
+            x = dataset.to_float(shifts[idx]).astype(dtype, copy=False)
+            losses.append(flax_train.train_step(model, optimizer, x, dataset.y_train[idx],
                                                 loss_fn=flax_loss))
             tick()
         f_losses = np.asarray(jax.device_get(losses), np.float64)   # no jnp.stack: it compiles per length
-        f_acc = int(_correct(model, fx_test, fy_test)) / len(dataset.y_test)
+        f_acc = _correct(model, **evaluate) / len(dataset.y_test)
         fr.seconds += time.perf_counter() - start
 
         params = nnx.state(model, nnx.Param)

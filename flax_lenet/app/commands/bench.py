@@ -31,7 +31,7 @@ def add_arguments(p):
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is reported (default: 5)")
     p.add_argument("--min-time", type=float, default=0.2, help="seconds per implementation per round (default: 0.2)")
     p.add_argument("--processes", choices=("separate", "one"), default="separate",
-                   help="separate: torch and Flax each measured in a fresh process of its own, so their "
+                   help="separate: each implementation measured in a fresh process of its own, so their "
                         "thread pools do not compete; one: everything interleaved in this process "
                         "(default: separate)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
@@ -85,7 +85,7 @@ def main(args) -> int:
     if cfg.device == "cpu" and any(p == "highest" for p in cfg.precisions):
         print("note: on a CPU 'highest' and 'default' are the same computation; measuring 'default' only")
     measure = bench.run_in_processes if args.processes == "separate" else bench.run
-    print(f"processes: {'torch and Flax each in a process of its own' if args.processes == 'separate' else 'one, interleaved rounds'}")
+    print(f"processes: {'each implementation in a process of its own' if args.processes == 'separate' else 'one, interleaved rounds'}")
     results = measure(cfg, log=lambda s: print(s, flush=True))
     print(bench.table(results, cfg))
     for line in bench.summary(results, cfg):

@@ -33,7 +33,7 @@ def main(args) -> int:
     if dtype == np.float64:
         jax.config.update("jax_enable_x64", True)
     dataset = data.load(args.data, args.data_dir)
-    x = dataset.x_test.astype(dtype)
+    x = dataset.images("test").astype(dtype)
     report = {"checkpoint": str(args.checkpoint), "format": checkpoint.checkpoint_format(args.checkpoint),
               "kernel_size": convert.kernel_size_of(convert.torch_to_flax(state)), "data": dataset.describe()}
     if args.framework in ("both", "flax"):
