@@ -5,14 +5,11 @@ parameter tree is ``{'params': {'conv1': {'kernel', 'bias'}, ..., 'fc3': {...}}}
 tree ``flax_lenet.convert.torch_to_flax`` returns. The differences from torch are the NNX
 Net's (``flax_lenet.model``): NHWC input, ``padding='VALID'``, ``strides=(2, 2)`` and the H*W*C
 flatten. Linen's ``Conv`` and ``Dense`` infer their input size, so a wrong flatten order would
-not raise here: only a value test catches it. The initialisers are Flax's defaults, drawn in
-numpy (``flax_lenet.initializers``); ``jax.jit(Net().init)`` compiles the whole init as one program.
+not raise here: only a value test catches it.
 """
 
 import flax.linen as nn
 import jax.numpy as jnp
-
-from flax_lenet.initializers import lecun_normal, zeros
 
 
 class Net(nn.Module):
@@ -22,13 +19,11 @@ class Net(nn.Module):
     @nn.compact
     def __call__(self, x):                                             # (N, 32, 32, 1)   k=3
         k, dtype = self.kernel_size, self.param_dtype
-        # Flax's default initialisers, drawn in numpy: no program compiled per parameter
-        init = dict(kernel_init=lecun_normal(), bias_init=zeros, param_dtype=dtype)
-        conv1 = nn.Conv(6, (k, k), padding="VALID", name="conv1", **init)
-        conv2 = nn.Conv(16, (k, k), padding="VALID", name="conv2", **init)
-        fc1 = nn.Dense(120, name="fc1", **init)
-        fc2 = nn.Dense(84, name="fc2", **init)
-        fc3 = nn.Dense(10, name="fc3", **init)
+        conv1 = nn.Conv(6, (k, k), padding="VALID", param_dtype=dtype, name="conv1")
+        conv2 = nn.Conv(16, (k, k), padding="VALID", param_dtype=dtype, name="conv2")
+        fc1 = nn.Dense(120, param_dtype=dtype, name="fc1")
+        fc2 = nn.Dense(84, param_dtype=dtype, name="fc2")
+        fc3 = nn.Dense(10, param_dtype=dtype, name="fc3")
 
         # Max pooling over a (2, 2) window, stride 2 (torch's default stride is the window)
         x = nn.max_pool(nn.relu(conv1(x)), (2, 2), strides=(2, 2))        # (N, 15, 15, 6)

@@ -9,14 +9,11 @@ The differences from torch, each marked where it happens:
     ``fc1``'s weight once so that the two agree.
 Flax's default initialisers are not torch's (lecun-normal kernels and zero biases against
 U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for both): ``flax_lenet.initializers.torch_init(model, rngs)``
-redraws the weights as torch does. The Net passes Flax's defaults explicitly, drawn in numpy
-(``flax_lenet.initializers``): the same distributions, and building it compiles nothing.
+redraws the weights as torch does.
 """
 
 import jax.numpy as jnp
 from flax import nnx
-
-from flax_lenet.initializers import lecun_normal, zeros
 
 
 def flat_side(kernel_size: int) -> int:
@@ -28,15 +25,13 @@ class Net(nnx.Module):
 
     def __init__(self, kernel_size: int = 3, *, param_dtype=jnp.float32, rngs: nnx.Rngs):
         k, side, dtype = kernel_size, flat_side(kernel_size), param_dtype
-        # Flax's default initialisers, drawn in numpy: no program compiled per parameter
-        init = dict(kernel_init=lecun_normal(), bias_init=zeros)
         # 1 input image channel, 6 output channels, k x k convolution; no padding, as torch
-        self.conv1 = nnx.Conv(1, 6, (k, k), padding="VALID", param_dtype=dtype, rngs=rngs, **init)
-        self.conv2 = nnx.Conv(6, 16, (k, k), padding="VALID", param_dtype=dtype, rngs=rngs, **init)
+        self.conv1 = nnx.Conv(1, 6, (k, k), padding="VALID", param_dtype=dtype, rngs=rngs)
+        self.conv2 = nnx.Conv(6, 16, (k, k), padding="VALID", param_dtype=dtype, rngs=rngs)
         # an affine operation: y = xW + b (torch: y = xW^T + b)
-        self.fc1 = nnx.Linear(16 * side * side, 120, param_dtype=dtype, rngs=rngs, **init)
-        self.fc2 = nnx.Linear(120, 84, param_dtype=dtype, rngs=rngs, **init)
-        self.fc3 = nnx.Linear(84, 10, param_dtype=dtype, rngs=rngs, **init)
+        self.fc1 = nnx.Linear(16 * side * side, 120, param_dtype=dtype, rngs=rngs)
+        self.fc2 = nnx.Linear(120, 84, param_dtype=dtype, rngs=rngs)
+        self.fc3 = nnx.Linear(84, 10, param_dtype=dtype, rngs=rngs)
 
     def __call__(self, x):                                             # (N, 32, 32, 1)   k=3
         # Max pooling over a (2, 2) window, stride 2 (torch's default stride is the window)
