@@ -211,7 +211,13 @@ def _fault_transpose(state: dict, params: dict) -> None:
     params["conv1"]["kernel"] = w.reshape(w.shape[2], w.shape[3], w.shape[1], w.shape[0]).copy()
 
 
-FAULTS = {"flatten": _fault_flatten, "transpose": _fault_transpose}
+def _fault_element(state: dict, params: dict) -> None:
+    kernel = params["conv1"]["kernel"].copy()               # one of 54 (or 150) elements off,
+    kernel[0, 0, 0, 0] += 0.1 * np.max(np.abs(kernel))      # by a tenth of the tensor's largest
+    params["conv1"]["kernel"] = kernel
+
+
+FAULTS = {"flatten": _fault_flatten, "transpose": _fault_transpose, "element": _fault_element}
 
 
 # --- the comparison --------------------------------------------------------------------------

@@ -26,8 +26,9 @@ def add_arguments(p):
     p.add_argument("--tf32", action="store_true",
                    help="on a GPU, leave TF32 on in both frameworks (their defaults) and use the TF32 tier")
     p.add_argument("--break", dest="fault", choices=tuple(parity.FAULTS),
-                   help="deliberately break the conversion (fc1 flatten order, or a conv kernel reshaped "
-                        "instead of transposed) to see the comparison fail")
+                   help="deliberately break the conversion (fc1 flatten order, a conv kernel reshaped "
+                        "instead of transposed, or one conv1 element off by a tenth of the kernel's "
+                        "largest) to see the comparison fail")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="train N steps in both frameworks (functional flavour) and report, per quantity, the "
