@@ -32,17 +32,23 @@ class Row:
     max_abs: float
     max_rel: float
     rtol: float
+    note: str = ""       # which tensor held NaN or Inf, when one did ("" otherwise)
 
     @property
     def ok(self) -> bool:
-        return self.max_rel <= self.rtol
+        return self.max_rel <= self.rtol       # False for inf and NaN
 
     def as_dict(self) -> dict:
         return {**asdict(self), "ok": self.ok}
 
 
 def diff(actual, expected) -> tuple[float, float]:
-    """``(max|a - e|, max|a - e| / max|e|)`` over a whole array; shapes must match."""
+    """``(max|a - e|, max|a - e| / max|e|)`` over a whole array; shapes must match.
+
+    ``actual`` is the Flax side, ``expected`` the torch reference, whose largest magnitude is the
+    scale (an all-zero reference: the absolute difference). A NaN or Inf on either side gives
+    ``(inf, inf)``, which no tolerance accepts; ``nonfinite`` says where it was.
+    """
     a, e = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     if a.shape != e.shape:
         raise ValueError(f"shape mismatch: flax {a.shape} vs torch {e.shape}")
@@ -51,6 +57,27 @@ def diff(actual, expected) -> tuple[float, float]:
     max_abs = float(np.max(np.abs(a - e))) if a.size else 0.0
     scale = float(np.max(np.abs(e))) if e.size else 0.0
     return max_abs, (max_abs / scale if scale > 0 else max_abs)
+
+
+def _count(a: np.ndarray) -> str:
+    parts = [f"{n} {what}" for n, what in ((int(np.sum(np.isnan(a))), "NaN"), (int(np.sum(np.isinf(a))), "Inf")) if n]
+    return " and ".join(parts)
+
+
+def nonfinite(actual, expected, name: str) -> str:
+    """``''`` when both arrays are finite, else e.g. ``'flax grad fc1.bias holds 1 NaN'``."""
+    found = [f"{side} {name} holds {_count(np.asarray(a, np.float64))}"
+             for side, a in (("flax", actual), ("torch", expected)) if not np.all(np.isfinite(a))]
+    return "; ".join(found)
+
+
+def row(quantity: str, flavour: str, pairs: dict, rtol: float) -> Row:
+    """One ``Row`` for ``{tensor name: (flax, torch)}``: the tensor with the largest relative
+    difference, and a note naming every tensor that held NaN or Inf."""
+    diffs = {name: diff(a, e) for name, (a, e) in pairs.items()}
+    worst = max(diffs.values(), key=lambda d: d[1])
+    note = "; ".join(filter(None, (nonfinite(a, e, name) for name, (a, e) in pairs.items())))
+    return Row(quantity, flavour, *worst, rtol, note)
 
 
 def tutorial_data(batch: int, seed: int, dtype: str, steps: int | None = None):
@@ -184,7 +211,13 @@ def _fault_transpose(state: dict, params: dict) -> None:
     params["conv1"]["kernel"] = w.reshape(w.shape[2], w.shape[3], w.shape[1], w.shape[0]).copy()
 
 
-FAULTS = {"flatten": _fault_flatten, "transpose": _fault_transpose}
+def _fault_element(state: dict, params: dict) -> None:
+    kernel = params["conv1"]["kernel"].copy()               # one of 54 (or 150) elements off,
+    kernel[0, 0, 0, 0] += 0.1 * np.max(np.abs(kernel))      # by a tenth of the tensor's largest
+    params["conv1"]["kernel"] = kernel
+
+
+FAULTS = {"flatten": _fault_flatten, "transpose": _fault_transpose, "element": _fault_element}
 
 
 # --- the comparison --------------------------------------------------------------------------
@@ -198,13 +231,12 @@ def precision(tf32: bool):
 
 def compare_results(flavour: str, ref: dict, got: dict, tol: Tolerance) -> list[Row]:
     """Rows for logits, loss, every gradient and the parameters after both updates."""
-    rows = [Row("logits", flavour, *diff(got["logits"], ref["logits"]), tol.rtol),
-            Row("loss", flavour, *diff(got["loss"], ref["loss"]), tol.rtol)]
+    rows = [row(q, flavour, {q: (got[q], ref[q])}, tol.rtol) for q in ("logits", "loss")]
     for name in ref["grads"]:
-        rows.append(Row(f"grad {name}", flavour, *diff(got["grads"][name], ref["grads"][name]), tol.rtol))
+        rows.append(row(f"grad {name}", flavour, {f"grad {name}": (got["grads"][name], ref["grads"][name])},
+                        tol.rtol))
     for key, label in (("manual", "params after w - lr*g"), ("sgd", "params after SGD step")):
-        worst = max((diff(got[key][n], ref[key][n]) for n in ref[key]), key=lambda d: d[1])
-        rows.append(Row(label, flavour, *worst, tol.rtol))
+        rows.append(row(label, flavour, {f"{label}: {n}": (got[key][n], ref[key][n]) for n in ref[key]}, tol.rtol))
     return rows
 
 
@@ -222,8 +254,7 @@ def compare(*, flavours=FLAVOURS, dtype="float32", kernel_size=3, batch=1, seed=
     x, target = tutorial_data(batch, seed, dtype)
     params = convert.torch_to_flax(state)
     back = convert.flax_to_torch(params)
-    rt = max((diff(back[k], state[k]) for k in state), key=lambda d: d[1])
-    rows = [Row("params round trip", "-", *rt, EXACT.rtol)]
+    rows = [row("params round trip", "-", {k: (back[k], state[k]) for k in state}, EXACT.rtol)]
     if fault is not None:
         FAULTS[fault](state, params)
     with precision(tf32):

@@ -112,27 +112,29 @@ class Row:
     max_rel: float
     step: int            # the step (1-based) where max_rel happened
     rtol: float
+    note: str = ""       # which side held NaN or Inf at that step, when one did
 
     @property
     def ok(self) -> bool:
-        return self.max_rel <= self.rtol
+        return self.max_rel <= self.rtol       # False for inf and NaN
 
     def as_dict(self) -> dict:
         return {"quantity": self.quantity, "max_abs": self.max_abs, "max_rel": self.max_rel,
-                "step": self.step, "rtol": self.rtol, "ok": self.ok}
+                "step": self.step, "rtol": self.rtol, "ok": self.ok, "note": self.note}
 
 
 def diff_trajectories(torch_run, flax_run, rtol: float) -> list[Row]:
     """Per quantity (loss, then every parameter in torch layout): the worst step of the two runs."""
     worst: dict[str, tuple] = {}
     for step, ((t_loss, t_state), (f_loss, f_params)) in enumerate(zip(torch_run, flax_run), start=1):
-        diffs = {"loss": parity.diff(f_loss, t_loss)}
         f_state = convert.flax_to_torch(f_params)
-        diffs.update({name: parity.diff(f_state[name], t_state[name]) for name in t_state})
-        for name, (max_abs, max_rel) in diffs.items():
+        pairs = {"loss": (f_loss, t_loss), **{f"params {n}": (f_state[n], t_state[n]) for n in t_state}}
+        for name, (f, t) in pairs.items():
+            max_abs, max_rel = parity.diff(f, t)
             if name not in worst or max_rel > worst[name][1]:
-                worst[name] = (max_abs, max_rel, step)
-    return [Row(name if name == "loss" else f"params {name}", *w, rtol) for name, w in worst.items()]
+                note = parity.nonfinite(f, t, f"{name} at step {step}")
+                worst[name] = (max_abs, max_rel, step, rtol, note)
+    return [Row(name, *w) for name, w in worst.items()]
 
 
 def compare(opt: Optimizer, *, steps: int = 100, dtype: str = "float64", kernel_size: int = 3,

@@ -25,9 +25,10 @@ def add_arguments(p):
     p.add_argument("--flavour", choices=parity.FLAVOURS + ("all",), default="all", help="default: all")
     p.add_argument("--tf32", action="store_true",
                    help="on a GPU, leave TF32 on in both frameworks (their defaults) and use the TF32 tier")
-    p.add_argument("--break", dest="fault", choices=("flatten", "transpose"),
-                   help="deliberately break the conversion (fc1 flatten order, or a conv kernel reshaped "
-                        "instead of transposed) to see the comparison fail")
+    p.add_argument("--break", dest="fault", choices=tuple(parity.FAULTS),
+                   help="deliberately break the conversion (fc1 flatten order, a conv kernel reshaped "
+                        "instead of transposed, or one conv1 element off by a tenth of the kernel's "
+                        "largest) to see the comparison fail")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="train N steps in both frameworks (functional flavour) and report, per quantity, the "
@@ -67,10 +68,18 @@ def main(args) -> int:
         body = [[r.quantity, r.flavour, f"{r.max_abs:.3e}", f"{r.max_rel:.3e}", f"{r.rtol:.0e}",
                  "ok" if r.ok else "FAIL"] for r in rows]
         print(format_table(["quantity", "flavour", "max abs diff", "max rel diff", "tolerance", "ok"], body))
+        _print_notes(rows)
         print(f"relative = max|flax - torch| / max|torch|; tolerance: {tol.reason}")
         bad = sum(not r.ok for r in rows)
         print(f"{'all ' + str(len(rows)) + ' quantities agree' if ok else str(bad) + ' of ' + str(len(rows)) + ' quantities differ'}")
     return 0 if ok else 1
+
+
+def _print_notes(rows) -> None:
+    """One line per row that held NaN or Inf, naming the tensor and the side."""
+    for r in rows:
+        if r.note:
+            print(f"not finite: {r.note}")
 
 
 def _main_steps(args, device) -> int:
@@ -90,6 +99,7 @@ def _main_steps(args, device) -> int:
     body = [[r.quantity, f"{r.max_abs:.3e}", f"{r.max_rel:.3e}", str(r.step), f"{r.rtol:.0e}",
              "ok" if r.ok else "FAIL"] for r in rows]
     print(format_table(["quantity", "max abs diff", "max rel diff", "at step", "tolerance", "ok"], body))
+    _print_notes(rows)
     print(f"largest difference over {args.steps} steps, compared after every step; relative = "
           f"max|flax - torch| / max|torch|; tolerance: {tol.reason}")
     bad = sum(not r.ok for r in rows)
