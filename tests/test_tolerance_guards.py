@@ -20,22 +20,27 @@ from helpers import assert_close, state_numpy, torch_net
 
 LR = 0.01
 
-#: tier name -> (the bound it is meant to be, the dtype it guards, where it is used)
-INTENDED = {
-    "EXACT": (0.0, "float32", "step"),
-    "FLOAT64": (1e-12, "float64", "step"),
-    "FLOAT32_CPU": (1e-5, "float32", "step"),
-    "FLOAT32_GPU": (1e-5, "float32", "step"),
-    "TF32_GPU": (2e-2, "float32", "step"),
-    "TRAJECTORY_FLOAT64": (1e-9, "float64", "trajectory"),
-    "TRAJECTORY_FLOAT32_CPU": (3e-3, "float32", "trajectory"),
-    "TRAJECTORY_GPU": (3e-3, "float32", "trajectory"),
-    "TRAJECTORY_TF32_GPU": (5e-2, "float32", "trajectory"),
-    "TRAIN_FLOAT64": (1e-9, "float64", "train"),
-    "TRAIN_FLOAT32_FIRST_STEPS": (1e-5, "float32", "train"),
-    "SHARDED_FLOAT32": (1e-6, "float32", "sharded"),
-    "SHARDED_FLOAT64": (1e-14, "float64", "sharded"),
+#: tier name -> (the bound it is meant to be, the dtype it guards), per place the tier is used
+STEP_TIERS = {
+    "EXACT": (0.0, "float32"),
+    "FLOAT64": (1e-12, "float64"),
+    "FLOAT32_CPU": (1e-5, "float32"),
+    "FLOAT32_GPU": (1e-5, "float32"),
+    "TF32_GPU": (2e-2, "float32"),
 }
+TRAJECTORY_TIERS = {
+    "TRAJECTORY_FLOAT64": (1e-9, "float64"),
+    "TRAJECTORY_FLOAT32_CPU": (3e-3, "float32"),
+    "TRAJECTORY_GPU": (3e-3, "float32"),
+    "TRAJECTORY_TF32_GPU": (5e-2, "float32"),
+}
+TRAIN_TIERS = {"TRAIN_FLOAT64": (1e-9, "float64"), "TRAIN_FLOAT32_FIRST_STEPS": (1e-5, "float32")}
+SHARDED_TIERS = {"SHARDED_FLOAT32": (1e-6, "float32"), "SHARDED_FLOAT64": (1e-14, "float64")}
+#: tier name -> (the bound it is meant to be, the dtype it guards, where it is used)
+INTENDED = {name: (bound, dtype, use)
+            for use, tiers in (("step", STEP_TIERS), ("trajectory", TRAJECTORY_TIERS),
+                               ("train", TRAIN_TIERS), ("sharded", SHARDED_TIERS))
+            for name, (bound, dtype) in tiers.items()}
 ABOVE, BELOW = 2.0, 0.5     # multiples of the intended bound
 
 
