@@ -9,6 +9,13 @@ from typing import Callable
 from flax_lenet.errors import BadFile
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it, then putting it back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def os_reason(e: OSError) -> str:
     """``'PermissionError: Permission denied'``: an OS error on one line, without its path."""
     reason = e.strerror or (str(e).strip().splitlines() or [""])[0]
@@ -49,6 +56,8 @@ def _write_and_rename(path: Path, write: Callable[[Path], None]) -> None:
     target = tmp / path.name                # written inside a private temporary folder
     try:
         write(target)
+        if target.is_file():                # some writers (safetensors) create files 0600
+            os.chmod(target, 0o666 & ~_umask())
         if path.is_dir() and not path.is_symlink():
             old = tmp / f"{path.name}.previous"
             os.replace(path, old)           # a directory cannot be replaced in one rename

@@ -7,6 +7,9 @@ from flax_lenet.app import files
 from flax_lenet.errors import BadConfig, BadFile
 
 
+MAX_MIN_TIME = 60.0     # seconds per implementation and round; more only makes a run take hours
+
+
 def _int_list(text):
     import argparse
     try:
@@ -40,8 +43,9 @@ def add_arguments(p):
 
 def _config(args):
     from flax_lenet.app import bench
-    if args.rounds < 1 or not args.min_time > 0:
-        raise BadConfig(f"--rounds must be >= 1 and --min-time > 0, found {args.rounds} and {args.min_time}")
+    if args.rounds < 1 or not 0 < args.min_time <= MAX_MIN_TIME:
+        raise BadConfig(f"--rounds must be >= 1 and --min-time in (0, {MAX_MIN_TIME:g}] seconds, "
+                        f"found {args.rounds} and {args.min_time}")
     impls = bench.IMPLS if args.impl == "all" else tuple(i.strip() for i in args.impl.split(","))
     unknown = [i for i in impls if i not in bench.IMPLS]
     if unknown:

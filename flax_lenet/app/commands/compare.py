@@ -41,9 +41,9 @@ def add_arguments(p):
 def main(args) -> int:
     if args.seed < 0:
         raise BadConfig(f"--seed: expected a non-negative integer, found {args.seed}")
-    if not args.lr >= 0:        # torch.optim would refuse it halfway through the run
-        raise BadConfig(f"--lr: expected a learning rate >= 0, found {args.lr} "
-                        f"(torch.optim: Invalid learning rate: {args.lr})")
+    if not 0 <= args.lr < float("inf"):     # torch.optim refuses NaN and < 0; inf makes NaN weights
+        torch_says = "" if args.lr == float("inf") else f" (torch.optim: Invalid learning rate: {args.lr})"
+        raise BadConfig(f"--lr: expected a finite learning rate >= 0, found {args.lr}{torch_says}")
     if args.optimizer is not None and args.steps is None:
         raise BadConfig(f"--optimizer {args.optimizer}: expected --steps N as well (a training run), found none")
     if args.steps is not None and args.flavour not in ("all", "functional"):
