@@ -128,12 +128,29 @@ def _ignore_closed_loop_callbacks() -> None:
     sys.unraisablehook = hook
 
 
+def _read_ocdbt_store(path: Path) -> None:
+    """Read every entry of the checkpoint's OCDBT key-value store, synchronously, in this thread.
+
+    Damage to the store (a bad manifest, a truncated data file) then raises here, once. Found
+    inside Orbax's restore instead, it also reaches tensorstore callbacks queued on Orbax's
+    asyncio loop after that loop has closed, and those print "Event loop is closed" tracebacks
+    beside the one-line error. A checkpoint written without OCDBT has no manifest: nothing to do.
+    """
+    if not (path / "manifest.ocdbt").is_file():
+        return
+    import tensorstore as ts
+    store = ts.KvStore.open({"driver": "ocdbt", "base": path.absolute().as_uri()}).result()
+    for key in store.list().result():
+        store.read(key).result()
+
+
 def _load_orbax(path: Path) -> dict:
     import orbax.checkpoint as ocp
     if not path.is_dir():
         raise BadFile(f"{path}: expected {_describe('orbax')} (or a .pt/.pth/.safetensors file name), "
                       "found a file")
     try:
+        _read_ocdbt_store(path)
         with ocp.StandardCheckpointer() as ckptr:
             tree = ckptr.restore(path.absolute())
     except Exception as e:          # Orbax and tensorstore fail in many ways on a damaged checkpoint
