@@ -9,7 +9,8 @@ Two sources, both without a download:
 
 Images are scaled to [0, 1] and standardised with the training set's mean and standard
 deviation (MNIST's grey levels are kept as bytes, one copy of the set, and made float32 per
-batch: ``Dataset.images``, ``Dataset.to_float``); the layout is NHWC, as ``flax_lenet.Net`` expects (torch: ``.transpose(0, 3, 1, 2)``).
+batch: ``Dataset.images``, ``Dataset.to_float``); the layout is NHWC, as ``flax_lenet.Net``
+expects (torch: ``.transpose(0, 3, 1, 2)``).
 The IDX reader and writer are the project's own (``read_idx``, ``write_idx``). A missing,
 unreadable or damaged file raises ``BadFile``, bad images or labels ``BadImages``/``BadLabels``,
 an unknown data set ``BadConfig`` (``flax_lenet.errors``).
@@ -224,8 +225,8 @@ def write_idx(path, array) -> None:
     path = Path(path)
     if path.suffix == ".gz":
         data = gzip.compress(data)
-    from flax_lenet.app.checkpoint import atomic_write
-    atomic_write(path, lambda tmp: tmp.write_bytes(data), overwrite=True)
+    from flax_lenet.app.files import write_bytes
+    write_bytes(path, data)
 
 
 def _find_idx(data_dir: Path, stem: str) -> Path:
