@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flax_lenet import convert, optim, parity, train
+from flax_lenet import convert, no_dynamo, optim, parity, train
 from flax_lenet.errors import BadConfig
 from flax_lenet.tolerances import Tolerance, trajectory_tolerance
 
@@ -82,14 +82,15 @@ def torch_steps(state: dict, opt: Optimizer, xs: np.ndarray, ys: np.ndarray):
     net = Net(state["conv1.weight"].shape[-1]).to(weights["conv1.weight"].dtype)
     net.load_state_dict(weights)
     net = net.to(dev)
-    optimizer = opt.torch(net.parameters())
     criterion = torch.nn.MSELoss()
-    for x, y in zip(xs, ys):
-        optimizer.zero_grad()
-        loss = criterion(net(torch.from_numpy(x).to(dev)), torch.from_numpy(y).to(dev))
-        loss.backward()
-        optimizer.step()
-        yield loss.item(), convert.state_to_numpy(net.state_dict())
+    with no_dynamo.eager_optim():      # torch.optim, without importing torch._dynamo (~1 s)
+        optimizer = opt.torch(net.parameters())
+        for x, y in zip(xs, ys):
+            optimizer.zero_grad()
+            loss = criterion(net(torch.from_numpy(x).to(dev)), torch.from_numpy(y).to(dev))
+            loss.backward()
+            no_dynamo.step(optimizer)  # optimizer.step()
+            yield loss.item(), convert.state_to_numpy(net.state_dict())
 
 
 def flax_steps(params: dict, opt, xs_nhwc: np.ndarray, ys: np.ndarray):
