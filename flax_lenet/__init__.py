@@ -17,6 +17,8 @@ imported; torch is loaded inside the functions that run the reference):
   parity, trajectory, tolerances           torch-vs-Flax comparison, N-step runs, tolerance tiers
   hooks, graph                             torch hooks <-> Flax interception, grad_fn chain <-> jaxpr
   parallel, cache, checks, errors          data parallelism, compilation cache, input checks
+  construct, no_dynamo                     a Net built in one compiled call; torch.optim without
+                                           torch._dynamo (start-up time, both pinned by tests)
 The application (the ``flax-lenet`` command, training runs, checkpoints, data sets, the
 benchmark harness and the docs generator) lives in ``flax_lenet.app`` and is never imported
 by the library.
@@ -25,6 +27,7 @@ by the library.
 from flax_lenet import convert as convert
 from flax_lenet import functional as functional
 from flax_lenet import linen as linen
+from flax_lenet import model as model
 from flax_lenet import optim as optim
 from flax_lenet.convert import flax_to_torch as flax_to_torch
 from flax_lenet.convert import torch_to_flax as torch_to_flax
@@ -33,5 +36,12 @@ from flax_lenet.model import Net as Net
 from flax_lenet.train import loss_fn as loss_fn
 from flax_lenet.train import sgd_update as sgd_update
 from flax_lenet.train import train_step as train_step
+
+from flax_lenet import construct as _construct
+
+# One compiled call builds a Net's parameters, instead of one compilation per eager op: a fresh
+# process gets its Net at once (``flax_lenet.construct``; values identical to the plain __init__).
+_construct.compile_construction(model.Net)
+_construct.compile_init(linen.Net)
 
 __version__ = "0.1.0"

@@ -1,0 +1,132 @@
+"""Build a Net's parameters in one compiled call, so that a fresh process gets its Net at once.
+
+``flax_lenet.Net(rngs=nnx.Rngs(0))`` runs ``model.Net.__init__``, which draws every kernel
+eagerly: JAX compiles each eager op for its shape, 46 small XLA compilations in all, and the
+five ``lecun_normal`` draws (``jax.random.truncated_normal``) take 0.15-0.45 s each on 2 CPU
+cores. A second ``Net()`` in the same process reuses them (0.01 s); a new process pays again.
+
+Here the same ``__init__`` runs once under ``jax.jit``, traced into one program and compiled
+with XLA's backend optimisation level 0: the program runs once per shape, so compile time is
+what counts, and the draws are integer threefry rounds and a few float ops per element. The
+values are the eager ``__init__``'s bit for bit, and the ``Rngs`` passed in advance exactly as
+they would (``tests/test_construct.py`` pins both against ``plain()``, which turns this off).
+``benchmarks/startup.py`` measures a fresh-process ``Net()``.
+
+Installed on ``model.Net`` and ``linen.Net`` when ``flax_lenet`` is imported:
+  * NNX: ``Net(...)`` builds through ``_build``. Subclasses, a ``Net()`` made inside a JAX
+    transform (``nnx.eval_shape``, ``jax.jit``, ...) and arguments that cannot be static
+    (unhashable values) take the plain eager path.
+  * Linen: ``Net(...).init(key, x)`` is ``jax.jit(Module.init)`` with the same options, the idiom
+    the Flax docs recommend for initialising a Linen model.
+"""
+
+import contextlib
+import functools
+import threading
+
+import jax
+import numpy as np
+from flax import nnx
+from flax.nnx import graphlib
+
+COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}   # run once: compile time is what counts
+
+
+class _Switch(threading.local):
+    plain = False      # True inside a compiled build (its own __init__ runs plainly) and in plain()
+
+
+_switch = _Switch()
+
+
+@contextlib.contextmanager
+def plain():
+    """Within: Nets are built by their plain eager ``__init__`` / ``Module.init``."""
+    before, _switch.plain = _switch.plain, True
+    try:
+        yield
+    finally:
+        _switch.plain = before
+
+
+def _traced(tree) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree))
+
+
+def _hashable(values) -> bool:
+    try:
+        hash(values)
+    except TypeError:
+        return False
+    return True
+
+
+_GRAPHDEFS: dict = {}     # spec -> the built module's graphdef, recorded when _build_jit traces
+
+
+@functools.partial(jax.jit, static_argnums=0, compiler_options=COMPILER_OPTIONS)
+def _build_jit(spec, node_state):
+    cls, treedef, static, where, node_def = spec
+    nodes = nnx.merge(node_def, node_state)
+    leaves = list(static)
+    for i, node in zip(where, nodes):
+        leaves[i] = node
+    args, kwargs = jax.tree.unflatten(treedef, leaves)
+    with plain():
+        model = cls(*args, **kwargs)
+    graphdef, state = nnx.split(model)
+    _GRAPHDEFS[spec] = graphdef          # static structure: it cannot leave a jit as an output
+    return state, nnx.state(nodes)
+
+
+def _build(cls, args, kwargs):
+    """``cls(*args, **kwargs)`` in one compiled call, or ``None`` when it must be built plainly."""
+    leaves, treedef = jax.tree.flatten((args, kwargs), is_leaf=graphlib.is_graph_node)
+    where = tuple(i for i, leaf in enumerate(leaves) if graphlib.is_graph_node(leaf))
+    static = tuple(None if i in where else leaf for i, leaf in enumerate(leaves))
+    nodes = [leaves[i] for i in where]
+    node_def, node_state = nnx.split(nodes)
+    spec = (cls, treedef, static, where, node_def)
+    if not _hashable(spec) or _traced(node_state) or _traced(static):
+        return None
+    state, node_state = _build_jit(spec, node_state)
+    nnx.update(nodes, node_state)
+    return nnx.merge(_GRAPHDEFS[spec], state)
+
+
+def compile_construction(cls) -> None:
+    """Make ``cls(...)`` (an NNX module class) build through one compiled call."""
+    meta_construct = type(cls)._pytree_meta_construct      # the metaclass's: self.__init__(...)
+
+    def construct(klass, self, *args, **kwargs):
+        built = None if (klass is not cls or _switch.plain) else _build(cls, args, kwargs)
+        if built is None:
+            return meta_construct(klass, self, *args, **kwargs)
+        for name, value in vars(built).items():
+            object.__setattr__(self, name, value)
+
+    cls._pytree_meta_construct = classmethod(construct)
+
+
+_PLAIN_INIT: dict = {}    # Linen class -> its plain ``init``
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), compiler_options=COMPILER_OPTIONS)
+def _init_jit(module, kwargs, rngs, *args):
+    return _PLAIN_INIT[type(module)](module, rngs, *args, **dict(kwargs))
+
+
+def compile_init(cls) -> None:
+    """Make ``cls(...).init(rngs, *arrays)`` (a Linen module class) one compiled call."""
+    plain_init = _PLAIN_INIT[cls] = cls.init
+
+    @functools.wraps(plain_init)
+    def init(self, rngs, *args, **kwargs):
+        kwargs_items = tuple(sorted(kwargs.items()))
+        arrays = all(isinstance(a, (jax.Array, np.ndarray)) for a in jax.tree.leaves(args))
+        if (type(self) is not cls or _switch.plain or not arrays or not _hashable((self, kwargs_items))
+                or _traced((rngs, args))):
+            return plain_init(self, rngs, *args, **kwargs)
+        return _init_jit(self, kwargs_items, rngs, *args)
+
+    cls.init = init
