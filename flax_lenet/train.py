@@ -20,6 +20,7 @@ from flax_lenet.checks import check_images
 from flax_lenet.functional import mse_loss
 
 
+@fast.batch_mean   # a mean over the batch: train_step may add it up chunk by chunk
 def loss_fn(model, x, target):
     """``criterion(net(input), target)`` with ``criterion = nn.MSELoss()``."""
     return mse_loss(model(x), target)
@@ -30,9 +31,10 @@ def train_step(model, optimizer, x, target, loss_fn=loss_fn):
     """One ``zero_grad(); loss = criterion(net(x), y); loss.backward(); optimizer.step()``.
 
     On CPU, the forward of an unmodified ``flax_lenet.Net`` is computed block-wise, one matrix
-    product per conv -> relu -> max-pool block (``flax_lenet.fast``): the same function as
-    ``model(x)`` up to float rounding, about twice as fast on XLA:CPU. Any other model, a
-    hooked layer, and every GPU or TPU run ``model(x)`` as written.
+    product per conv -> relu -> max-pool block, and a large batch's gradient chunk by chunk
+    (``flax_lenet.fast``): the same function as ``model(x)`` up to float rounding, about twice
+    as fast on XLA:CPU. Any other model, a hooked layer, and every GPU or TPU run ``model(x)``
+    on the whole batch as written.
 
     Args:
       model: a ``flax_lenet.Net`` (or any NNX module ``loss_fn`` accepts); updated in place,
@@ -45,7 +47,7 @@ def train_step(model, optimizer, x, target, loss_fn=loss_fn):
       The loss before the update (torch: the ``loss`` that ``backward()`` was called on).
     """
     check_images(x)                                       # at trace time: costs nothing per step
-    loss, grads = nnx.value_and_grad(loss_fn)(fast.view(model, x), x, target)
+    loss, grads = fast.value_and_grad(loss_fn, model, x, target)   # nnx.value_and_grad(loss_fn)(model, ...)
     optimizer.update(model, grads)
     return loss
 

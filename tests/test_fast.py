@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 import flax_lenet
-from flax_lenet import convert, fast, functional, hooks, train
+from flax_lenet import convert, fast, functional, hooks, parity, train
 from flax_lenet.tolerances import FLOAT32_CPU, FLOAT64
 from helpers import assert_close, assert_tree_close, state_numpy, torch_net
 
@@ -180,3 +180,48 @@ def test_accelerators_run_the_layered_net_in_train_step(platform):
     assert "stablehlo.convolution" in mlir
     cpu = export.export(jax.jit(lambda x: fast.view(model, x)(x)), platforms=["cpu"])(x).mlir_module()
     assert "stablehlo.convolution" not in cpu
+
+
+def _layered_value_and_grad(loss_fn, model, x, y):
+    """The reference: the whole batch through ``model(x)`` as written (no block-wise forward)."""
+    with hooks.nnx_hooks(model.fc3, post=lambda m, a, out: out):      # a hook turns ``fast`` off
+        loss, grads = jax.jit(nnx.value_and_grad(loss_fn))(model, x, y)
+    return loss, convert.flax_to_torch(nnx.to_pure_dict(grads))
+
+
+@pytest.mark.x64
+@pytest.mark.parametrize("n", [fast.CHUNK + 1, 3 * fast.CHUNK, pytest.param(2 * fast.CHUNK + 37, marks=pytest.mark.slow)])
+def test_large_batch_gradient_in_chunks_equals_the_whole_batchs(n):
+    """Past ``CHUNK`` samples the CPU step adds the gradient up chunk by chunk (strided chunks and
+    a remainder): the loss and every gradient equal those of the whole batch through model(x)."""
+    x = _images(n, "float64", ties=True)
+    y = jnp.asarray(np.random.default_rng(3).standard_normal((n, 10)), jnp.float64)
+    model = _model(3, "float64")
+    loss, grads = jax.jit(lambda m, x, y: fast.value_and_grad(train.loss_fn, m, x, y))(model, x, y)
+    want_loss, want = _layered_value_and_grad(train.loss_fn, model, x, y)
+    assert_close(loss, want_loss, FLOAT64, "loss")
+    assert_tree_close(convert.flax_to_torch(nnx.to_pure_dict(grads)), want, FLOAT64, "grads")
+    text = jax.jit(lambda m, x, y: fast.value_and_grad(train.loss_fn, m, x, y)).lower(model, x, y).as_text()
+    assert "stablehlo.while" in text                                  # it did take the chunked path
+
+
+@pytest.mark.x64
+def test_chunks_are_only_for_losses_declared_a_batch_mean(monkeypatch):
+    """Broken twin: the worst sample's loss is not a mean over the batch; declared one anyway, the
+    chunked sum is not its gradient and the comparison above reports it."""
+    n = fast.CHUNK + 5
+    x = _images(n, "float64")
+    y = jnp.asarray(np.random.default_rng(3).standard_normal((n, 10)), jnp.float64)
+    model = _model(3, "float64")
+
+    def worst(model, x, target):
+        return jnp.max(jnp.mean((model(x) - target) ** 2, axis=1))
+
+    monkeypatch.setattr(fast, "_BATCH_MEANS", {worst})
+    loss, grads = jax.jit(lambda m, x, y: fast.value_and_grad(worst, m, x, y))(model, x, y)
+    want_loss, want = _layered_value_and_grad(worst, model, x, y)
+    assert parity.diff(loss, want_loss)[1] > FLOAT64.rtol
+    monkeypatch.setattr(fast, "_BATCH_MEANS", set())            # undeclared: the whole batch, exact
+    loss, grads = jax.jit(lambda m, x, y: fast.value_and_grad(worst, m, x, y))(model, x, y)
+    assert_close(loss, want_loss, FLOAT64, "loss")
+    assert_tree_close(convert.flax_to_torch(nnx.to_pure_dict(grads)), want, FLOAT64, "grads")

@@ -1,7 +1,7 @@
 """One training step: ``flax-lenet train``, the N-step comparison, the benchmark and the
 data-parallel step all run ``flax_lenet.train_step``; ``import flax_lenet`` stays light.
 
-A spy on ``flax_lenet.fast.view`` (which ``train_step`` calls while it is traced) records the
+A spy on ``flax_lenet.fast.value_and_grad`` (which ``train_step`` calls while it is traced) records the
 batch shape whenever the caller is ``train_step``. Each user runs with its own batch size, so
 ``train_step`` is traced afresh for it and the spy sees it.
 """
@@ -26,15 +26,15 @@ HEAVY = ("torch", "sklearn", "matplotlib", "orbax", "tqdm", "pygments")
 def traced_batches(monkeypatch):
     """The batch sizes ``train_step`` was traced for while the test ran."""
     seen = []
-    real = fast.view
+    real = fast.value_and_grad
 
-    def spy(model, x):
+    def spy(loss_fn, model, x, target):
         caller = sys._getframe(1).f_code
         if caller.co_name == "train_step" and caller.co_filename == train.__file__:
             seen.append(x.shape[0])
-        return real(model, x)
+        return real(loss_fn, model, x, target)
 
-    monkeypatch.setattr(fast, "view", spy)
+    monkeypatch.setattr(fast, "value_and_grad", spy)
     return seen
 
 
