@@ -225,3 +225,64 @@ def test_chunks_are_only_for_losses_declared_a_batch_mean(monkeypatch):
     loss, grads = jax.jit(lambda m, x, y: fast.value_and_grad(worst, m, x, y))(model, x, y)
     assert_close(loss, want_loss, FLOAT64, "loss")
     assert_tree_close(convert.flax_to_torch(nnx.to_pure_dict(grads)), want, FLOAT64, "grads")
+
+
+def _opt_state(model, optimizer):
+    return [np.asarray(a) for a in jax.tree.leaves((model, optimizer))]
+
+
+def _run(step, tx, x, y, steps=3, replace_bias=False):
+    model = _model()
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    losses = []
+    for i in range(steps):
+        if replace_bias and i == 1:      # a new Variable object, same structure: it must be trained
+            model.fc3.bias = nnx.Param(model.fc3.bias[...] + 1.0)
+            optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+        losses.append(np.asarray(step(model, optimizer, x, y)))
+    return losses, _opt_state(model, optimizer)
+
+
+@pytest.mark.parametrize("tx", [optax.sgd(0.1), optax.adam(1e-2)], ids=["sgd", "adam"])
+@pytest.mark.parametrize("replace_bias", [False, True], ids=["same", "replaced-variable"])
+def test_train_step_is_nnx_jit_of_the_same_step_bit_for_bit(tx, replace_bias):
+    """``fast.jit_step`` (what ``train_step`` is) against ``nnx.jit`` of the same function: the
+    same losses, parameters and optimizer state, to the bit, also after a Variable is replaced."""
+    x, y = _images(3, "float32"), jnp.asarray(np.random.default_rng(3).standard_normal((3, 10)), jnp.float32)
+    got = _run(train.train_step, tx, x, y, replace_bias=replace_bias)
+    want = _run(train.train_step.plain, tx, x, y, replace_bias=replace_bias)
+    assert len(got[1]) == len(want[1])
+    for a, b in zip(got[0] + got[1], want[0] + want[1]):
+        assert np.array_equal(a, b)
+
+
+def test_a_step_that_kept_the_variables_of_its_first_call_would_be_caught():
+    """Broken twin: a dispatcher that reuses the Variables it found on its first call (the obvious
+    shortcut) trains the replaced Variable's predecessor, and the comparison above sees it."""
+
+    class KeepsVariables(fast.jit_step):
+        def __call__(self, model, optimizer, x, target, loss_fn=None):
+            arrays, treedef = jax.tree.flatten((model, optimizer))
+            if not hasattr(self, "kept"):
+                self.kept = jax.tree.leaves((model, optimizer), is_leaf=fast._is_variable)
+            loss, new = self._on_arrays(treedef, self._default_loss, arrays, x, target)
+            for variable, value in zip(self.kept, new):
+                variable.set_raw_value(value)
+            return loss
+
+    x, y = _images(3, "float32"), jnp.zeros((3, 10), jnp.float32)
+    got = _run(KeepsVariables(train.train_step.__wrapped__), optax.sgd(0.1), x, y, replace_bias=True)
+    want = _run(train.train_step.plain, optax.sgd(0.1), x, y, replace_bias=True)
+    assert not all(np.array_equal(a, b) for a, b in zip(got[0] + got[1], want[0] + want[1]))
+
+
+def test_train_step_inside_a_transform_and_on_numpy_inputs():
+    x, y = _images(2, "float32"), jnp.zeros((2, 10), jnp.float32)
+    outer, inner, plain = _model(), _model(), _model()
+    for m, call in ((outer, nnx.jit(lambda m, o: train.train_step(m, o, x, y))),
+                    (inner, lambda m, o: train.train_step(m, o, np.asarray(x), np.asarray(y))),
+                    (plain, lambda m, o: train.train_step.plain(m, o, x, y))):
+        call(m, nnx.Optimizer(m, optax.sgd(0.1), wrt=nnx.Param))
+    for m in (outer, inner):
+        assert_tree_close(convert.flax_to_torch(nnx.to_pure_dict(nnx.state(m, nnx.Param))),
+                          convert.flax_to_torch(nnx.to_pure_dict(nnx.state(plain, nnx.Param))), FLOAT32_CPU, "params")
