@@ -5,6 +5,7 @@ Public API:
                  are the Linen and pure-function flavours)
   loss_fn        the tutorial's ``criterion(net(input), target)`` with ``nn.MSELoss()``
   train_step     one jit-compiled optimizer step (on CPU with a block-wise forward, ``fast``)
+  train_steps    K of those steps in one compiled call (``lax.scan``), for many small batches
   sgd_update     the manual rule ``w - lr * g`` on a parameter tree
   torch_to_flax, flax_to_torch   exact weight conversion (``flax_lenet.convert``)
   BadInput       the base of every error that means "the input was wrong" (``flax_lenet.errors``)
@@ -36,6 +37,7 @@ from flax_lenet.model import Net as Net
 from flax_lenet.train import loss_fn as loss_fn
 from flax_lenet.train import sgd_update as sgd_update
 from flax_lenet.train import train_step as train_step
+from flax_lenet.train import train_steps as train_steps
 
 from flax_lenet import construct as _construct
 

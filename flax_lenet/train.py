@@ -10,9 +10,11 @@ f.data.sub_(f.grad.data * learning_rate)      jax.tree.map(lambda p, g: p - lear
 
 ``train_step`` is the one training step of the project: ``flax-lenet train``, the N-step
 comparison (``flax_lenet.trajectory``), the benchmark and the data-parallel step all run it.
+``train_steps`` runs K of them in one compiled call, for loops over many small batches.
 """
 
 import jax
+from flax import nnx
 
 from flax_lenet import fast
 from flax_lenet.checks import check_images
@@ -49,6 +51,33 @@ def train_step(model, optimizer, x, target, loss_fn=loss_fn):
     loss, grads = fast.value_and_grad(loss_fn, model, x, target)   # nnx.value_and_grad(loss_fn)(model, ...)
     optimizer.update(model, grads)
     return loss
+
+
+@fast.jit_step
+def train_steps(model, optimizer, xs, targets, loss_fn=loss_fn):
+    """``train_step`` on each batch of ``xs`` in turn, all in one compiled call (``lax.scan``).
+
+    For a loop over many small batches (the tutorial's batch of 1): one call of the Python
+    dispatch and of the program per K steps instead of per step. The result is that of the
+    loop ``[train_step(model, optimizer, x, t) for x, t in zip(xs, targets)]``.
+
+    Args:
+      model, optimizer, loss_fn: as ``train_step``; updated in place.
+      xs: K batches ``(K, N, 32, 32, 1)``. targets: ``(K, N, 10)`` (or what ``loss_fn`` takes).
+
+    Returns:
+      The K losses, each before its update.
+    """
+    graphdef, state = nnx.split((model, optimizer))
+
+    def one(state, batch):
+        model, optimizer = nnx.merge(graphdef, state)
+        loss = train_step.__wrapped__(model, optimizer, *batch, loss_fn=loss_fn)
+        return nnx.state((model, optimizer)), loss
+
+    state, losses = jax.lax.scan(one, state, (xs, targets))
+    nnx.update((model, optimizer), state)
+    return losses
 
 
 @jax.jit   # one program for the whole tree; eagerly, each leaf's `*` and `-` compiled apart

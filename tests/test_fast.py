@@ -286,3 +286,24 @@ def test_train_step_inside_a_transform_and_on_numpy_inputs():
     for m in (outer, inner):
         assert_tree_close(convert.flax_to_torch(nnx.to_pure_dict(nnx.state(m, nnx.Param))),
                           convert.flax_to_torch(nnx.to_pure_dict(nnx.state(plain, nnx.Param))), FLOAT32_CPU, "params")
+
+
+@pytest.mark.x64
+def test_train_steps_is_the_loop_of_train_step():
+    """K steps in one compiled call equal K calls of ``train_step``, losses and parameters; the
+    same batches in another order (the broken twin) do not."""
+    xs = jnp.asarray(np.random.default_rng(5).standard_normal((4, 3, 32, 32, 1)), jnp.float64)
+    ys = jnp.asarray(np.random.default_rng(6).standard_normal((4, 3, 10)), jnp.float64)
+
+    def run(steps):
+        model = _model(3, "float64")
+        optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+        losses = steps(model, optimizer)
+        return np.asarray(losses), convert.flax_to_torch(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+
+    got = run(lambda m, o: train.train_steps(m, o, xs, ys))
+    want = run(lambda m, o: [train.train_step(m, o, x, y) for x, y in zip(xs, ys)])
+    assert_close(got[0], want[0], FLOAT64, "losses")
+    assert_tree_close(got[1], want[1], FLOAT64, "params after 4 steps")
+    shuffled = run(lambda m, o: train.train_steps(m, o, xs[::-1], ys[::-1]))
+    assert parity.diff(shuffled[1]["fc1.weight"], want[1]["fc1.weight"])[1] > FLOAT64.rtol
