@@ -2,8 +2,8 @@
 
     python benchmarks/startup.py [--runs 3] [-- compare --batch 1]
 
-``import flax_lenet`` and ``flax_lenet.Net(rngs=nnx.Rngs(0))`` are timed inside a fresh
-interpreter (the Net after the import). The command (default ``flax-lenet compare``) runs in
+``import flax_lenet``, ``flax_lenet.Net(rngs=nnx.Rngs(0))`` and the Linen
+``Net().init(key, x)`` are timed inside a fresh interpreter, one after the other. The command (default ``flax-lenet compare``) runs in
 fresh processes without the persistent compilation cache (``FLAX_LENET_CACHE=0``), then with an
 empty cache directory (``FLAX_LENET_CACHE_DIR``; the cold run fills it), then again with the
 filled one (warm). Prints wall-clock seconds, medians of ``--runs``, and the load average.
@@ -26,7 +26,10 @@ t1 = time.perf_counter()
 from flax import nnx
 flax_lenet.Net(rngs=nnx.Rngs(0))
 t2 = time.perf_counter()
-print(json.dumps({"import": t1 - t0, "net": t2 - t1}))
+import jax
+flax_lenet.linen.Net().init(jax.random.key(0), jax.numpy.ones((1, 32, 32, 1)))
+t3 = time.perf_counter()
+print(json.dumps({"import": t1 - t0, "net": t2 - t1, "linen": t3 - t2}))
 """
 
 
@@ -55,7 +58,8 @@ def main() -> int:
             if not k.startswith(("JAX_COMPILATION_CACHE", "FLAX_LENET_CACHE"))}
     lib = [library(dict(base)) for _ in range(args.runs)]
     print(f"fresh process: import flax_lenet {statistics.median(r['import'] for r in lib):.2f} s, "
-          f"then Net(rngs=nnx.Rngs(0)) {statistics.median(r['net'] for r in lib):.2f} s "
+          f"then Net(rngs=nnx.Rngs(0)) {statistics.median(r['net'] for r in lib):.2f} s, "
+          f"then linen.Net().init(key, x) {statistics.median(r['linen'] for r in lib):.2f} s "
           f"(medians of {args.runs}); load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as cache_dir:
         cached = dict(base, FLAX_LENET_CACHE_DIR=cache_dir)
