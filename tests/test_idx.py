@@ -127,7 +127,7 @@ def test_missing_file_is_refused(tmp_path):
 
 def test_a_folder_in_place_of_the_file_is_refused_in_one_line(tmp_path):
     (tmp_path / "train-images-idx3-ubyte").mkdir()             # only a regular file is opened
-    with pytest.raises(BadFile, match=r"expected an IDX file \(a regular file\), found a folder") as e:
+    with pytest.raises(BadFile, match=r"expected an IDX file, found a folder") as e:
         data.read_idx(tmp_path / "train-images-idx3-ubyte")
     assert "\n" not in str(e.value)
 

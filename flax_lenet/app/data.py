@@ -115,6 +115,8 @@ def make_dataset(name, x_train, y_train, x_test, y_test) -> Dataset:
     """Check a dataset in the Net's layout and wrap it; raises ``BadImages``/``BadLabels`` on bad input."""
     for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
         check_images(x)
+        if len(x) == 0:
+            raise BadImages(f"{name} {split} images: expected at least one image, found 0 (shape {tuple(x.shape)})")
         check_finite(x, f"{name} {split} images")
         check_labels(y, len(x), f"{name} {split}")
     return Dataset(name, np.asarray(x_train, np.float32), np.asarray(y_train, np.int32),

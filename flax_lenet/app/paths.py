@@ -43,5 +43,5 @@ def require_regular_file(path, what: str = "file") -> os.stat_result:
         raise BadFile(f"{path}: expected {what}, found a path that cannot be examined "
                       f"({e.strerror or e})") from None
     if not stat.S_ISREG(st.st_mode):
-        raise BadFile(f"{path}: expected {what} (a regular file), found {kind_of(st.st_mode)}")
+        raise BadFile(f"{path}: expected {what}, found {kind_of(st.st_mode)} (only regular files are opened)")
     return st

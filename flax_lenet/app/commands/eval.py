@@ -5,6 +5,7 @@ directory (Flax layout); the format is read from the name (``flax_lenet.app.chec
 """
 
 import json
+import os
 
 from flax_lenet.errors import BadConfig
 
@@ -23,6 +24,11 @@ def add_arguments(p):
 def main(args) -> int:
     if args.data == "mnist" and not args.data_dir:
         raise BadConfig("--data mnist: expected --data-dir DIR with the IDX files, found none")
+    if args.data_dir and args.data != "mnist":
+        raise BadConfig("--data-dir: expected --data mnist with it, found --data digits")
+    if not os.path.isdir(args.checkpoint):        # an Orbax folder, or a file: only a regular one is opened
+        from flax_lenet.app.paths import require_regular_file
+        require_regular_file(args.checkpoint, "a checkpoint: a .pt/.pth or .safetensors file, or an Orbax folder")
     import jax
     import numpy as np
 
