@@ -356,3 +356,27 @@ def test_an_unwritable_compilation_cache_is_refused_before_any_compile():
     from flax_lenet import cache
     with pytest.raises(BadFile, match="compilation cache: expected a directory this process can write at /proc/self"):
         cache.enable("/proc/self")
+
+
+def test_bench_refuses_a_batch_it_could_not_allocate_before_allocating(capsys):
+    err = one_line_exit_2(capsys, "bench", "--batch", "1,100000000", "--impl", "flax:train_step")
+    assert "--batch: expected a batch of 1..65536 images" in err and "found 100000000" in err
+
+
+@pytest.mark.parametrize("batch", [0, 65537, 100_000_000, True, 2.0])
+def test_check_batch_size_refuses_what_no_command_can_allocate(batch):
+    from flax_lenet.checks import MAX_BATCH, check_batch_size
+    with pytest.raises(BadConfig, match=r"--batch: expected a batch of 1\.\.65536 images"):
+        check_batch_size(batch, "--batch")
+    check_batch_size(MAX_BATCH, "--batch")
+
+
+@pytest.mark.parametrize("name, dtype", [("int", "int32"), ("bool", "bool"), ("complex", "complex64")])
+def test_eval_blames_the_weights_not_the_images_for_their_dtype(tmp_path, capsys, name, dtype):
+    import torch
+    from torch_reference import Net
+    state = {k: v.to(getattr(torch, dtype)) if dtype != "bool" else v > 0 for k, v in Net(3).state_dict().items()}
+    torch.save(state, tmp_path / f"{name}.pt")
+    err = one_line_exit_2(capsys, "eval", tmp_path / f"{name}.pt")
+    assert f"expected floating-point weights (float32 or float64), found {dtype} in" in err
+    assert "batch" not in err

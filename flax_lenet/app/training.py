@@ -63,7 +63,8 @@ class TrainConfig:
         if self.kernel_size not in (3, 5):
             raise BadConfig(f"kernel_size: expected 3 or 5, found {self.kernel_size}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
-            raise BadConfig(f"max_steps_per_epoch: expected a positive integer or None, found {self.max_steps_per_epoch}")
+            raise BadConfig(f"max_steps_per_epoch: expected a positive integer or None, "
+                            f"found {self.max_steps_per_epoch}")
         if self.seed >= 2 ** 64:
             raise BadConfig(f"seed: expected an integer below 2**64 (torch.manual_seed takes 64 bits), "
                             f"found {self.seed}")

@@ -7,7 +7,7 @@ directory (Flax layout); the format is read from the name (``flax_lenet.app.chec
 import json
 import os
 
-from flax_lenet.errors import BadConfig
+from flax_lenet.errors import BadConfig, BadWeights
 
 
 def add_arguments(p):
@@ -35,6 +35,10 @@ def main(args) -> int:
     from flax_lenet import convert
     from flax_lenet.app import checkpoint, data, training
     state = checkpoint.load_state(args.checkpoint, kernel_size=args.kernel_size)
+    for name, value in state.items():         # integer, boolean or complex weights are not the Net's
+        if np.asarray(value).dtype.kind in "biuc":
+            raise BadWeights(f"{args.checkpoint}: expected floating-point weights (float32 or float64), "
+                             f"found {np.asarray(value).dtype} in {name}")
     dtype = next(iter(state.values())).dtype
     if dtype == np.float64:
         jax.config.update("jax_enable_x64", True)
