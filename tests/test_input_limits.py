@@ -380,3 +380,9 @@ def test_eval_blames_the_weights_not_the_images_for_their_dtype(tmp_path, capsys
     err = one_line_exit_2(capsys, "eval", tmp_path / f"{name}.pt")
     assert f"expected floating-point weights (float32 or float64), found {dtype} in" in err
     assert "batch" not in err
+
+
+def test_readme_states_the_limits_the_code_enforces():
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert "only regular files are opened (a FIFO or a device is refused, never waited on)" in readme
+    assert "at most 1 GiB of data, exactly the file's size" in readme and data.MAX_IDX_BYTES == 1 << 30
