@@ -11,8 +11,10 @@ Images are scaled to [0, 1] and standardised with the training set's mean and st
 deviation (MNIST's grey levels are kept as bytes, one copy of the set, and made float32 per
 batch: ``Dataset.images``, ``Dataset.to_float``); the layout is NHWC, as ``flax_lenet.Net``
 expects (torch: ``.transpose(0, 3, 1, 2)``).
-The IDX reader and writer are the project's own (``read_idx``, ``write_idx``). A missing,
-unreadable or damaged file raises ``BadFile``, bad images or labels ``BadImages``/``BadLabels``,
+The IDX reader and writer are the project's own (``read_idx``, ``write_idx``); the reader checks a
+header against ``MAX_IDX_BYTES`` and the file's size before reading data, reads a ``.gz`` as a
+stream that stops at the declared size, and opens regular files only. A missing, unreadable,
+damaged or oversized file raises ``BadFile``, bad images or labels ``BadImages``/``BadLabels``,
 an unknown data set ``BadConfig`` (``flax_lenet.errors``).
 """
 
@@ -234,7 +236,7 @@ def _read_idx_stream(f, name: str, size: int | None = None) -> np.ndarray:
     if f.read(1):
         raise BadFile(f"{name}: expected {expected} data bytes for shape {shape}, found more "
                       "(extra data after them: not an IDX file of this shape)")
-    return buffer.view(dtype).reshape(shape).astype(dtype.newbyteorder("="))
+    return buffer.view(dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=False)   # bytes: no copy
 
 
 def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
@@ -351,7 +353,7 @@ def check_float32_range(images: np.ndarray, path) -> None:
     """Refuse images whose values do not fit float32 (they would become Inf)."""
     if images.dtype.itemsize <= 2 or images.dtype == np.float32:
         return
-    biggest = float(np.max(np.abs(images.astype(np.float64, copy=False)))) if images.size else 0.0
+    biggest = max(-float(images.min()), float(images.max())) if images.size else 0.0
     if biggest > float(np.finfo(np.float32).max):
         raise BadImages(f"images in {path}: expected values that fit float32 (|x| <= 3.4e38), found "
                         f"{biggest:.3g}, which overflows to Inf")
