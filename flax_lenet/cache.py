@@ -29,6 +29,19 @@ def default_dir() -> str:
     return os.path.join(base, "flax-lenet", "jax")
 
 
+def _check_writable(path: str) -> None:
+    """Write and remove a probe file: JAX would otherwise warn once per compiled function (a
+    ``UserWarning`` for every cache entry it fails to write) on a run that otherwise succeeds."""
+    import tempfile
+    try:
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise BadFile(f"compilation cache: expected a directory this process can write at {path}, "
+                      f"found {e.strerror or e}") from None
+
+
 def enable(path: str | None = None) -> str:
     """Turn on JAX's persistent compilation cache for every compile, however small or quick.
 
@@ -39,7 +52,7 @@ def enable(path: str | None = None) -> str:
       The directory in use.
 
     Raises:
-      BadFile: ``path`` is a file, or cannot be created.
+      BadFile: ``path`` is a file, or cannot be created or written.
     """
     import jax
     path = os.path.abspath(path or default_dir())
@@ -50,6 +63,7 @@ def enable(path: str | None = None) -> str:
     except OSError as e:
         raise BadFile(f"compilation cache: expected a directory that can be created at {path}, "
                       f"found {e.strerror or e}") from None
+    _check_writable(path)
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)   # default 1 s: ours are smaller
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

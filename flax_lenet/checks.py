@@ -8,7 +8,7 @@ and what was found.
 import jax.numpy as jnp
 import numpy as np
 
-from flax_lenet.errors import BadImages, BadLabels
+from flax_lenet.errors import BadConfig, BadImages, BadLabels
 
 IMAGE_SHAPE = (32, 32, 1)  # (H, W, C): NHWC, one channel, 32x32 as in the tutorial
 
@@ -60,3 +60,16 @@ def check_labels(y, count: int, what: str = "labels") -> None:
         raise BadLabels(f"{what}: expected integer class labels 0..9, found dtype {a.dtype}")
     if a.size and (a.min() < 0 or a.max() > 9):
         raise BadLabels(f"{what}: expected class labels 0..9, found values {int(a.min())}..{int(a.max())}")
+
+
+# The largest batch any command builds: 65,536 images of 32x32 are 256 MiB in float32 (512 MiB
+# in float64), plus the Net's activations; the benchmark's largest GPU batch is this one. A
+# larger --batch would only try to allocate gigabytes (100,000,000 images: 763 GiB) and fail.
+MAX_BATCH = 1 << 16
+
+
+def check_batch_size(batch, what: str = "batch") -> None:
+    """Raise ``BadConfig`` unless ``batch`` is an integer in ``1..MAX_BATCH``, before anything is allocated."""
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or not 1 <= batch <= MAX_BATCH:
+        raise BadConfig(f"{what}: expected a batch of 1..{MAX_BATCH} images (32x32: "
+                        f"{MAX_BATCH * 32 * 32 * 4 >> 20} MiB in float32), found {batch!r}")

@@ -9,8 +9,10 @@
 
 Same names, same defaults, same update to the last rounding error (``tests/test_trajectory*.py``
 checks 100 steps). Each function is built from optax's own transforms where optax already
-computes torch's equation; only two equations have no optax equivalent and are written here:
-SGD's dampening (``_dampened_trace``) and torch's AMSGrad (``_scale_by_torch_amsgrad``).
+computes torch's equation *and* arithmetic; two steps are written here: SGD's dampening
+(``_dampened_trace``, no optax equivalent) and torch's Adam/AdamW/AMSGrad step (``_torch_adam``:
+optax's AMSGrad is another equation, and optax's Adam computes its bias correction in float32
+where torch uses double).
 Arguments torch refuses raise ``BadConfig`` (a ``ValueError``) with torch's own message.
 """
 
@@ -114,49 +116,67 @@ def _check_adam(lr, betas, eps, weight_decay) -> None:
     _check(0.0 <= betas[1] < 1.0, f"Invalid beta parameter at index 1: {betas[1]}")
 
 
-class TorchAmsgradState(NamedTuple):
+class TorchAdamState(NamedTuple):
     count: jax.Array          # steps taken, int32
     mu: optax.Params          # exp_avg
     nu: optax.Params          # exp_avg_sq
-    nu_max: optax.Params      # max_exp_avg_sq: the running max of the *raw* exp_avg_sq
+    nu_max: optax.Params      # max_exp_avg_sq: the running max of the *raw* exp_avg_sq (AMSGrad; else ())
 
 
 def _one_minus_power(beta: float, t):
     """``1 - beta**t`` without cancellation: ``-expm1(t * log(beta))``.
 
     torch computes its bias corrections in Python floats (double). ``1 - 0.999**t`` in float32
-    loses 2e-5 of its value to cancellation at small t, and through AMSGrad's running max that
-    error made float32 runs leave torch's by 0.4 (relative) within 100 steps; this stays ~1e-7.
+    loses 2e-5 of its value to cancellation at small t (optax's ``bias_correction`` computes it
+    so); through Adam's ``g / (|g| + eps)`` on small gradients, and AMSGrad's running max, that
+    error made float32 runs leave torch's by 1e-2..0.4 (relative) within 100 steps; this stays ~1e-7.
     """
     log_beta = math.log(beta) if beta > 0 else -math.inf
     return -jnp.expm1(t * log_beta)
 
 
-def _scale_by_torch_amsgrad(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
-    """torch's AMSGrad direction ``(m_t / (1 - b1^t)) / (sqrt(max_{s<=t} v_s) / sqrt(1 - b2^t) + eps)``.
+def _torch_adam(lr: float, b1: float, b2: float, eps: float, amsgrad: bool,
+                decoupled_weight_decay: float = 0.0) -> optax.GradientTransformation:
+    """torch's Adam/AdamW step, written in torch's order of operations (``torch.optim.adam``,
+    ``_single_tensor_adam``)::
 
-    ``optax.scale_by_amsgrad`` takes the max of the bias-*corrected* ``v_s / (1 - b2^s)``;
-    torch takes the max of the raw ``v_s`` and corrects it with the current step's
-    ``1 - b2^t``. The two differ from the second step on, so this is written out.
+        theta <- theta * (1 - lr * wd)                     (AdamW only)
+        m <- m.lerp(g, 1 - b1);  v <- v * b2 + (1 - b2) * g * g;  v_max <- max(v_max, v)  (AMSGrad)
+        step_size = lr / (1 - b1^t);  denom = sqrt(v or v_max) / sqrt(1 - b2^t) + eps
+        theta <- theta - step_size * m / denom
+
+    torch computes ``1 - b^t`` and ``step_size`` in Python floats (double); here ``1 - b^t`` is
+    ``_one_minus_power`` (float32 to ~1e-7, where optax's ``1 - b**t`` is off by 1.3e-5 at t=1).
+    AMSGrad takes the max of the raw ``v`` and corrects it with the current step's ``1 - b2^t``
+    (``optax.scale_by_amsgrad`` takes the max of the bias-*corrected* ``v``; they differ from
+    the second step on). The output is the whole update, ``theta_new - theta``.
     """
 
     def init(params):
         zeros = optax.tree.zeros_like(params)
-        return TorchAmsgradState(jnp.zeros([], jnp.int32), zeros, zeros, zeros)
+        return TorchAdamState(jnp.zeros([], jnp.int32), zeros, zeros, zeros if amsgrad else ())
 
     def update(updates, state, params=None):
-        del params
+        if decoupled_weight_decay and params is None:
+            raise BadConfig("adamw: expected the params in tx.update(grads, state, params), found None")
         count = optax.safe_increment(state.count)
-        mu = jax.tree.map(lambda g, m: b1 * m + (1.0 - b1) * g, updates, state.mu)
-        nu = jax.tree.map(lambda g, v: b2 * v + (1.0 - b2) * g * g, updates, state.nu)
-        nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu)
+        # torch's lerp(g, w) with w = 1 - b1 < 0.5 is m + w * (g - m); else g - (g - m) * (1 - w)
+        w1 = 1.0 - b1
+        lerp = (lambda g, m: m + w1 * (g - m)) if w1 < 0.5 else (lambda g, m: g - (g - m) * (1.0 - w1))
+        mu = jax.tree.map(lerp, updates, state.mu)
+        nu = jax.tree.map(lambda g, v: v * b2 + (1.0 - b2) * g * g, updates, state.nu)
+        nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu) if amsgrad else ()
 
-        def direction(m, v_max):
+        def step(m, v):
             t = count.astype(m.dtype)
-            return (m / _one_minus_power(b1, t)) / (jnp.sqrt(v_max) / jnp.sqrt(_one_minus_power(b2, t)) + eps)
+            step_size = lr / _one_minus_power(b1, t)
+            denom = jnp.sqrt(v) / jnp.sqrt(_one_minus_power(b2, t)) + eps
+            return (-step_size * m) / denom
 
-        out = jax.tree.map(direction, mu, nu_max)
-        return out, TorchAmsgradState(count, mu, nu, nu_max)
+        out = jax.tree.map(step, mu, nu_max if amsgrad else nu)
+        if decoupled_weight_decay:      # theta * (1 - lr * wd) - step, as one update
+            out = jax.tree.map(lambda u, p: u - (lr * decoupled_weight_decay) * p, out, params)
+        return out, TorchAdamState(count, mu, nu, nu_max)
 
     return optax.GradientTransformation(init, update)
 
@@ -171,10 +191,12 @@ def adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
         m_t = b1 * m_{t-1} + (1 - b1) * g;   v_t = b2 * v_{t-1} + (1 - b2) * g^2
         theta <- theta - lr * (m_t / (1 - b1^t)) / (sqrt(v_t / (1 - b2^t)) + eps)
 
-    optax: ``chain(scale(-1), add_decayed_weights(weight_decay), adam(lr, b1, b2, eps))``;
-    ``scale_by_adam`` puts eps outside the square root, as torch (optax #571). With
-    ``amsgrad`` the ``v_t`` in the denominator is torch's ``max_{s<=t} v_s``
-    (``_scale_by_torch_amsgrad``; optax's own AMSGrad takes the max after bias correction).
+    optax: ``chain(scale(-1), add_decayed_weights(weight_decay), <Adam step>)``. The step is
+    ``_torch_adam``, not ``optax.adam``: ``optax.scale_by_adam`` has the same equation (eps outside
+    the square root, as torch; optax #571) but computes ``1 - b**t`` in float32, 1.3e-5 off at
+    t=1, which moved float32 runs 1e-2 away from torch's within 100 steps. With ``amsgrad`` the
+    ``v_t`` in the denominator is torch's ``max_{s<=t} v_s`` (optax's own AMSGrad takes the max
+    after bias correction).
 
     Args:
       lr, betas, eps, weight_decay, amsgrad, maximize: as ``torch.optim.Adam``.
@@ -188,11 +210,7 @@ def adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
     """
     _check_adam(lr, betas, eps, weight_decay)
     b1, b2 = betas
-    if amsgrad:
-        core = optax.chain(_scale_by_torch_amsgrad(b1, b2, eps), optax.scale_by_learning_rate(lr))
-    else:
-        core = optax.adam(lr, b1=b1, b2=b2, eps=eps)
-    return _chain(_prefix(maximize, weight_decay) + [core])
+    return _chain(_prefix(maximize, weight_decay) + [_torch_adam(lr, b1, b2, eps, amsgrad)])
 
 
 def adamw(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, maximize=False):
@@ -204,9 +222,10 @@ def adamw(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=Fals
         theta <- theta * (1 - lr * weight_decay)  (decoupled: the decay never enters m or v)
         m_t, v_t as Adam;  theta <- theta - lr * (m_t / (1 - b1^t)) / (sqrt(v_t / (1 - b2^t)) + eps)
 
-    optax: ``chain(scale(-1), adamw(lr, b1, b2, eps, weight_decay))``, which computes
-    ``theta - lr * (adam_direction + weight_decay * theta)``: the same sum. ``optax.adamw``'s own
-    default ``weight_decay`` is 1e-4 (optax #417); this function's is torch's 1e-2.
+    optax: ``chain(scale(-1), <AdamW step>)``; the step (``_torch_adam``, as ``adam``) computes
+    ``theta - lr * weight_decay * theta - step``: torch's two updates as one sum. ``optax.adamw``
+    has the same equation (and its own default ``weight_decay`` is 1e-4, optax #417; this
+    function's is torch's 1e-2) but computes its bias correction in float32, as ``optax.adam``.
 
     Args:
       lr, betas, eps, weight_decay, amsgrad, maximize: as ``torch.optim.AdamW``.
@@ -219,9 +238,4 @@ def adamw(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=Fals
     """
     _check_adam(lr, betas, eps, weight_decay)
     b1, b2 = betas
-    if amsgrad:
-        core = optax.chain(_scale_by_torch_amsgrad(b1, b2, eps), optax.add_decayed_weights(weight_decay),
-                           optax.scale_by_learning_rate(lr))
-    else:
-        core = optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
-    return _chain(_prefix(maximize, False) + [core])
+    return _chain(_prefix(maximize, False) + [_torch_adam(lr, b1, b2, eps, amsgrad, weight_decay)])

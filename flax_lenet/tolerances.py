@@ -92,12 +92,25 @@ TRAJECTORY_FLOAT64 = Tolerance(1e-9, _text("""
     a missing dampening 2e-2 after 5, a wrong fc1 flatten 2.0 after 3"""))
 
 TRAJECTORY_FLOAT32_CPU = Tolerance(3e-3, _text("""
-    float32 on CPU, params after each of 100 steps: a kink (relu or max-pool switching on a
-    rounding-sized difference) or Adam's g / (|g| + eps) on a near-zero gradient turns 1e-7 into
-    a lasting difference. Measured over 50 runs (10 optimizer settings x 5 seeds): median 3e-7,
-    worst 7.6e-4 (nesterov); torch float32 itself drifts up to 3.6e-4 from torch float64 on the
-    same runs. 3e-3 is 4x the worst seen; a wrong flatten gives 2.0, optax's AdamW default decay
-    0.3 after 100 steps"""))
+    float32 on CPU, params after each of 100 steps, at flax-lenet compare's default flags (batch 1,
+    kernel 3, lr 0.01, seed 0): measured 6.0e-5 (adam), 1.5e-5 (adamw), <=1e-6 (sgd presets) once
+    Adam's bias correction 1 - b^t is computed as torch does (optax's float32 one gave 9.1e-3).
+    Beyond those flags a kink (relu or max-pool switching on a rounding-sized difference) makes
+    the gap chaotic: over the 96-run grid of TRAJECTORY_FLOAT32_RATIO it reached 0.57, where
+    torch's own float32 run drifts up to 1.04 from float64, so the grid is judged by that ratio.
+    3e-3 is 50x the worst default; a wrong flatten gives 2.0"""))
+
+# The grid in tests/test_float32_accuracy.py: 12 optimizer settings (SGD plain, momentum,
+# dampening + weight decay, nesterov + weight decay, maximize; Adam plain, weight decay, AMSGrad,
+# AMSGrad + weight decay + maximize; AdamW 1e-2, 0.1, AMSGrad) x kernel 3, 5 x batch 1, 16 x lr
+# 1e-2, 1e-3, seeds 0 and 1: 96 runs of 100 steps, each distance the worst over steps and tensors.
+TRAJECTORY_FLOAT32_RATIO = 10.0
+TRAJECTORY_FLOAT32_RATIO_REASON = _text("""
+    float32 runs against a float64 run as truth: Flax's distance may be at most 10x torch's own
+    float32 distance, in the median over each optimizer setting's grid points and in 90% of all
+    96. Measured: every setting's median ratio 0.34..1.04; 5 runs over 10x (a kink in Flax's run,
+    up to 9.9e3x), and 6 the other way (a kink in torch's); an Adam with optax's float32 bias
+    correction fails it""")
 
 TRAJECTORY_GPU = Tolerance(3e-3, _text("""
     float32 on a GPU with TF32 off: not measured for whole runs; assumed as CPU because one step

@@ -125,9 +125,9 @@ def test_missing_file_is_refused(tmp_path):
         data.read_idx(tmp_path / "nothere")
 
 
-def test_a_file_that_cannot_be_read_is_refused_in_one_line(tmp_path):
-    (tmp_path / "train-images-idx3-ubyte").mkdir()             # the OS refuses to read a folder as a file
-    with pytest.raises(BadFile, match=r"expected a readable IDX file, found IsADirectoryError") as e:
+def test_a_folder_in_place_of_the_file_is_refused_in_one_line(tmp_path):
+    (tmp_path / "train-images-idx3-ubyte").mkdir()             # only a regular file is opened
+    with pytest.raises(BadFile, match=r"expected an IDX file, found a folder") as e:
         data.read_idx(tmp_path / "train-images-idx3-ubyte")
     assert "\n" not in str(e.value)
 

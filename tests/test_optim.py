@@ -190,3 +190,37 @@ def test_amsgrad_bias_correction_has_no_float32_cancellation():
     assert np.max(np.abs(ours / exact - 1)) < FLOAT32_ROUNDING
     assert np.max(np.abs(naive / exact - 1)) > 10 * FLOAT32_ROUNDING
     assert float(_one_minus_power(0.0, jnp.float32(3))) == 1.0          # betas[0] = 0 is legal in torch
+
+
+def _float32_problem():
+    """Small params (1e-3) so that one update (lr 1e-3) is as large as a param: an error in the
+    update's bias correction shows in the params, not under their rounding."""
+    params, grads = _problem()
+    params = {k: (1e-3 * v).astype(np.float32) for k, v in params.items()}
+    return params, [{k: v.astype(np.float32) for k, v in g.items()} for g in grads]
+
+
+def _worst_float32_gap(actual, expected) -> float:
+    return max(float(np.max(np.abs(a[k] - e[k])) / np.max(np.abs(e[k])))
+               for a, e in zip(actual, expected) for k in e)
+
+
+@pytest.mark.parametrize("name, kwargs", [("adam", {}), ("adam", {"amsgrad": True}), ("adamw", {}),
+                                          ("adam", {"weight_decay": 1e-2})],
+                         ids=["adam", "amsgrad", "adamw", "adam-wd"])
+def test_float32_adam_updates_match_torch_to_float32_rounding(name, kwargs):
+    params, grads = _float32_problem()
+    expected = torch_params_after_each_step(name, {"lr": 1e-3, **kwargs}, params, grads)
+    actual = optax_params_after_each_step(getattr(optim, name)(lr=1e-3, **kwargs), params, grads)
+    assert _worst_float32_gap(actual, expected) <= FLOAT32_ROUNDING
+
+
+@pytest.mark.parametrize("name, kwargs, tx", [
+    ("adam", {"lr": 1e-3}, optax.adam(1e-3, eps=1e-8)),
+    ("adamw", {"lr": 1e-3}, optax.adamw(1e-3, weight_decay=1e-2)),
+], ids=["optax.adam", "optax.adamw"])
+def test_optax_float32_bias_correction_is_off_by_more_than_rounding(name, kwargs, tx):
+    """The broken twin: ``1 - b**t`` in float32 (optax) against torch's double."""
+    params, grads = _float32_problem()
+    expected = torch_params_after_each_step(name, kwargs, params, grads)
+    assert _worst_float32_gap(optax_params_after_each_step(tx, params, grads), expected) > 5 * FLOAT32_ROUNDING

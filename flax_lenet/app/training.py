@@ -27,7 +27,7 @@ from flax import nnx
 
 from flax_lenet import convert, fast, train as flax_train
 from flax_lenet.checks import check_finite, check_images, check_labels
-from flax_lenet.errors import BadConfig, BadInput
+from flax_lenet.errors import BadConfig, BadImages, BadInput
 from flax_lenet.app.data import NUM_CLASSES, Dataset, Shifts
 from flax_lenet.tolerances import ACCURACY_POINTS
 
@@ -50,6 +50,24 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None  # cap on batches per epoch (smoke tests)
 
     def __post_init__(self):
+        for name in ("epochs", "batch_size", "shift", "seed", "kernel_size", "max_steps_per_epoch"):
+            value = getattr(self, name)
+            if name == "max_steps_per_epoch" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise BadConfig(f"{name}: expected an integer, found {type(value).__name__} {value!r}")
+        for name in ("lr", "momentum", "lr_decay_at"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise BadConfig(f"{name}: expected a number, found {type(value).__name__} {value!r}")
+        if self.kernel_size not in (3, 5):
+            raise BadConfig(f"kernel_size: expected 3 or 5, found {self.kernel_size}")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise BadConfig(f"max_steps_per_epoch: expected a positive integer or None, "
+                            f"found {self.max_steps_per_epoch}")
+        if self.seed >= 2 ** 64:
+            raise BadConfig(f"seed: expected an integer below 2**64 (torch.manual_seed takes 64 bits), "
+                            f"found {self.seed}")
         if self.loss not in LOSSES:
             raise BadConfig(f"loss: expected one of {LOSSES}, found {self.loss!r}")
         if self.dtype not in ("float32", "float64"):
@@ -65,8 +83,8 @@ class TrainConfig:
             raise BadConfig(f"seed: expected a non-negative integer, found {self.seed}")
         if not 0.0 <= self.momentum < 1.0:
             raise BadConfig(f"momentum: expected 0 <= momentum < 1, found {self.momentum}")
-        if not self.lr > 0:
-            raise BadConfig(f"lr: expected a positive learning rate, found {self.lr}")
+        if not 0 < self.lr < float("inf"):
+            raise BadConfig(f"lr: expected a positive, finite learning rate, found {self.lr}")
 
 
 @dataclass
@@ -149,17 +167,55 @@ def build_optimizers(cfg: TrainConfig, torch_params, steps_per_epoch: int):
     return tx, t_opt, t_sched
 
 
-def batch_order(num_examples: int, cfg: TrainConfig) -> np.ndarray:
-    """``(epochs, steps, batch_size)`` example indices: one shared permutation per epoch."""
+class BatchOrder:
+    """``(epochs, steps, batch_size)`` example indices, made one epoch at a time.
+
+    Epoch ``e`` is the first ``steps * batch_size`` entries of the ``e``-th permutation drawn
+    from ``np.random.default_rng(seed)``, reshaped to ``(steps, batch_size)``. Only the epoch in
+    use is held: ``--epochs 10000000`` costs one epoch's indices, not 10 million of them.
+    Iterating yields the epochs in order; ``order[e]`` gives one (going back redraws from the
+    start); ``np.asarray(order)`` stacks them all.
+    """
+
+    def __init__(self, num_examples: int, steps: int, batch_size: int, epochs: int, seed: int):
+        self.num_examples, self.seed = num_examples, seed
+        self.shape = (epochs, steps, batch_size)
+        self._rng, self._next, self._last = None, 0, None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _draw(self) -> np.ndarray:
+        _, steps, batch = self.shape
+        return self._rng.permutation(self.num_examples)[:steps * batch].reshape(steps, batch)
+
+    def __getitem__(self, epoch: int) -> np.ndarray:
+        epoch = range(self.shape[0])[epoch]                   # IndexError past the end, as an array
+        if self._rng is None or epoch < self._next - 1:
+            self._rng, self._next = np.random.default_rng(self.seed), 0
+        while self._next <= epoch:
+            self._last, self._next = self._draw(), self._next + 1
+        return self._last
+
+    def __iter__(self):
+        rng = np.random.default_rng(self.seed)
+        _, steps, batch = self.shape
+        for _ in range(self.shape[0]):
+            yield rng.permutation(self.num_examples)[:steps * batch].reshape(steps, batch)
+
+    def __array__(self, dtype=None, copy=None):
+        return np.stack(list(self)).astype(dtype or np.int64, copy=False)
+
+
+def batch_order(num_examples: int, cfg: TrainConfig) -> BatchOrder:
+    """``(epochs, steps, batch_size)`` example indices: one shared permutation per epoch (``BatchOrder``)."""
     steps = num_examples // cfg.batch_size
     if steps == 0:
         raise BadConfig(f"batch_size: expected at most {num_examples} (the training set size), "
                         f"found {cfg.batch_size}")
     if cfg.max_steps_per_epoch is not None:
         steps = min(steps, cfg.max_steps_per_epoch)
-    rng = np.random.default_rng(cfg.seed)
-    return np.stack([rng.permutation(num_examples)[:steps * cfg.batch_size].reshape(steps, cfg.batch_size)
-                     for _ in range(cfg.epochs)])
+    return BatchOrder(num_examples, steps, cfg.batch_size, cfg.epochs, cfg.seed)
 
 
 def initial_state(cfg: TrainConfig) -> dict:
@@ -215,9 +271,17 @@ def _correct(model, x: np.ndarray, y: np.ndarray, to_float=None) -> int:
     return total
 
 
+def check_some_images(x, what: str = "images") -> None:
+    """An accuracy is a fraction of the images: refuse none (torch's would divide 0 by 0 as well)."""
+    if len(x) == 0:
+        raise BadImages(f"{what}: expected at least one image to measure an accuracy on, found 0 "
+                        f"(shape {tuple(x.shape)})")
+
+
 def flax_accuracy(params: dict, x: np.ndarray, y: np.ndarray) -> float:
     """Fraction of ``x`` (NHWC) that the Flax Net with ``params`` (Flax layout) classifies as ``y``."""
     check_images(x)
+    check_some_images(x)
     check_finite(x)
     check_labels(y, len(x))
     return _correct(convert.to_nnx(params), np.asarray(x), np.asarray(y)) / len(y)
@@ -241,6 +305,7 @@ def torch_accuracy(state: dict, x: np.ndarray, y: np.ndarray) -> float:
 
     from torch_reference import Net as TorchNet
     check_images(x)
+    check_some_images(x)
     check_finite(x)
     check_labels(y, len(x))
     k = convert.kernel_size_of(convert.torch_to_flax(state))
@@ -312,6 +377,7 @@ def train(dataset: Dataset, cfg: TrainConfig = TrainConfig(), *,
         raise BadConfig("dtype float64: expected jax_enable_x64 to be on "
                         "(jax.config.update('jax_enable_x64', True)), found it off")
     for split, x, y in (("train", dataset.x_train, dataset.y_train), ("test", dataset.x_test, dataset.y_test)):
+        check_some_images(x, f"{split} images")
         check_images(dataset.to_float(x[:1]))          # uint8 grey levels are checked as floats
         check_finite(x, f"{split} images")
         check_labels(y, len(x), f"{split} labels")
@@ -333,7 +399,7 @@ def train(dataset: Dataset, cfg: TrainConfig = TrainConfig(), *,
     flax_loss = FLAX_LOSSES[cfg.loss]
 
     fr, tr = FrameworkRun(), FrameworkRun()
-    first = dataset.images("train", order[0, 0]).astype(dtype), dataset.y_train[order[0, 0]]
+    first = dataset.images("train", order[0][0]).astype(dtype), dataset.y_train[order[0][0]]
     evaluate = dict(x=dataset.x_test, y=dataset.y_test, to_float=dataset.to_float)
     start = time.perf_counter()                 # one-time start-up, on copies: not in `seconds`
     warm = copy.deepcopy(net)
@@ -349,14 +415,14 @@ def train(dataset: Dataset, cfg: TrainConfig = TrainConfig(), *,
 
     shift_rng = np.random.default_rng([cfg.seed, 1])
     result = TrainResult(cfg, fr, tr, _numpy_tree(nnx.state(model, nnx.Param)), state0)
-    for epoch in range(cfg.epochs):
+    for epoch, epoch_order in enumerate(order):
         tick = progress(epoch, 2 * steps) if progress else (lambda: None)
         shifts = Shifts(dataset.x_train, cfg.shift, shift_rng)   # batches: gathered and shifted one at a time
 
         start = time.perf_counter()
         net.train()
         t_losses = []
-        for idx in order[epoch]:                    # the tutorial's loop, one batch at a time
+        for idx in epoch_order:                     # the tutorial's loop, one batch at a time
             x = _torch_images(dataset.to_float(shifts[idx]), dtype)
             t_losses.append(float(sgd_step(net, t_opt, x, torch_y_train[torch.from_numpy(idx)], criterion)))
             t_sched.step()
@@ -367,7 +433,7 @@ def train(dataset: Dataset, cfg: TrainConfig = TrainConfig(), *,
 
         start = time.perf_counter()
         losses = []
-        for idx in order[epoch]:                    # the same loop, through the library's step
+        for idx in epoch_order:                     # the same loop, through the library's step
             x = dataset.to_float(shifts[idx]).astype(dtype, copy=False)
             losses.append(flax_train.train_step(model, optimizer, x, dataset.y_train[idx],
                                                 loss_fn=flax_loss))

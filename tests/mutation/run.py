@@ -50,7 +50,7 @@ TARGETS = {
                  "state_to_numpy", "nchw_to_nhwc", "nhwc_to_nchw"],
                 ["tests/test_instruments.py", "tests/test_convert.py"]),
     "optim": ("flax_lenet/optim.py",
-              ["_prefix", "_dampened_trace", "sgd", "_one_minus_power", "_scale_by_torch_amsgrad"],
+              ["_prefix", "_dampened_trace", "sgd", "_one_minus_power", "_torch_adam"],
               ["tests/test_optim.py"]),
     "checkpoint": ("flax_lenet/app/checkpoint.py", ["_load_torch_pickle", "load_state"],
                    ["tests/test_instruments.py", "tests/test_checkpoint.py"]),

@@ -5,8 +5,9 @@ directory (Flax layout); the format is read from the name (``flax_lenet.app.chec
 """
 
 import json
+import os
 
-from flax_lenet.errors import BadConfig
+from flax_lenet.errors import BadConfig, BadWeights
 
 
 def add_arguments(p):
@@ -23,12 +24,21 @@ def add_arguments(p):
 def main(args) -> int:
     if args.data == "mnist" and not args.data_dir:
         raise BadConfig("--data mnist: expected --data-dir DIR with the IDX files, found none")
+    if args.data_dir and args.data != "mnist":
+        raise BadConfig("--data-dir: expected --data mnist with it, found --data digits")
+    if not os.path.isdir(args.checkpoint):        # an Orbax folder, or a file: only a regular one is opened
+        from flax_lenet.app.paths import require_regular_file
+        require_regular_file(args.checkpoint, "a checkpoint: a .pt/.pth or .safetensors file, or an Orbax folder")
     import jax
     import numpy as np
 
     from flax_lenet import convert
     from flax_lenet.app import checkpoint, data, training
     state = checkpoint.load_state(args.checkpoint, kernel_size=args.kernel_size)
+    for name, value in state.items():         # integer, boolean or complex weights are not the Net's
+        if np.asarray(value).dtype.kind in "biuc":
+            raise BadWeights(f"{args.checkpoint}: expected floating-point weights (float32 or float64), "
+                             f"found {np.asarray(value).dtype} in {name}")
     dtype = next(iter(state.values())).dtype
     if dtype == np.float64:
         jax.config.update("jax_enable_x64", True)

@@ -6,6 +6,8 @@ checkpoint (``flax.orbax``, Flax layout) and the torch-trained weights as ``torc
 """
 
 
+import os
+
 from flax_lenet.app.cli import positive_int
 from flax_lenet.errors import BadConfig, BadFile, BadInput
 
@@ -14,6 +16,9 @@ from flax_lenet.errors import BadConfig, BadFile, BadInput
 # OpenMP threads spin while waiting for it: on 2 shared cores one thread is torch's fastest
 # setting here. The Flax side keeps XLA's own thread pool.
 TORCH_THREADS = 1
+# torch.set_num_threads overflows above 2**31 and crashes the process (a segmentation fault)
+# when asked for 100,000 threads; no machine this runs on has more cores than this.
+MAX_TORCH_THREADS = max(256, os.cpu_count() or 1)
 
 
 def add_arguments(p):
@@ -58,9 +63,23 @@ def prepare_out(out, overwrite: bool):
         raise BadFile(f"--out: {e}") from None
 
 
+def check_arguments(args) -> None:
+    """Refuse, naming the option, what argparse's types let through."""
+    if not 0 <= args.seed < 2 ** 64:
+        raise BadConfig(f"--seed: expected an integer in 0..2**64-1 (torch.manual_seed takes 64 bits), "
+                        f"found {args.seed}")
+    if args.torch_threads > MAX_TORCH_THREADS:
+        raise BadConfig(f"--torch-threads: expected 1..{MAX_TORCH_THREADS} threads, found {args.torch_threads}")
+    for name in ("lr", "momentum", "lr_decay_at"):
+        value = getattr(args, name)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise BadConfig(f"--{name.replace('_', '-')}: expected a finite number, found {value}")
+
+
 def main(args) -> int:
     import time
     start = time.perf_counter()
+    check_arguments(args)
     if args.data == "mnist" and not args.data_dir:
         raise BadConfig("--data mnist: expected --data-dir DIR with the IDX files, found none")
     if args.data_dir and args.data != "mnist":

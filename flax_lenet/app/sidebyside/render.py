@@ -2,9 +2,10 @@
 
 Code comes from ``inspect.getsource`` of the named objects at generation time; the figures come
 from running ``flax_lenet.parity.compare`` (seed 0, batch 1, kernel size 3, float64 and float32).
-A figure is printed as its tolerance ("≤ 1e-12") or as "= 0", never as the measured digits, so
-that the output is identical on every machine where the comparison passes, and changes (so
-``--check`` fails) only when a claim stops holding.
+A figure is printed as the power of ten above the measured difference beside its tolerance
+("< 1e-15 (limit ≤ 1e-12)"), or as "= 0": the measured digits themselves vary from machine to
+machine in their last places, the decade does not, so the output changes (and ``--check``
+fails) only when a difference moves by a factor of ten or a claim stops holding.
 """
 
 import functools
@@ -64,8 +65,14 @@ def measure() -> dict:
     return {d: tuple(parity.compare(dtype=d, kernel_size=3, batch=1, seed=0)[0]) for d in DTYPES}
 
 
+def decade_above(value: float) -> str:
+    """The smallest power of ten ``>= value``, as ``'1e-07'`` (the measured figure, to its decade)."""
+    import math
+    return f"1e{math.ceil(math.log10(value)):+03d}".replace("+", "")
+
+
 def figure(rows) -> str:
-    """One cell: '= 0' (bit-identical), '≤ tol' when every row passes, else what failed."""
+    """One cell: '= 0' (bit-identical), '< decade (limit ≤ tol)' when every row passes, else what failed."""
     rows = list(rows)
     if not rows:
         return "—"
@@ -74,7 +81,8 @@ def figure(rows) -> str:
     bad = [r for r in rows if not r.ok]
     if bad:
         return f"FAILS: {bad[0].quantity} ({bad[0].flavour}) > {bad[0].rtol:.0e}"
-    return f"≤ {max(r.rtol for r in rows):.0e}"
+    measured = max(r.max_rel for r in rows)
+    return f"< {decade_above(measured)} (limit ≤ {max(r.rtol for r in rows):.0e})"
 
 
 def figures(key: str, numbers: dict) -> list[tuple[str, list[str]]]:
@@ -117,8 +125,9 @@ def _md_section(i: int, s, numbers, graph_rows) -> str:
         parts.append("**Differences**\n\n" + "\n".join(f"- {n}" for n in s.notes) + "\n")
     if s.numbers:
         parts.append("**Measured by `flax-lenet compare`** (max |flax − torch| / max |torch|, all three "
-                     "flavours, seed 0, batch 1)\n\n" + _md_table(("quantity", *DTYPES), [
-                         (q, *cells) for q, cells in figures(s.numbers, numbers)]) + "\n")
+                     "flavours, seed 0, batch 1: the power of ten above the largest, beside its limit)\n\n"
+                     + _md_table(("quantity", *DTYPES), [(q, *cells) for q, cells in figures(s.numbers, numbers)])
+                     + "\n")
     parts.append("**Proved by** " + ", ".join(f"`{t}`" for t in s.tests) + "\n")
     return "\n".join(parts)
 
@@ -146,7 +155,8 @@ def markdown(numbers, graph_rows) -> str:
 CSS = """
 :root { --torch: #ee4c2c; --flax: #4a7bd0; --line: #d9dce1; --bg: #fafbfc; }
 * { box-sizing: border-box; }
-body { margin: 0; font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1f2328; }
+body { margin: 0; font: 15px/1.5 system-ui, -apple-system, "Segoe UI", "Noto Sans CJK SC", "Source Han Sans SC",
+  "PingFang SC", "Hiragino Sans GB", "Microsoft YaHei", "WenQuanYi Micro Hei", sans-serif; color: #1f2328; }
 main { max-width: 1500px; margin: 0 auto; padding: 1rem; }
 h1 { font-size: 1.6rem; } h2 { font-size: 1.3rem; margin: 0 0 .4rem; }
 .seed { color: #656d76; font-weight: normal; font-size: .95rem; }
@@ -161,7 +171,8 @@ section.step { border-top: 2px solid var(--line); padding: 1.2rem 0; }
 .torch h3 { color: var(--torch); } .flax h3 { color: var(--flax); }
 .label { font: .78rem ui-monospace, monospace; color: #656d76; margin: .4rem 0 .1rem; }
 .hl { background: var(--bg); border-radius: 4px; overflow-x: auto; }
-.hl pre { margin: 0; padding: .5rem; font: 12.5px/1.45 ui-monospace, "DejaVu Sans Mono", monospace; }
+.hl pre { margin: 0; padding: .5rem; font: 12.5px/1.45 ui-monospace, "DejaVu Sans Mono", "Noto Sans Mono CJK SC",
+  monospace; white-space: pre-wrap; overflow-wrap: anywhere; }
 .tabs > input { position: absolute; opacity: 0; pointer-events: none; }
 .tabs > label { display: inline-block; padding: .15rem .6rem; border: 1px solid var(--line);
   border-radius: 4px 4px 0 0; cursor: pointer; font-size: .85rem; margin-right: .2rem; color: #656d76; }
@@ -244,7 +255,8 @@ def _html_section(i: int, s, numbers, graph_rows) -> str:
     right = ""
     if s.numbers:
         right = ("<h3>Measured by <code>flax-lenet compare</code></h3>"
-                 "<p>max |flax − torch| / max |torch|, NNX, Linen and functional, seed 0, batch 1</p>"
+                 "<p>max |flax − torch| / max |torch|, NNX, Linen and functional, seed 0, batch 1: "
+                 "the power of ten above the largest, beside its limit</p>"
                  + _html_table(("quantity", *DTYPES), [(q, *c) for q, c in figures(s.numbers, numbers)]))
     proof = ('<div class="proof"><h3>Proved by</h3><ul>'
              + "".join(f'<li><code>{_esc(t)}</code></li>' for t in s.tests) + "</ul></div>")
