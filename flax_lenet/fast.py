@@ -98,7 +98,7 @@ def patches(blocks, out, d):
     parts = []
     for s, t in itertools.product(range(math.ceil(d / r)), repeat=2):
         part = blocks[:, s:s + out, t:t + out, :min(r, d - r * s), :min(r, d - r * t), :]
-        parts.append(part.reshape(n, out, out, -1))
+        parts.append(part.reshape(n, out, out, math.prod(part.shape[3:])))
     return jnp.concatenate(parts, axis=-1)
 
 
@@ -157,7 +157,7 @@ def forward(params, x):
     blocks = x.reshape(n, 8, 4, 8, 4, 1).transpose(0, 1, 3, 2, 4, 5)
     h = conv_relu_pool(blocks, **params["conv1"], out=out1, r=4)    # (N, 7, 7, 2, 2, 6)
     h = conv_relu_pool(h, **params["conv2"], out=side, r=2)         # (N, side, side, 1, 1, 16)
-    h = h.reshape(n, -1)                                            # H*W*C order, as Net's flatten
+    h = h.reshape(n, math.prod(h.shape[1:]))                        # H*W*C order, as Net's flatten
     h = jax.nn.relu(functional.linear(h, **params["fc1"]))
     h = jax.nn.relu(functional.linear(h, **params["fc2"]))
     return functional.linear(h, **params["fc3"])

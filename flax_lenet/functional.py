@@ -5,6 +5,8 @@ a plain ``jax.lax`` / ``jax.nn`` call and the weights are passed in. ``params`` 
 Linen tree, ``{'conv1': {'kernel': (kH, kW, I, O), 'bias': (O,)}, ..., 'fc3': {...}}``.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -33,7 +35,7 @@ def forward(params, x):                                                # (N, 32,
     p = params
     x = max_pool2d(jax.nn.relu(conv2d(x, **p["conv1"])))                 # (N, 15, 15, 6)
     x = max_pool2d(jax.nn.relu(conv2d(x, **p["conv2"])))                 # (N, 6, 6, 16)
-    x = x.reshape(x.shape[0], -1)                   # (N, 576), in H*W*C order (torch: C*H*W)
+    x = x.reshape(x.shape[0], math.prod(x.shape[1:]))      # (N, 576), H*W*C (torch: C*H*W)
     x = jax.nn.relu(linear(x, **p["fc1"]))                               # (N, 120)
     x = jax.nn.relu(linear(x, **p["fc2"]))                               # (N, 84)
     return linear(x, **p["fc3"])                                         # (N, 10)

@@ -9,6 +9,8 @@ not raise here: only a value test catches it. Importing ``flax_lenet`` makes ``N
 one compiled call, with the same values: ``flax_lenet.construct`` (start-up time only).
 """
 
+import math
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -29,7 +31,7 @@ class Net(nn.Module):
         # Max pooling over a (2, 2) window, stride 2 (torch's default stride is the window)
         x = nn.max_pool(nn.relu(conv1(x)), (2, 2), strides=(2, 2))        # (N, 15, 15, 6)
         x = nn.max_pool(nn.relu(conv2(x)), (2, 2), strides=(2, 2))        # (N, 6, 6, 16)
-        x = x.reshape(x.shape[0], -1)               # (N, 576), in H*W*C order (torch: C*H*W)
+        x = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # (N, 576), H*W*C (torch: C*H*W)
         x = nn.relu(fc1(x))                                                # (N, 120)
         x = nn.relu(fc2(x))                                                # (N, 84)
         x = fc3(x)                                                         # (N, 10)

@@ -14,6 +14,8 @@ Importing ``flax_lenet`` makes ``Net(...)`` run this ``__init__`` inside one com
 with the same values: ``flax_lenet.construct`` (start-up time only).
 """
 
+import math
+
 import jax.numpy as jnp
 from flax import nnx
 
@@ -39,7 +41,7 @@ class Net(nnx.Module):
         # Max pooling over a (2, 2) window, stride 2 (torch's default stride is the window)
         x = nnx.max_pool(nnx.relu(self.conv1(x)), (2, 2), strides=(2, 2))  # (N, 15, 15, 6)
         x = nnx.max_pool(nnx.relu(self.conv2(x)), (2, 2), strides=(2, 2))  # (N, 6, 6, 16)
-        x = x.reshape(x.shape[0], -1)               # (N, 576), in H*W*C order (torch: C*H*W)
+        x = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # (N, 576), H*W*C (torch: C*H*W)
         x = nnx.relu(self.fc1(x))                                          # (N, 120)
         x = nnx.relu(self.fc2(x))                                          # (N, 84)
         x = self.fc3(x)                                                    # (N, 10)

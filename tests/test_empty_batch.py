@@ -1,23 +1,17 @@
 """An empty batch (N=0): torch's Net returns logits of shape (0, 10); the Flax flavours should too.
 
-They do not yet: each flattens with ``x.reshape(x.shape[0], -1)``, and ``jnp.reshape`` cannot
-infer the ``-1`` of an empty array (``ZeroDivisionError: integer modulo by zero``; numpy refuses
-the same reshape with a ValueError). The fix belongs in the model files, which this change does
-not touch: ``x.reshape(x.shape[0], math.prod(x.shape[1:]))`` in ``model.py``, ``linen.py``,
-``functional.py``, and in ``fast.py`` (lines ``part.reshape(n, out, out, -1)`` and
-``h.reshape(n, -1)``, where numpy, given numpy input, raises ValueError). These tests are strict expected failures until then: the day
-the flatten is fixed they pass, and strict mode makes that an error until the marker goes.
-What the app builds on top already refuses 0 images in one line (``test_input_limits.py``).
+Each flattens with ``x.reshape(x.shape[0], math.prod(x.shape[1:]))``: ``x.reshape(x.shape[0], -1)``
+cannot infer the ``-1`` of an empty array (``ZeroDivisionError: integer modulo by zero`` in
+``jnp.reshape``; numpy refuses the same reshape with a ValueError). The same holds for
+``fast.py``'s two flattens. What the app builds on top refuses 0 images in one line
+(``test_input_limits.py``).
 """
 
-import jax
 import numpy as np
 import pytest
 import torch
-from flax import nnx
 
 from flax_lenet import convert, fast, functional, linen
-from flax_lenet.model import Net
 from torch_reference import Net as TorchNet
 
 EMPTY = np.zeros((0, 32, 32, 1), np.float32)
@@ -40,8 +34,6 @@ FLAVOURS = {
 }
 
 
-@pytest.mark.xfail(strict=True, raises=(ZeroDivisionError, ValueError),
-                   reason="the flatten x.reshape(x.shape[0], -1) in the model files (not edited here)")
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_every_flax_flavour_returns_logits_of_shape_0_by_10_on_an_empty_batch(flavour):
     assert FLAVOURS[flavour](_params()).shape == (0, 10)
