@@ -307,3 +307,20 @@ def test_train_steps_is_the_loop_of_train_step():
     assert_tree_close(got[1], want[1], FLOAT64, "params after 4 steps")
     shuffled = run(lambda m, o: train.train_steps(m, o, xs[::-1], ys[::-1]))
     assert parity.diff(shuffled[1]["fc1.weight"], want[1]["fc1.weight"])[1] > FLOAT64.rtol
+
+
+@pytest.mark.x64
+@pytest.mark.parametrize("name", ["ce", "mse"])
+def test_the_apps_losses_in_chunks_equal_the_whole_batchs(name):
+    """``flax-lenet train``'s two losses (on class labels) are declared batch means: chunked,
+    they equal the whole batch through model(x)."""
+    from flax_lenet.app import training
+    loss_fn = training.FLAX_LOSSES[name]
+    n = fast.CHUNK + 3
+    x = _images(n, "float64")
+    labels = jnp.asarray(np.random.default_rng(4).integers(0, 10, n))
+    model = _model(3, "float64")
+    loss, grads = jax.jit(lambda m, x, y: fast.value_and_grad(loss_fn, m, x, y))(model, x, labels)
+    want_loss, want = _layered_value_and_grad(loss_fn, model, x, labels)
+    assert_close(loss, want_loss, FLOAT64, "loss")
+    assert_tree_close(convert.flax_to_torch(nnx.to_pure_dict(grads)), want, FLOAT64, "grads")

@@ -230,11 +230,13 @@ def initial_state(cfg: TrainConfig) -> dict:
 
 # --- Flax -------------------------------------------------------------------------------------
 
+@fast.batch_mean   # means over the batch: train_step may add a large batch up in chunks
 def ce_loss(model, x, labels):
     """``F.cross_entropy(net(x), labels)``: the mean softmax cross-entropy on class labels."""
     return optax.softmax_cross_entropy_with_integer_labels(model(x), labels).mean()
 
 
+@fast.batch_mean
 def mse_onehot_loss(model, x, labels):
     """``nn.MSELoss()(net(x), F.one_hot(labels))``: the tutorial's loss on one-hot targets."""
     logits = model(x)
