@@ -319,7 +319,9 @@ def flax_side(flax_model, variables: dict, x, y, *, loss=functional.mse_loss, op
     if kind == "nnx":
         model = port.load(nnx.clone(flax_model), variables, dtype=dtype)
         if modes:
-            outputs["eval"] = np.asarray(_nnx_eval(nnx.clone(model).eval(), x))
+            evaluated = nnx.clone(model)
+            evaluated.eval()
+            outputs["eval"] = np.asarray(_nnx_eval(evaluated, x))
         work = _nnx_train_mode(nnx.clone(model))
         loss_fn = _model_loss(loss)
         out, value, grads = _nnx_forward_and_grads(work, x, y, loss_fn=loss_fn)
