@@ -328,7 +328,8 @@ def torch_to_flax(model, state_dict=None, *, flatten=None, name_map=None, cast=N
             if key not in expected:
                 continue                                        # e.g. bias=False, affine=False
             if key not in state:
-                raise BadWeights(f"missing key {key!r} (expected shape {expected[key]}){nearest(key, state)}")
+                unmatched = [k for k in state if k not in expected]
+                raise BadWeights(f"missing key {key!r} (expected shape {expected[key]}){nearest(key, unmatched or state)}")
             if state[key].shape != expected[key]:
                 raise BadWeights(f"{key}: expected shape {expected[key]}, found {state[key].shape}")
             moved = np.array(rule.to_flax(tname, state[key], info), order="C")
@@ -337,7 +338,8 @@ def torch_to_flax(model, state_dict=None, *, flatten=None, name_map=None, cast=N
     extra = [k for k in state if k not in used and k.rsplit(".", 1)[-1] not in SKIPPED]
     for key in extra:
         if key not in expected:
-            raise BadWeights(f"unexpected key {key!r} with shape {state[key].shape}{nearest(key, expected)}")
+            absent = [k for k in expected if k not in state]
+            raise BadWeights(f"unexpected key {key!r} with shape {state[key].shape}{nearest(key, absent or expected)}")
         raise BadWeights(f"{key}: no conversion rule for {type(model.get_submodule(key.rpartition('.')[0])).__name__}; "
                          "add one with flax_lenet.port.register(torch_class, Rule(...))")
     return out
