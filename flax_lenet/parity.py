@@ -8,7 +8,7 @@ travel through numpy; no RNG stream is shared between the frameworks.
 
 import contextlib
 import functools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import jax
 import jax.numpy as jnp
@@ -494,6 +494,7 @@ class Report:
     rows: list
     tolerance: Tolerance
     config: dict
+    notices: list = field(default_factory=list)   # what may explain a difference, e.g. a fixed layer dtype
 
     @property
     def ok(self) -> bool:
@@ -505,7 +506,7 @@ class Report:
 
     def as_dict(self) -> dict:
         return {"config": self.config, "tolerance": {"rtol": self.tolerance.rtol, "reason": self.tolerance.reason},
-                "rows": [r.as_dict() for r in self.rows], "ok": self.ok}
+                "rows": [r.as_dict() for r in self.rows], "notices": self.notices, "ok": self.ok}
 
     def to_json(self) -> str:
         import json
@@ -518,6 +519,7 @@ class Report:
         lines = [format_table(["quantity", "flavour", "worst tensor", "step", "max abs diff", "max rel diff",
                                "tolerance", "ok"], body)]
         lines += [f"not finite: {r.note}" for r in self.rows if r.note]
+        lines += [f"notice: {n}" for n in self.notices]
         bad = len(self.failures)
         lines.append(f"all {len(self.rows)} quantities agree" if not bad
                      else f"{bad} of {len(self.rows)} quantities differ: " + describe_failures(self.failures))
@@ -650,7 +652,23 @@ def check(torch_model, flax_model, inputs, *, target=None, loss="mse", optimizer
     config = {"torch": type(torch_model).__name__, "flax": sorted(models), "dtype": dtype,
               "input_shape": list(x.shape), "loss": loss if isinstance(loss, str) else "custom",
               "optimizer": str(optimizer), "steps": steps, "device": jax.default_backend(), "flatten": flatten}
-    return Report(rows, tol, config)
+    return Report(rows, tol, config, [n for m in models.values() for n in fixed_dtypes(m, dtype)])
+
+
+def fixed_dtypes(flax_model, dtype: str) -> list[str]:
+    """Notices for NNX layers whose computation dtype was fixed when built (e.g. ``nnx.Embed``'s
+    ``dtype`` defaults to its ``param_dtype``) and is not ``dtype``: they compute in that dtype
+    whatever weights are loaded."""
+    if flax_kind(flax_model) != "nnx":
+        return []
+    found = []
+    for path, m in nnx.iter_modules(flax_model):
+        fixed = getattr(m, "dtype", None)
+        if fixed is not None and isinstance(m, nnx.Module) and jnp.dtype(fixed) != jnp.dtype(dtype):
+            where = ".".join(map(str, path)) or "the model"
+            found.append(f"{type(m).__name__} at {where} computes in {jnp.dtype(fixed)} (its dtype, fixed when "
+                         f"built); build it with param_dtype={dtype} (or dtype={dtype}) to compare in {dtype}")
+    return found
 
 
 def _jax_array(a: np.ndarray):
