@@ -274,6 +274,12 @@ def _rename(path: str, name_map: Mapping[str, str] | None) -> str:
     return path
 
 
+def _flax_key(path: str, leaf: str, name_map) -> str:
+    """``'module.path/leaf'``; a model that is itself one layer (path ``''``) has just ``'leaf'``."""
+    renamed = _rename(path, name_map)
+    return f"{renamed}/{leaf}" if renamed else leaf
+
+
 def _layers(model, flatten: Mapping[str, tuple] | None):
     """``(module path, module, rule, info)`` for every module with a rule and tensors of its own."""
     for path, module in model.named_modules():
@@ -333,7 +339,7 @@ def torch_to_flax(model, state_dict=None, *, flatten=None, name_map=None, cast=N
             if state[key].shape != expected[key]:
                 raise BadWeights(f"{key}: expected shape {expected[key]}, found {state[key].shape}")
             moved = np.array(rule.to_flax(tname, state[key], info), order="C")
-            out[collection][f"{_rename(path, name_map)}/{leaf}"] = moved
+            out[collection][_flax_key(path, leaf, name_map)] = moved
             used.add(key)
     extra = [k for k in state if k not in used and k.rsplit(".", 1)[-1] not in SKIPPED]
     for key in extra:
@@ -359,7 +365,7 @@ def flax_to_torch(model, variables: Mapping[str, Mapping[str, Any]], *, flatten=
             key = f"{path}.{tname}" if path else tname
             if key not in expected:
                 continue
-            flax_key = f"{_rename(path, name_map)}/{leaf}"
+            flax_key = _flax_key(path, leaf, name_map)
             found = variables.get(collection, {})
             if flax_key not in found:
                 raise BadWeights(f"missing Flax {collection} {flax_key!r} for {key} "
