@@ -706,7 +706,8 @@ def _diff_sides(label, net, ref, got, flatten, name_map, rtol, tol, output_name,
     worst = None
     for step, ((t_loss, t_state), (f_loss, f_vars)) in enumerate(zip(ref["steps"], got["steps"]), start=1):
         f_state = torch_layout(f_vars)
-        pairs = {f"{step_label}: {n}": (f_state[n], t_state[n]) for n in t_state if not n.endswith("num_batches_tracked")}
+        pairs = {f"{step_label}: {n}": (f_state[n], t_state[n]) for n in t_state
+                 if n.rpartition(".")[2] not in port.SKIPPED}
         if len(ref["steps"]) > 1:
             pairs[f"{step_label}: loss"] = (f_loss, t_loss)
         r = row(step_label, label, pairs, _rtol_of(rtol, "steps", tol.rtol))

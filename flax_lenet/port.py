@@ -96,8 +96,8 @@ def clean_state_dict(state_dict: Any, *, cast: str | None = None) -> tuple[dict[
         prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in renamed.values())), None)
         if prefix is None:
             break
-        notices.append(f"stripped the {prefix!r} prefix from all {len(keys)} keys "
-                       f"({'torch.compile' if prefix == '_orig_mod.' else 'nn.DataParallel / DistributedDataParallel'})")
+        saver = "torch.compile" if prefix == "_orig_mod." else "nn.DataParallel / DistributedDataParallel"
+        notices.append(f"stripped the {prefix!r} prefix from all {len(keys)} keys ({saver})")
         renamed = {k: v[len(prefix):] for k, v in renamed.items()}
     state = {renamed[k]: tensor_to_numpy(v) for k, v in state_dict.items()}
     if cast is not None:
@@ -335,7 +335,8 @@ def torch_to_flax(model, state_dict=None, *, flatten=None, name_map=None, cast=N
                 continue                                        # e.g. bias=False, affine=False
             if key not in state:
                 unmatched = [k for k in state if k not in expected]
-                raise BadWeights(f"missing key {key!r} (expected shape {expected[key]}){nearest(key, unmatched or state)}")
+                raise BadWeights(f"missing key {key!r} (expected shape {expected[key]})"
+                                 f"{nearest(key, unmatched or state)}")
             if state[key].shape != expected[key]:
                 raise BadWeights(f"{key}: expected shape {expected[key]}, found {state[key].shape}")
             moved = np.array(rule.to_flax(tname, state[key], info), order="C")
@@ -370,7 +371,7 @@ def flax_to_torch(model, variables: Mapping[str, Mapping[str, Any]], *, flatten=
             if flax_key not in found:
                 raise BadWeights(f"missing Flax {collection} {flax_key!r} for {key} "
                                  f"(expected shape {tuple(expected[key].shape)}){nearest(flax_key, found)}")
-            a = np.asarray(found[flax_key]) if not hasattr(found[flax_key], "detach") else tensor_to_numpy(found[flax_key])
+            a = tensor_to_numpy(found[flax_key])
             state[key] = np.array(rule.to_torch(tname, a, info), order="C")
             if state[key].shape != tuple(expected[key].shape):
                 raise BadWeights(f"Flax {collection} {flax_key}: expected shape for {key} "

@@ -43,8 +43,10 @@ def _table(report) -> str:
                      f"{r.rtol:.0e} | **FAIL** |")
     bad = len(report.failures)
     lines.append("")
-    lines.append(f"{'all ' + str(len(report.rows)) + ' quantities agree' if not bad else f'{bad} of {len(report.rows)} quantities differ'}"
-                 f" ({report.config['dtype']}, {report.config['optimizer']}, {report.config['steps']} steps).")
+    n = len(report.rows)
+    verdict = f"all {n} quantities agree" if not bad else f"{bad} of {n} quantities differ"
+    config = report.config
+    lines.append(f"{verdict} ({config['dtype']}, {config['optimizer']}, {config['steps']} steps).")
     return "\n".join(lines)
 
 
