@@ -183,3 +183,12 @@ def test_convert_command_takes_half_precision_checkpoints(tmp_path, dtype):
 def test_tutorial_conversion_still_refuses_a_list():
     with pytest.raises(BadWeights, match="found list"):
         convert.torch_to_flax([state_numpy(torch_net(3, "float32"))])
+
+
+def test_convert_command_refuses_bfloat16_to_a_torch_file_in_one_line(tmp_path):
+    net = torch_net(3, "float32")
+    torch.save({k: v.to(torch.bfloat16) for k, v in net.state_dict().items()}, tmp_path / "half.pt")
+    proc = _convert(tmp_path, tmp_path / "half.pt", "out.pt")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "bfloat16" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["half.pt"]            # nothing half-written
