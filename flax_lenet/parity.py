@@ -142,13 +142,14 @@ def _torch_losses():
 
 
 def torch_side(net, x, target, *, criterion, optimizer=None, steps: int = 1, manual_lr=None,
-               modes: bool = False) -> dict:
+               modes: bool = False, batches=None) -> dict:
     """One step of training in torch on a copy of ``net`` (left unchanged), in numpy.
 
     Returns ``{'output': {mode: array}, 'loss', 'grads': {name: array}, 'manual': state after
     ``w - manual_lr * g`` or None, 'steps': [(loss, state_dict)] after each optimizer step}``.
     The outputs are taken in eval mode and, with ``modes``, in train mode (Dropout off); loss,
-    gradients and steps in train mode with Dropout off.
+    gradients and steps in train mode with Dropout off. ``batches``: ``(xs, ys)``, one batch per
+    step (default: ``x``, ``target`` at every step).
     """
     import copy
 
@@ -180,9 +181,11 @@ def torch_side(net, x, target, *, criterion, optimizer=None, steps: int = 1, man
         work = _torch_train_mode(copy.deepcopy(net))
         with no_dynamo.eager_optim():      # torch.optim, without importing torch._dynamo (~1 s)
             opt = optimizer.torch(work.parameters())
-            for _ in range(steps):
+            for t in range(steps):
+                xt, yt = (x, y) if batches is None else (torch.as_tensor(batches[0][t]).to(dev),
+                                                         torch.as_tensor(batches[1][t]).to(dev))
                 opt.zero_grad()
-                step_loss = criterion(work(x), y)
+                step_loss = criterion(work(xt), yt)
                 step_loss.backward()
                 no_dynamo.step(opt)        # optimizer.step()
                 stepped.append((step_loss.item(), convert.state_to_numpy(work.state_dict())))
@@ -306,7 +309,7 @@ def _skeleton(flax_model):
 
 
 def flax_side(flax_model, variables: dict, x, y, *, loss=functional.mse_loss, optimizer=None, steps: int = 1,
-              manual_lr=None, modes: bool = False, step_fn=None) -> dict:
+              manual_lr=None, modes: bool = False, step_fn=None, batches=None) -> dict:
     """``torch_side`` in Flax, from converted ``variables`` ``{collection: {'path/leaf': array}}``.
 
     Returns the same keys, every state as flat Flax variables ``{collection: {'path/leaf': array}}``.
@@ -330,8 +333,9 @@ def flax_side(flax_model, variables: dict, x, y, *, loss=functional.mse_loss, op
         if optimizer is not None:
             work = _nnx_train_mode(nnx.clone(model))
             opt = nnx.Optimizer(work, _tx(optimizer), wrt=nnx.Param)
-            for _ in range(steps):
-                step_loss = (step_fn or nnx_train_step)(work, opt, x, y, loss_fn=loss_fn)
+            for t in range(steps):
+                xt, yt = (x, y) if batches is None else (batches[0][t], batches[1][t])
+                step_loss = (step_fn or nnx_train_step)(work, opt, xt, yt, loss_fn=loss_fn)
                 stepped.append((float(step_loss), port.flax_variables(work)))
         stats = port.flax_variables(model)[port.BATCH_STATS]
     else:
@@ -345,9 +349,13 @@ def flax_side(flax_model, variables: dict, x, y, *, loss=functional.mse_loss, op
             outputs["eval"] = np.asarray(out)
         grads, params, manual = port._flat(grads), port._flat(p), port._flat(manual)
         if optimizer is not None:
-            stepped.append((float(value), {port.PARAMS: port._flat(q), **port_stats(rest)}))
-            for _ in range(steps - 1):
-                q, state, step_loss = _pure_step(apply, loss, tx, q, state, rest, x, y)
+            if batches is None:          # the first step is the one _pure_run took
+                stepped.append((float(value), {port.PARAMS: port._flat(q), **port_stats(rest)}))
+            else:
+                q, state = p, tx.init(p)
+            for t in range(steps - 1 if batches is None else steps):
+                xt, yt = (x, y) if batches is None else (batches[0][t], batches[1][t])
+                q, state, step_loss = _pure_step(apply, loss, tx, q, state, rest, xt, yt)
                 stepped.append((float(step_loss), {port.PARAMS: port._flat(q), **port_stats(rest)}))
         stats = port_stats(rest)[port.BATCH_STATS]
     outputs["train" if modes else "-"] = np.asarray(out)
@@ -456,6 +464,20 @@ def compare_results(flavour: str, ref: dict, got: dict, tol: Tolerance) -> list[
     return rows
 
 
+def fault_tamper(fault):
+    """``FAULTS[fault]`` as ``check``'s ``tamper(state, variables)``, or ``None``."""
+    if fault is None:
+        return None
+    if fault not in FAULTS:
+        raise BadConfig(f"fault must be one of {sorted(FAULTS)}, found {fault!r}")
+
+    def tamper(state, variables):
+        nested = _nested(variables[port.PARAMS])
+        FAULTS[fault](state, nested)
+        variables[port.PARAMS] = {f"{m}/{leaf}": a for m, leaves in nested.items() for leaf, a in leaves.items()}
+    return tamper
+
+
 def compare(*, flavours=FLAVOURS, dtype="float32", kernel_size=3, batch=1, seed=0, lr=0.01,
             tf32=False, fault=None) -> tuple[list[Row], Tolerance]:
     """Run the tutorial in torch and each Flax flavour through ``check``; return the rows and the tier."""
@@ -470,14 +492,8 @@ def compare(*, flavours=FLAVOURS, dtype="float32", kernel_size=3, batch=1, seed=
     net = TorchNet(kernel_size)
     x, target = tutorial_data(batch, seed, dtype)
     models = {f: _tutorial_model(f, kernel_size, jnp.dtype(dtype)) for f in flavours}
-    tamper = None
-    if fault is not None:
-        def tamper(state, variables):
-            nested = _nested(variables[port.PARAMS])
-            FAULTS[fault](state, nested)
-            variables[port.PARAMS] = {f"{m}/{leaf}": a for m, leaves in nested.items() for leaf, a in leaves.items()}
     report = check(net, models, x, target=target, optimizer=trajectory.Optimizer.of("sgd", lr=lr), steps=1,
-                   dtype=dtype, manual_lr=lr, output_name="logits", tf32=tf32, tamper=tamper,
+                   dtype=dtype, manual_lr=lr, output_name="logits", tf32=tf32, tamper=fault_tamper(fault),
                    step_fn={"nnx": train.train_step})
     return report.rows, report.tolerance
 
@@ -560,7 +576,8 @@ def _to_torch_layout(flax_out: np.ndarray, torch_out: np.ndarray) -> np.ndarray:
 
 def check(torch_model, flax_model, inputs, *, target=None, loss="mse", optimizer=None, steps: int = 1,
           dtype: str = "float32", manual_lr=None, rtol=None, flatten="auto", name_map=None, flax_input=None,
-          output_name="output", tf32=False, seed: int = 0, tamper=None, step_fn=None) -> Report:
+          output_name="output", tf32=False, seed: int = 0, tamper=None, step_fn=None, batches=None,
+          per_tensor_steps: bool = False) -> Report:
     """Check a Flax port against its torch model: converted weights, outputs, loss, every gradient, N steps.
 
     Weights go torch -> Flax through ``flax_lenet.port`` (by module path and layer type); inputs
@@ -589,6 +606,10 @@ def check(torch_model, flax_model, inputs, *, target=None, loss="mse", optimizer
         converted weights in place before the Flax side runs (to show a broken port failing).
       step_fn: the NNX training step, ``step_fn(model, optimizer, x, y, loss_fn=...)`` (default
         ``nnx_train_step``), or ``{label: step_fn}``.
+      batches: ``(xs, ys)`` in torch's layout, one batch per optimizer step (default: ``inputs``
+        and ``target`` at every step).
+      per_tensor_steps: one row per tensor (``'params <name>'``) and one for the loss over the
+        steps, each with its worst step, instead of one row for all parameters.
 
     Returns:
       A ``Report``: ``.ok``, ``.table()``, ``.to_json()``, ``.assert_ok()`` (names the tensor).
@@ -641,14 +662,21 @@ def check(torch_model, flax_model, inputs, *, target=None, loss="mse", optimizer
     to_flax = flax_input or default_flax_input
     x_flax, y_flax = _jax_array(to_flax(x)), _jax_array(_flax_target(target, to_flax))
     step_label = f"params after {trajectory.TORCH_CLASSES[optimizer.name]} step" + (f"s ({steps})" if steps > 1 else "")
+    flax_batches = None
+    if batches is not None:
+        xs, ys = (np.asarray(b) for b in batches)
+        xs = xs.astype(dtype) if np.issubdtype(xs.dtype, np.floating) else xs
+        batches = (xs, ys)
+        flax_batches = ([_jax_array(to_flax(b)) for b in xs], [_jax_array(_flax_target(b, to_flax)) for b in ys])
     with precision(tf32):
         ref = torch_side(net, x, target, criterion=criterion, optimizer=optimizer, steps=steps,
-                         manual_lr=manual_lr, modes=modes)
+                         manual_lr=manual_lr, modes=modes, batches=batches)
         for label, model in models.items():
             fn = step_fn.get(label) if isinstance(step_fn, dict) else step_fn
             got = flax_side(model, variables, x_flax, y_flax, loss=flax_loss, optimizer=optimizer, steps=steps,
-                            manual_lr=manual_lr, modes=modes, step_fn=fn)
-            rows += _diff_sides(label, net, ref, got, flatten, name_map, rtol, tol, output_name, step_label)
+                            manual_lr=manual_lr, modes=modes, step_fn=fn, batches=flax_batches)
+            rows += _diff_sides(label, net, ref, got, flatten, name_map, rtol, tol, output_name, step_label,
+                                per_tensor_steps)
     config = {"torch": type(torch_model).__name__, "flax": sorted(models), "dtype": dtype,
               "input_shape": list(x.shape), "loss": loss if isinstance(loss, str) else "custom",
               "optimizer": str(optimizer), "steps": steps, "device": jax.default_backend(), "flatten": flatten}
@@ -682,7 +710,8 @@ def _flax_target(target: np.ndarray, to_flax) -> np.ndarray:
     return to_flax(target) if target.ndim == 4 else target
 
 
-def _diff_sides(label, net, ref, got, flatten, name_map, rtol, tol, output_name, step_label) -> list[Row]:
+def _diff_sides(label, net, ref, got, flatten, name_map, rtol, tol, output_name, step_label,
+                per_tensor_steps=False) -> list[Row]:
     """The rows for one Flax model against the torch run, everything in torch layout."""
     def torch_layout(variables):
         return port.flax_to_torch(net, variables, flatten=flatten, name_map=name_map)
@@ -703,6 +732,9 @@ def _diff_sides(label, net, ref, got, flatten, name_map, rtol, tol, output_name,
         q = "params after w - lr*g"
         rows.append(row(q, label, {f"{q}: {n}": (manual[n], ref["manual"][n]) for n in ref["manual"]},
                         _rtol_of(rtol, "manual", tol.rtol)))
+    if per_tensor_steps:
+        flax_run = [(f_loss, torch_layout(f_vars)) for f_loss, f_vars in got["steps"]]
+        return rows + diff_steps(label, ref["steps"], flax_run, _rtol_of(rtol, "steps", tol.rtol))
     worst = None
     for step, ((t_loss, t_state), (f_loss, f_vars)) in enumerate(zip(ref["steps"], got["steps"]), start=1):
         f_state = torch_layout(f_vars)
@@ -717,3 +749,18 @@ def _diff_sides(label, net, ref, got, flatten, name_map, rtol, tol, output_name,
     if worst is not None:
         rows.append(worst)
     return rows
+
+
+def diff_steps(label: str, torch_run, flax_run, rtol: float) -> list[Row]:
+    """Per quantity (the loss, then every tensor of the torch state): its worst step over two runs
+    of ``(loss, state in torch layout)``, one pair per step."""
+    worst: dict[str, Row] = {}
+    for step, ((t_loss, t_state), (f_loss, f_state)) in enumerate(zip(torch_run, flax_run), start=1):
+        pairs = {"loss": (f_loss, t_loss), **{f"params {n}": (f_state[n], t_state[n]) for n in t_state
+                                               if n.rpartition(".")[2] not in port.SKIPPED}}
+        for name, (f, t) in pairs.items():
+            max_abs, max_rel = diff(f, t)
+            if name not in worst or max_rel > worst[name].max_rel:
+                note = nonfinite(f, t, f"{name} at step {step}")
+                worst[name] = Row(name, label, max_abs, max_rel, rtol, note, name.removeprefix("params "), step)
+    return list(worst.values())
