@@ -1,9 +1,12 @@
-"""Run the tutorial once in torch and once in a Flax flavour from the same weights, and diff.
+"""Run a torch model and its Flax port from the same weights, and diff every quantity.
 
-The quantities are the tutorial's steps: the converted parameters, the logits, the MSE loss,
-the gradient of every parameter (compared in torch layout), the parameters after one manual
-update ``w - lr * g`` and after one ``optim.SGD`` / ``optax.sgd`` step. Weights and data
-travel through numpy; no RNG stream is shared between the frameworks.
+``check(torch_model, flax_model, inputs, ...)`` is the harness: weights converted by module path
+and layer type (``flax_lenet.port``), then the outputs (eval and train mode where they differ),
+the loss, the gradient of every parameter (compared in torch layout), the parameters after the
+tutorial's manual update ``w - lr * g`` (on request) and after N ``torch.optim`` /
+``flax_lenet.optim`` steps, each within its tolerance tier. ``compare`` is the tutorial's Net
+through it, in each Flax flavour. Weights and data travel through numpy; no RNG stream is shared
+between the frameworks.
 """
 
 import contextlib
