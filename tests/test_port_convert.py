@@ -192,3 +192,39 @@ def test_convert_command_refuses_bfloat16_to_a_torch_file_in_one_line(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "bfloat16" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["half.pt"]            # nothing half-written
+
+
+def _layer_pairs():
+    from flax import nnx
+    r = nnx.Rngs(0)
+    return {
+        "conv3d": (nn.Conv3d(2, 3, 2), nnx.Conv(2, 3, (2, 2, 2), padding="VALID", rngs=r), (2, 2, 4, 4, 4)),
+        "conv_transpose1d": (nn.ConvTranspose1d(2, 3, 3), nnx.ConvTranspose(2, 3, (3,), padding=((2, 2),), rngs=r),
+                             (2, 2, 5)),
+        "batchnorm1d": (nn.BatchNorm1d(3).eval(), nnx.BatchNorm(3, use_running_average=True, epsilon=1e-5, rngs=r),
+                        (4, 3)),
+        "groupnorm": (nn.GroupNorm(2, 4), nnx.GroupNorm(4, num_groups=2, epsilon=1e-5, rngs=r), (2, 4, 3, 3)),
+    }
+
+
+@pytest.mark.x64
+@pytest.mark.parametrize("name", ["conv3d", "conv_transpose1d", "batchnorm1d", "groupnorm"])
+def test_single_layer_rules_compute_what_torch_computes(name):
+    import jax.numpy as jnp
+    from flax_lenet.tolerances import FLOAT64
+    torch.manual_seed(0)
+    layer, flax_layer, shape = _layer_pairs()[name]
+    layer = layer.double()
+    if name == "batchnorm1d":
+        layer.running_mean.uniform_(-1, 1)
+        layer.running_var.uniform_(0.5, 2)
+    x = np.random.default_rng(0).standard_normal(shape)
+    expected = layer(torch.from_numpy(x)).detach().numpy()
+    port.load(flax_layer, port.torch_to_flax(layer), dtype=jnp.float64)
+    got = np.moveaxis(np.asarray(flax_layer(jnp.asarray(np.moveaxis(x, 1, -1)))), -1, 1)
+    assert parity_rel(got, expected) <= FLOAT64.rtol
+
+
+def parity_rel(a, e):
+    from flax_lenet import parity
+    return parity.diff(a, e)[1]
