@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from flax_lenet import port
 from flax_lenet.errors import BadWeights
 from flax_lenet.model import flat_side
 
@@ -82,9 +83,20 @@ def _move_kernel(layer: str, a: np.ndarray, side: int, *, to_flax: bool) -> np.n
 
 
 def _to_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):                            # a torch tensor
-        value = value.detach().cpu().numpy()
+    if hasattr(value, "detach"):                            # a torch tensor; bfloat16 as ml_dtypes.bfloat16
+        return port.tensor_to_numpy(value)
     return np.asarray(value)
+
+
+def clean_state(state_dict: Any) -> dict[str, np.ndarray]:
+    """A loaded torch ``state_dict`` as numpy arrays, wrapper prefixes stripped.
+
+    ``module.`` (``nn.DataParallel``) and ``_orig_mod.`` (``torch.compile``) are stripped with a
+    ``port.StateDictNotice`` warning; bfloat16 and float16 keep their dtype (``port.clean_state_dict``).
+    """
+    state, notices = port.clean_state_dict(state_dict)
+    port.warn_notices(notices)
+    return state
 
 
 def _require_mapping(obj: Any, expected: str) -> None:
@@ -128,11 +140,14 @@ def torch_to_flax(state_dict: Mapping[str, Any]) -> dict[str, dict[str, np.ndarr
       ``linen.Net().apply({'params': p}, x)``, ``functional.forward(p, x)`` or
       ``nnx.update(model, p)``.
 
+    ``module.`` / ``_orig_mod.`` prefixes (``nn.DataParallel``, ``torch.compile``) are stripped
+    with a ``port.StateDictNotice`` warning; bfloat16 arrives as ``ml_dtypes.bfloat16``.
+
     Raises:
       BadWeights (a ``ValueError``): a key is missing or unexpected, or a shape is wrong.
     """
     _require_mapping(state_dict, "a torch state_dict {'conv1.weight': tensor, ...}")
-    arrays = {k: _to_numpy(v) for k, v in state_dict.items()}
+    arrays = clean_state(state_dict)
     shapes = {k: a.shape for k, a in arrays.items()}
     k = _infer_kernel_size(shapes, "conv1.weight", 3, f"keys {sorted(shapes)}")
     _check(shapes, torch_shapes(k), f"torch state_dict (kernel size {k})")
@@ -230,5 +245,5 @@ def nhwc_to_nchw(x) -> np.ndarray:
 
 
 def state_to_numpy(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """``{name: tensor}`` (a torch ``state_dict``, or numpy arrays) as fresh numpy arrays."""
+    """``{name: tensor}`` (a torch ``state_dict``, or numpy arrays) as fresh numpy arrays (bfloat16 kept)."""
     return {name: np.array(_to_numpy(v)) for name, v in state_dict.items()}

@@ -1,14 +1,17 @@
-"""Run the tutorial once in torch and once in a Flax flavour from the same weights, and diff.
+"""Run a torch model and its Flax port from the same weights, and diff every quantity.
 
-The quantities are the tutorial's steps: the converted parameters, the logits, the MSE loss,
-the gradient of every parameter (compared in torch layout), the parameters after one manual
-update ``w - lr * g`` and after one ``optim.SGD`` / ``optax.sgd`` step. Weights and data
-travel through numpy; no RNG stream is shared between the frameworks.
+``check(torch_model, flax_model, inputs, ...)`` is the harness: weights converted by module path
+and layer type (``flax_lenet.port``), then the outputs (eval and train mode where they differ),
+the loss, the gradient of every parameter (compared in torch layout), the parameters after the
+tutorial's manual update ``w - lr * g`` (on request) and after N ``torch.optim`` /
+``flax_lenet.optim`` steps, each within its tolerance tier. ``compare`` is the tutorial's Net
+through it, in each Flax flavour. Weights and data travel through numpy; no RNG stream is shared
+between the frameworks.
 """
 
 import contextlib
 import functools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +19,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from flax_lenet import convert, functional, linen, no_dynamo, train
+from flax_lenet import convert, functional, linen, no_dynamo, port, train
 from flax_lenet.checks import check_images
 from flax_lenet.errors import BadConfig
 from flax_lenet.tolerances import EXACT, Tolerance, tolerance
@@ -33,6 +36,8 @@ class Row:
     max_rel: float
     rtol: float
     note: str = ""       # which tensor held NaN or Inf, when one did ("" otherwise)
+    tensor: str = ""     # the tensor (torch name) with the largest relative difference
+    step: int | None = None   # for a quantity over several optimizer steps: the step of that difference
 
     @property
     def ok(self) -> bool:
@@ -75,9 +80,9 @@ def row(quantity: str, flavour: str, pairs: dict, rtol: float) -> Row:
     """One ``Row`` for ``{tensor name: (flax, torch)}``: the tensor with the largest relative
     difference, and a note naming every tensor that held NaN or Inf."""
     diffs = {name: diff(a, e) for name, (a, e) in pairs.items()}
-    worst = max(diffs.values(), key=lambda d: d[1])
+    worst = max(diffs, key=lambda name: diffs[name][1])
     note = "; ".join(filter(None, (nonfinite(a, e, name) for name, (a, e) in pairs.items())))
-    return Row(quantity, flavour, *worst, rtol, note)
+    return Row(quantity, flavour, *diffs[worst], rtol, note, worst.rpartition(": ")[2].removeprefix("grad "))
 
 
 def tutorial_data(batch: int, seed: int, dtype: str, steps: int | None = None):
@@ -116,35 +121,88 @@ def torch_tf32(enabled: bool | None):
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def torch_run(net, x_nchw: np.ndarray, target: np.ndarray, lr: float) -> dict:
-    """The tutorial in torch on ``net`` (left unchanged): logits, loss, grads, both updates."""
+#: torch layer types whose forward depends on ``net.train()`` / ``net.eval()``
+_MODE_LAYERS = ("_BatchNorm", "_DropoutNd", "_InstanceNorm")
+
+
+def _has_modes(net) -> bool:
+    return any(k.__name__ in _MODE_LAYERS for m in net.modules() for k in type(m).__mro__)
+
+
+def _torch_train_mode(net):
+    """``net.train()`` with every Dropout in eval mode: their random masks cannot be matched
+    across frameworks (RNG streams differ), so training steps are compared without them."""
+    net.train()
+    for m in net.modules():
+        if any(k.__name__ == "_DropoutNd" for k in type(m).__mro__):
+            m.eval()
+    return net
+
+
+def _torch_losses():
+    import torch
+    return {"mse": torch.nn.MSELoss(), "cross_entropy": torch.nn.CrossEntropyLoss()}
+
+
+def torch_side(net, x, target, *, criterion, optimizer=None, steps: int = 1, manual_lr=None,
+               modes: bool = False, batches=None) -> dict:
+    """One step of training in torch on a copy of ``net`` (left unchanged), in numpy.
+
+    Returns ``{'output': {mode: array}, 'loss', 'grads': {name: array}, 'manual': state after
+    ``w - manual_lr * g`` or None, 'steps': [(loss, state_dict)] after each optimizer step}``.
+    The outputs are taken in eval mode and, with ``modes``, in train mode (Dropout off); loss,
+    gradients and steps in train mode with Dropout off. ``batches``: ``(xs, ys)``, one batch per
+    step (default: ``x``, ``target`` at every step).
+    """
     import copy
 
     import torch
     dev = next(net.parameters()).device
-    x = torch.from_numpy(x_nchw).to(dev)
-    y = torch.from_numpy(target).to(dev)
-    criterion = torch.nn.MSELoss()
-
-    work = copy.deepcopy(net)
+    x, y = torch.as_tensor(x).to(dev), torch.as_tensor(target).to(dev)
+    outputs = {}
+    if modes:
+        work = copy.deepcopy(net).eval()
+        with torch.no_grad():
+            outputs["eval"] = work(x).detach().cpu().numpy()
+    work = _torch_train_mode(copy.deepcopy(net))
     work.zero_grad()
     out = work(x)
     loss = criterion(out, y)
     loss.backward()
-    grads = convert.state_to_numpy({k: p.grad for k, p in work.named_parameters()})
-    with torch.no_grad():          # the tutorial's f.data.sub_(f.grad.data * learning_rate)
-        for f in work.parameters():
-            f.data.sub_(f.grad.data * lr)
-    manual = convert.state_to_numpy(work.state_dict())
+    outputs["train" if modes else "-"] = out.detach().cpu().numpy()
+    grads = {k: (p.grad if p.grad is not None else torch.zeros_like(p)) for k, p in work.named_parameters()}
+    grads = convert.state_to_numpy(grads)
+    manual = None
+    if manual_lr is not None:
+        with torch.no_grad():      # the tutorial's f.data.sub_(f.grad.data * learning_rate)
+            for f in work.parameters():
+                if f.grad is not None:
+                    f.data.sub_(f.grad.data * manual_lr)
+        manual = convert.state_to_numpy(work.state_dict())
+    stepped = []
+    if optimizer is not None:
+        work = _torch_train_mode(copy.deepcopy(net))
+        with no_dynamo.eager_optim():      # torch.optim, without importing torch._dynamo (~1 s)
+            opt = optimizer.torch(work.parameters())
+            for t in range(steps):
+                xt, yt = (x, y) if batches is None else (torch.as_tensor(batches[0][t]).to(dev),
+                                                         torch.as_tensor(batches[1][t]).to(dev))
+                opt.zero_grad()
+                step_loss = criterion(work(xt), yt)
+                step_loss.backward()
+                no_dynamo.step(opt)        # optimizer.step()
+                stepped.append((step_loss.item(), convert.state_to_numpy(work.state_dict())))
+    return {"output": outputs, "loss": loss.detach().cpu().numpy(), "grads": grads, "manual": manual,
+            "steps": stepped}
 
-    work = copy.deepcopy(net)
-    with no_dynamo.eager_optim():      # torch.optim, without importing torch._dynamo (~1 s)
-        optimizer = torch.optim.SGD(work.parameters(), lr=lr)
-        optimizer.zero_grad()
-        criterion(work(x), y).backward()
-        no_dynamo.step(optimizer)      # optimizer.step()
-    return {"logits": out.detach().cpu().numpy(), "loss": loss.detach().cpu().numpy(),
-            "grads": grads, "manual": manual, "sgd": convert.state_to_numpy(work.state_dict())}
+
+def torch_run(net, x_nchw: np.ndarray, target: np.ndarray, lr: float) -> dict:
+    """The tutorial in torch on ``net`` (left unchanged): logits, loss, grads, both updates."""
+    from flax_lenet import trajectory
+    got = torch_side(net, x_nchw, target, criterion=_torch_losses()["mse"], manual_lr=lr,
+                     optimizer=trajectory.Optimizer.of("sgd", lr=lr))
+    return {"logits": got["output"]["-"], "loss": got["loss"], "grads": got["grads"], "manual": got["manual"],
+            "sgd": got["steps"][0][1]}
 
 
 # --- flax side -------------------------------------------------------------------------------
@@ -153,52 +211,220 @@ def _jnp_tree(params, dtype):
     return jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
 
 
-@nnx.jit
-def _nnx_forward_and_grads(model, x, y):
+def _cross_entropy(logits, labels):
+    """``nn.CrossEntropyLoss()``: the batch mean of ``-log_softmax(logits)[label]``."""
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+FLAX_LOSSES = {"mse": functional.mse_loss, "cross_entropy": _cross_entropy}
+
+
+def _model_loss(loss):
+    """``loss_fn(model, x, y)`` for an output loss ``loss(out, y)``; MSE is ``train.loss_fn``."""
+    if loss is functional.mse_loss:
+        return train.loss_fn
+    return functools.partial(_apply_loss, loss)
+
+
+def _apply_loss(loss, model, x, y):
+    return loss(model(x), y)
+
+
+@nnx.jit(static_argnames="loss_fn")
+def _nnx_forward_and_grads(model, x, y, loss_fn=train.loss_fn):
     """``model(x)``, the loss and its gradient, compiled as a user would run them."""
-    loss, grads = nnx.value_and_grad(train.loss_fn)(model, x, y)
+    loss, grads = nnx.value_and_grad(loss_fn)(model, x, y)
     return model(x), loss, grads
 
 
+@nnx.jit
+def _nnx_eval(model, x):
+    return model(x)
+
+
+@nnx.jit(static_argnames="loss_fn")
+def nnx_train_step(model, optimizer, x, y, loss_fn=train.loss_fn):
+    """``zero_grad(); loss = loss_fn(model, x, y); loss.backward(); optimizer.step()`` for any NNX module."""
+    loss, grads = nnx.value_and_grad(loss_fn)(model, x, y)
+    optimizer.update(model, grads)
+    return loss
+
+
+def _nnx_train_mode(model):
+    """``model.train()`` with every ``nnx.Dropout`` deterministic (see ``_torch_train_mode``)."""
+    model.train()
+    for _, m in nnx.iter_modules(model):
+        if isinstance(m, nnx.Dropout):
+            m.deterministic = True
+    return model
+
+
 @functools.lru_cache(maxsize=None)
-def _linen_apply(kernel_size: int, dtype):
-    net = linen.Net(kernel_size, param_dtype=dtype)
-    return lambda q, xb: net.apply({"params": q}, xb)
+def _linen_apply(module):
+    return lambda p, rest, xb: module.apply({"params": p, **rest}, xb)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _pure_run(apply, p, x, y, lr):
-    """Logits, loss, gradients and both updates for a flavour given as ``apply(params, x)``."""
-    logits = apply(p, x)
-    loss, grads = jax.value_and_grad(lambda q: functional.mse_loss(apply(q, x), y))(p)
-    tx = optax.sgd(lr)
-    updates, _ = tx.update(grads, tx.init(p), p)
-    return logits, loss, grads, train.sgd_update(p, grads, lr), optax.apply_updates(p, updates)
+@functools.lru_cache(maxsize=None)
+def _function_apply(fn):
+    return lambda p, rest, xb: fn(p, xb)
+
+
+@functools.lru_cache(maxsize=None)
+def _tx(optimizer):
+    return optimizer.optax()
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _pure_run(apply, loss, tx, p, rest, x, y, lr):
+    """Output, loss, gradients, the manual update and the first optimizer step, in one program."""
+    logits = apply(p, rest, x)
+    value, grads = jax.value_and_grad(lambda q: loss(apply(q, rest, x), y))(p)
+    updates, state = tx.update(grads, tx.init(p), p)
+    return logits, value, grads, train.sgd_update(p, grads, lr), optax.apply_updates(p, updates), state
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _pure_step(apply, loss, tx, p, state, rest, x, y):
+    value, grads = jax.value_and_grad(lambda q: loss(apply(q, rest, x), y))(p)
+    updates, state = tx.update(grads, state, p)
+    return optax.apply_updates(p, updates), state, value
+
+
+def flax_kind(flax_model) -> str:
+    """'nnx' for an NNX module, 'linen' for ``(linen_module, variables)``, 'function' for ``(fn, params)``."""
+    import flax.linen
+    if isinstance(flax_model, nnx.Module):
+        return "nnx"
+    if isinstance(flax_model, tuple) and len(flax_model) == 2:
+        return "linen" if isinstance(flax_model[0], flax.linen.Module) else "function"
+    raise BadConfig("expected an NNX module, (linen_module, variables) or (apply_fn, params), "
+                    f"found {type(flax_model).__name__}")
+
+
+def _skeleton(flax_model):
+    """The model's variables in the form ``port.load`` fills: the NNX module, or a variables dict."""
+    kind = flax_kind(flax_model)
+    if kind == "nnx":
+        return nnx.clone(flax_model)
+    if kind == "linen":
+        return dict(flax_model[1])
+    return {port.PARAMS: flax_model[1]}
+
+
+def flax_side(flax_model, variables: dict, x, y, *, loss=functional.mse_loss, optimizer=None, steps: int = 1,
+              manual_lr=None, modes: bool = False, step_fn=None, batches=None) -> dict:
+    """``torch_side`` in Flax, from converted ``variables`` ``{collection: {'path/leaf': array}}``.
+
+    Returns the same keys, every state as flat Flax variables ``{collection: {'path/leaf': array}}``.
+    For Linen and pure functions the batch statistics are constants (eval mode); train-mode
+    BatchNorm needs an NNX module.
+    """
+    kind = flax_kind(flax_model)
+    dtype = variables_dtype(variables)
+    outputs, stepped = {}, []
+    if kind == "nnx":
+        model = port.load(nnx.clone(flax_model), variables, dtype=dtype)
+        if modes:
+            evaluated = nnx.clone(model)
+            evaluated.eval()
+            outputs["eval"] = np.asarray(_nnx_eval(evaluated, x))
+        work = _nnx_train_mode(nnx.clone(model))
+        loss_fn = _model_loss(loss)
+        out, value, grads = _nnx_forward_and_grads(work, x, y, loss_fn=loss_fn)
+        grads = port._flat(nnx.to_pure_dict(grads))
+        params = port._flat(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+        if optimizer is not None:
+            work = _nnx_train_mode(nnx.clone(model))
+            opt = nnx.Optimizer(work, _tx(optimizer), wrt=nnx.Param)
+            for t in range(steps):
+                xt, yt = (x, y) if batches is None else (batches[0][t], batches[1][t])
+                step_loss = (step_fn or nnx_train_step)(work, opt, xt, yt, loss_fn=loss_fn)
+                stepped.append((float(step_loss), port.flax_variables(work)))
+        stats = port.flax_variables(model)[port.BATCH_STATS]
+    else:
+        full = port.load(_skeleton(flax_model), variables, dtype=dtype)
+        p = full[port.PARAMS]
+        rest = {c: v for c, v in full.items() if c != port.PARAMS}
+        apply = _linen_apply(flax_model[0]) if kind == "linen" else _function_apply(flax_model[0])
+        tx = _tx(optimizer if optimizer is not None else _no_step())
+        out, value, grads, manual, q, state = _pure_run(apply, loss, tx, p, rest, x, y, manual_lr or 0.0)
+        if modes:
+            outputs["eval"] = np.asarray(out)
+        grads, params, manual = port._flat(grads), port._flat(p), port._flat(manual)
+        if optimizer is not None:
+            if batches is None:          # the first step is the one _pure_run took
+                stepped.append((float(value), {port.PARAMS: port._flat(q), **port_stats(rest)}))
+            else:
+                q, state = p, tx.init(p)
+            for t in range(steps - 1 if batches is None else steps):
+                xt, yt = (x, y) if batches is None else (batches[0][t], batches[1][t])
+                q, state, step_loss = _pure_step(apply, loss, tx, q, state, rest, xt, yt)
+                stepped.append((float(step_loss), {port.PARAMS: port._flat(q), **port_stats(rest)}))
+        stats = port_stats(rest)[port.BATCH_STATS]
+    outputs["train" if modes else "-"] = np.asarray(out)
+    if manual_lr is None:
+        manual = None
+    elif kind == "nnx":
+        manual = {port.PARAMS: train.sgd_update(params, grads, manual_lr), port.BATCH_STATS: stats}
+    else:
+        manual = {port.PARAMS: manual, port.BATCH_STATS: stats}
+    return {"output": outputs, "loss": np.asarray(value), "grads": {port.PARAMS: grads, port.BATCH_STATS: stats},
+            "manual": manual, "steps": stepped}
+
+
+@functools.lru_cache(maxsize=None)
+def _no_step():
+    from flax_lenet import trajectory
+    return trajectory.Optimizer.of("sgd", lr=0.0)
+
+
+def port_stats(rest: dict) -> dict:
+    return {port.BATCH_STATS: port._flat(rest.get(port.BATCH_STATS, {}))}
+
+
+def variables_dtype(variables: dict):
+    """The dtype of the converted parameters (float32 or float64), for every array the side makes."""
+    dtypes = {np.asarray(a).dtype for a in variables.get(port.PARAMS, {}).values()}
+    floats = sorted(d for d in dtypes if np.issubdtype(d, np.floating))
+    return floats[-1] if len(floats) == 1 else None
+
+
+def _tutorial_model(flavour: str, kernel_size: int, dtype):
+    """The tutorial Net in one flavour, with shapes only (``port.load`` fills in the weights)."""
+    from flax_lenet.model import Net
+    if flavour == "nnx":
+        return nnx.eval_shape(lambda: Net(kernel_size, param_dtype=dtype, rngs=nnx.Rngs(0)))
+    if flavour not in ("linen", "functional"):
+        raise BadConfig(f"flavour must be one of {FLAVOURS}, found {flavour!r}")
+    module = linen.Net(kernel_size, param_dtype=dtype)
+    variables = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 32, 32, 1), dtype))
+    return (module, variables) if flavour == "linen" else (functional.forward, variables["params"])
 
 
 def flax_run(flavour: str, params: dict, x_nhwc: np.ndarray, target: np.ndarray, lr: float) -> dict:
     """The tutorial in one Flax flavour from the converted ``params``; results in torch layout."""
+    from flax_lenet import trajectory
     check_images(x_nhwc)
     dtype = jnp.dtype(x_nhwc.dtype)
-    x, y = jnp.asarray(x_nhwc, dtype), jnp.asarray(target, dtype)
-    p = _jnp_tree(params, dtype)
-    k = convert.kernel_size_of(params)
-    if flavour == "nnx":
-        model = convert.to_nnx(p)
-        logits, loss, grads = _nnx_forward_and_grads(model, x, y)
-        grads = nnx.to_pure_dict(grads)
-        manual = train.sgd_update(nnx.to_pure_dict(nnx.state(model, nnx.Param)), grads, lr)
-        optimizer = nnx.Optimizer(model, optax.sgd(lr), wrt=nnx.Param)
-        train.train_step(model, optimizer, x, y)        # the public step, as users call it
-        stepped = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    elif flavour in ("linen", "functional"):
-        apply = _linen_apply(k, dtype) if flavour == "linen" else functional.forward
-        logits, loss, grads, manual, stepped = _pure_run(apply, p, x, y, lr)
-    else:
-        raise BadConfig(f"flavour must be one of {FLAVOURS}, found {flavour!r}")
-    return {"logits": np.asarray(logits), "loss": np.asarray(loss),
-            "grads": convert.flax_to_torch(grads), "manual": convert.flax_to_torch(manual),
-            "sgd": convert.flax_to_torch(stepped)}
+    model = _tutorial_model(flavour, convert.kernel_size_of(params), dtype)
+    variables = {port.PARAMS: {f"{layer}/{leaf}": a for layer, leaves in params.items() for leaf, a in leaves.items()}}
+    got = flax_side(model, variables, jnp.asarray(x_nhwc, dtype), jnp.asarray(target, dtype), manual_lr=lr,
+                    optimizer=trajectory.Optimizer.of("sgd", lr=lr),
+                    step_fn=train.train_step if flavour == "nnx" else None)
+
+    def torch_layout(flat):
+        return convert.flax_to_torch(_nested(flat[port.PARAMS]))
+    return {"logits": got["output"]["-"], "loss": got["loss"], "grads": torch_layout(got["grads"]),
+            "manual": torch_layout(got["manual"]), "sgd": torch_layout(got["steps"][0][1])}
+
+
+def _nested(flat: dict) -> dict:
+    """``{'conv1/kernel': a}`` -> ``{'conv1': {'kernel': a}}`` (one level, as the tutorial's tree)."""
+    out: dict = {}
+    for key, a in flat.items():
+        module, _, leaf = key.rpartition("/")
+        out.setdefault(module, {})[leaf] = np.asarray(a)
+    return out
 
 
 # --- deliberate faults, to show that the comparison can fail --------------------------------
@@ -241,26 +467,303 @@ def compare_results(flavour: str, ref: dict, got: dict, tol: Tolerance) -> list[
     return rows
 
 
+def fault_tamper(fault):
+    """``FAULTS[fault]`` as ``check``'s ``tamper(state, variables)``, or ``None``."""
+    if fault is None:
+        return None
+    if fault not in FAULTS:
+        raise BadConfig(f"fault must be one of {sorted(FAULTS)}, found {fault!r}")
+
+    def tamper(state, variables):
+        nested = _nested(variables[port.PARAMS])
+        FAULTS[fault](state, nested)
+        variables[port.PARAMS] = {f"{m}/{leaf}": a for m, leaves in nested.items() for leaf, a in leaves.items()}
+    return tamper
+
+
 def compare(*, flavours=FLAVOURS, dtype="float32", kernel_size=3, batch=1, seed=0, lr=0.01,
             tf32=False, fault=None) -> tuple[list[Row], Tolerance]:
-    """Run the tutorial in torch and each Flax flavour; return the diff rows and the tier."""
+    """Run the tutorial in torch and each Flax flavour through ``check``; return the rows and the tier."""
     import torch
 
+    from flax_lenet import trajectory
     from torch_reference import Net as TorchNet
+    for flavour in flavours:
+        if flavour not in FLAVOURS:
+            raise BadConfig(f"flavour must be one of {FLAVOURS}, found {flavour!r}")
+    torch.manual_seed(seed)
+    net = TorchNet(kernel_size)
+    x, target = tutorial_data(batch, seed, dtype)
+    models = {f: _tutorial_model(f, kernel_size, jnp.dtype(dtype)) for f in flavours}
+    report = check(net, models, x, target=target, optimizer=trajectory.Optimizer.of("sgd", lr=lr), steps=1,
+                   dtype=dtype, manual_lr=lr, output_name="logits", tf32=tf32, tamper=fault_tamper(fault),
+                   step_fn={"nnx": train.train_step})
+    return report.rows, report.tolerance
+
+
+# --- the harness: any torch model against its Flax port ----------------------------------------
+
+#: the quantities ``check`` reports, each with its own tolerance (override with ``rtol={...}``)
+QUANTITIES = ("round trip", "output", "loss", "grad", "manual", "steps")
+
+
+@dataclass
+class Report:
+    """What ``check`` found: one ``Row`` per quantity (per tensor for gradients)."""
+    rows: list
+    tolerance: Tolerance
+    config: dict
+    notices: list = field(default_factory=list)   # what may explain a difference, e.g. a fixed layer dtype
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.rows)
+
+    @property
+    def failures(self) -> list:
+        return [r for r in self.rows if not r.ok]
+
+    def as_dict(self) -> dict:
+        return {"config": self.config, "tolerance": {"rtol": self.tolerance.rtol, "reason": self.tolerance.reason},
+                "rows": [r.as_dict() for r in self.rows], "notices": self.notices, "ok": self.ok}
+
+    def to_json(self) -> str:
+        import json
+        return json.dumps(self.as_dict(), indent=2, default=str)
+
+    def table(self) -> str:
+        from flax_lenet.table import format_table
+        body = [[r.quantity, r.flavour, r.tensor, "" if r.step is None else str(r.step), f"{r.max_abs:.3e}",
+                 f"{r.max_rel:.3e}", f"{r.rtol:.0e}", "ok" if r.ok else "FAIL"] for r in self.rows]
+        lines = [format_table(["quantity", "flavour", "worst tensor", "step", "max abs diff", "max rel diff",
+                               "tolerance", "ok"], body)]
+        lines += [f"not finite: {r.note}" for r in self.rows if r.note]
+        lines += [f"notice: {n}" for n in self.notices]
+        bad = len(self.failures)
+        lines.append(f"all {len(self.rows)} quantities agree" if not bad
+                     else f"{bad} of {len(self.rows)} quantities differ: " + describe_failures(self.failures))
+        return "\n".join(lines)
+
+    def assert_ok(self) -> None:
+        """Raise ``AssertionError`` naming each failing quantity and its worst tensor (for pytest)."""
+        if not self.ok:
+            raise AssertionError(f"{len(self.failures)} of {len(self.rows)} quantities differ: "
+                                 + describe_failures(self.failures))
+
+
+def describe_failures(rows) -> str:
+    return "; ".join(f"{r.quantity} [{r.flavour}]" + (f" worst {r.tensor}" if r.tensor and r.tensor != r.quantity
+                                                     else "")
+                     + (f" at step {r.step}" if r.step else "")
+                     + f": max rel {r.max_rel:.3e} > {r.rtol:.0e}" + (f" ({r.note})" if r.note else "")
+                     for r in rows)
+
+
+def _rtol_of(rtol, quantity: str, default: float) -> float:
+    value = (rtol or {}).get(quantity, default)
+    return value.rtol if isinstance(value, Tolerance) else float(value)
+
+
+def default_flax_input(x: np.ndarray) -> np.ndarray:
+    """A 4-D floating array is torch's NCHW: NHWC for Flax. Anything else is passed as it is."""
+    return convert.nchw_to_nhwc(x) if x.ndim == 4 and np.issubdtype(x.dtype, np.floating) else x
+
+
+def _to_torch_layout(flax_out: np.ndarray, torch_out: np.ndarray) -> np.ndarray:
+    """A Flax NHWC output compared with torch's NCHW one: moved to NCHW when only that fits."""
+    if flax_out.shape != torch_out.shape and flax_out.ndim == 4 and \
+            np.moveaxis(flax_out, -1, 1).shape == torch_out.shape:
+        return convert.nhwc_to_nchw(flax_out)
+    return flax_out
+
+
+def check(torch_model, flax_model, inputs, *, target=None, loss="mse", optimizer=None, steps: int = 1,
+          dtype: str = "float32", manual_lr=None, rtol=None, flatten="auto", name_map=None, flax_input=None,
+          output_name="output", tf32=False, seed: int = 0, tamper=None, step_fn=None, batches=None,
+          per_tensor_steps: bool = False) -> Report:
+    """Check a Flax port against its torch model: converted weights, outputs, loss, every gradient, N steps.
+
+    Weights go torch -> Flax through ``flax_lenet.port`` (by module path and layer type); inputs
+    and targets through numpy. Both sides run in train mode with Dropout off for the loss, the
+    gradients and the optimizer steps (RNG streams never match); outputs are compared in eval mode
+    too when the model has layers whose behaviour depends on it (BatchNorm, Dropout).
+
+    Args:
+      torch_model: a torch ``nn.Module`` (left unchanged; a copy is cast to ``dtype``).
+      flax_model: an NNX module, ``(linen_module, variables)``, ``(apply_fn, params)``
+        (``apply_fn(params, x)``), or ``{label: one of those}`` to check several against one torch run.
+        Only the structure is used; the weights come from ``torch_model``.
+      inputs: a numpy batch in torch's layout (NCHW for images); Flax gets ``flax_input(inputs)``,
+        by default NHWC for a 4-D float batch and the same array otherwise.
+      target: the loss target in torch's layout; default a standard-normal array shaped like the
+        output (``loss='mse'``) or integer classes (``'cross_entropy'``), drawn with ``seed``.
+      loss: 'mse' | 'cross_entropy' | ``(torch_criterion, flax_loss(output, target))``.
+      optimizer: a ``flax_lenet.trajectory.Optimizer`` (default SGD, lr 0.01); ``steps`` of it
+        run on both sides through ``torch.optim`` and ``flax_lenet.optim``.
+      dtype: 'float32' or 'float64' (needs ``jax_enable_x64``); ``tf32`` on a GPU keeps TF32 on.
+      manual_lr: also compare the tutorial's manual update ``w - manual_lr * g``.
+      rtol: per-quantity overrides ``{quantity: float | Tolerance}``, quantities in ``QUANTITIES``.
+      flatten: 'auto' (``port.record_flattens``), or ``{linear path: (C, *S)}``, or ``None``.
+      name_map: torch module path prefix -> Flax module path prefix (``flax_lenet.port``).
+      output_name: the name of the output row. tamper: ``tamper(state, variables)`` edits the
+        converted weights in place before the Flax side runs (to show a broken port failing).
+      step_fn: the NNX training step, ``step_fn(model, optimizer, x, y, loss_fn=...)`` (default
+        ``nnx_train_step``), or ``{label: step_fn}``.
+      batches: ``(xs, ys)`` in torch's layout, one batch per optimizer step (default: ``inputs``
+        and ``target`` at every step).
+      per_tensor_steps: one row per tensor (``'params <name>'``) and one for the loss over the
+        steps, each with its worst step, instead of one row for all parameters.
+
+    Returns:
+      A ``Report``: ``.ok``, ``.table()``, ``.to_json()``, ``.assert_ok()`` (names the tensor).
+    """
+    import copy
+
+    import torch
+
+    from flax_lenet import trajectory
+    if dtype not in DTYPES:
+        raise BadConfig(f"dtype must be one of {DTYPES}, found {dtype!r}")
+    if dtype == "float64" and not jax.config.jax_enable_x64:
+        raise BadConfig("dtype float64 needs jax.config.update('jax_enable_x64', True) at start-up, found it off")
+    unknown = sorted(set(rtol or {}) - set(QUANTITIES))
+    if unknown:
+        raise BadConfig(f"rtol: expected quantities among {QUANTITIES}, found {unknown}")
+    models = flax_model if isinstance(flax_model, dict) else {flax_kind(flax_model): flax_model}
+    optimizer = optimizer if optimizer is not None else trajectory.Optimizer.of("sgd", lr=0.01)
     dev = torch_device()
     tol = tolerance(dtype, "cpu" if dev.type == "cpu" else "gpu", tf32)
-    torch.manual_seed(seed)
-    net = TorchNet(kernel_size).to(getattr(torch, dtype)).to(dev)
+    net = copy.deepcopy(torch_model).to(getattr(torch, dtype)).to(dev)
+    x = np.asarray(inputs)
+    if np.issubdtype(x.dtype, np.floating):
+        x = x.astype(dtype)
+    x_torch = torch.from_numpy(np.ascontiguousarray(x)).to(dev)
+    if flatten == "auto":
+        flatten = port.record_flattens(_torch_train_mode(copy.deepcopy(net)).eval(), x_torch)
+    if isinstance(loss, str):
+        if loss not in FLAX_LOSSES:
+            raise BadConfig(f"loss must be one of {sorted(FLAX_LOSSES)} or (torch_fn, flax_fn), found {loss!r}")
+        criterion, flax_loss = _torch_losses()[loss], FLAX_LOSSES[loss]
+    else:
+        criterion, flax_loss = loss
+    if target is None:
+        with torch.no_grad():
+            shape = tuple(copy.deepcopy(net).eval()(x_torch).shape)
+        rng = np.random.default_rng(seed)
+        target = (rng.integers(0, shape[-1], shape[:-1]) if loss == "cross_entropy"
+                  else rng.standard_normal(shape).astype(dtype))
+    target = np.asarray(target)
+    modes = _has_modes(net)
+
     state = convert.state_to_numpy(net.state_dict())
-    x, target = tutorial_data(batch, seed, dtype)
-    params = convert.torch_to_flax(state)
-    back = convert.flax_to_torch(params)
-    rows = [row("params round trip", "-", {k: (back[k], state[k]) for k in state}, EXACT.rtol)]
-    if fault is not None:
-        FAULTS[fault](state, params)
+    variables = port.torch_to_flax(net, flatten=flatten, name_map=name_map)
+    back = port.flax_to_torch(net, variables, flatten=flatten, name_map=name_map)
+    rows = [row("params round trip", "-", {k: (back[k], state[k]) for k in state},
+                _rtol_of(rtol, "round trip", EXACT.rtol))]
+    if tamper is not None:
+        tamper(state, variables)
+    to_flax = flax_input or default_flax_input
+    x_flax, y_flax = _jax_array(to_flax(x)), _jax_array(_flax_target(target, to_flax))
+    step_label = f"params after {trajectory.TORCH_CLASSES[optimizer.name]} step" + (f"s ({steps})" if steps > 1 else "")
+    flax_batches = None
+    if batches is not None:
+        xs, ys = (np.asarray(b) for b in batches)
+        xs = xs.astype(dtype) if np.issubdtype(xs.dtype, np.floating) else xs
+        batches = (xs, ys)
+        flax_batches = ([_jax_array(to_flax(b)) for b in xs], [_jax_array(_flax_target(b, to_flax)) for b in ys])
     with precision(tf32):
-        ref = torch_run(net, x, target, lr)
-        for flavour in flavours:
-            got = flax_run(flavour, params, convert.nchw_to_nhwc(x), target, lr)
-            rows += compare_results(flavour, ref, got, tol)
-    return rows, tol
+        ref = torch_side(net, x, target, criterion=criterion, optimizer=optimizer, steps=steps,
+                         manual_lr=manual_lr, modes=modes, batches=batches)
+        for label, model in models.items():
+            fn = step_fn.get(label) if isinstance(step_fn, dict) else step_fn
+            got = flax_side(model, variables, x_flax, y_flax, loss=flax_loss, optimizer=optimizer, steps=steps,
+                            manual_lr=manual_lr, modes=modes, step_fn=fn, batches=flax_batches)
+            rows += _diff_sides(label, net, ref, got, flatten, name_map, rtol, tol, output_name, step_label,
+                                per_tensor_steps)
+    config = {"torch": type(torch_model).__name__, "flax": sorted(models), "dtype": dtype,
+              "input_shape": list(x.shape), "loss": loss if isinstance(loss, str) else "custom",
+              "optimizer": str(optimizer), "steps": steps, "device": jax.default_backend(), "flatten": flatten}
+    return Report(rows, tol, config, [n for m in models.values() for n in fixed_dtypes(m, dtype)])
+
+
+def fixed_dtypes(flax_model, dtype: str) -> list[str]:
+    """Notices for NNX layers whose computation dtype was fixed when built (e.g. ``nnx.Embed``'s
+    ``dtype`` defaults to its ``param_dtype``) and is not ``dtype``: they compute in that dtype
+    whatever weights are loaded."""
+    if flax_kind(flax_model) != "nnx":
+        return []
+    found = []
+    for path, m in nnx.iter_modules(flax_model):
+        fixed = getattr(m, "dtype", None)
+        if fixed is not None and isinstance(m, nnx.Module) and jnp.dtype(fixed) != jnp.dtype(dtype):
+            where = ".".join(map(str, path)) or "the model"
+            found.append(f"{type(m).__name__} at {where} computes in {jnp.dtype(fixed)} (its dtype, fixed when "
+                         f"built); build it with param_dtype={dtype} (or dtype={dtype}) to compare in {dtype}")
+    return found
+
+
+def _jax_array(a: np.ndarray):
+    a = np.asarray(a)
+    if np.issubdtype(a.dtype, np.integer) and not jax.config.jax_enable_x64:
+        a = a.astype(np.int32)                 # JAX's integers are 32-bit unless x64 is on
+    return jnp.asarray(a)
+
+
+def _flax_target(target: np.ndarray, to_flax) -> np.ndarray:
+    return to_flax(target) if target.ndim == 4 else target
+
+
+def _diff_sides(label, net, ref, got, flatten, name_map, rtol, tol, output_name, step_label,
+                per_tensor_steps=False) -> list[Row]:
+    """The rows for one Flax model against the torch run, everything in torch layout."""
+    def torch_layout(variables):
+        return port.flax_to_torch(net, variables, flatten=flatten, name_map=name_map)
+
+    rows = []
+    out_tol = _rtol_of(rtol, "output", tol.rtol)
+    for mode, expected in ref["output"].items():
+        name = output_name if mode == "-" else f"{output_name} ({mode})"
+        actual = _to_torch_layout(np.asarray(got["output"][mode]), expected)
+        rows.append(row(name, label, {name: (actual, expected)}, out_tol))
+    rows.append(row("loss", label, {"loss": (got["loss"], ref["loss"])}, _rtol_of(rtol, "loss", tol.rtol)))
+    grads = torch_layout(got["grads"])
+    for name in ref["grads"]:
+        rows.append(row(f"grad {name}", label, {f"grad {name}": (grads[name], ref["grads"][name])},
+                        _rtol_of(rtol, "grad", tol.rtol)))
+    if ref["manual"] is not None:
+        manual = torch_layout(got["manual"])
+        q = "params after w - lr*g"
+        rows.append(row(q, label, {f"{q}: {n}": (manual[n], ref["manual"][n]) for n in ref["manual"]},
+                        _rtol_of(rtol, "manual", tol.rtol)))
+    if per_tensor_steps:
+        flax_run = [(f_loss, torch_layout(f_vars)) for f_loss, f_vars in got["steps"]]
+        return rows + diff_steps(label, ref["steps"], flax_run, _rtol_of(rtol, "steps", tol.rtol))
+    worst = None
+    for step, ((t_loss, t_state), (f_loss, f_vars)) in enumerate(zip(ref["steps"], got["steps"]), start=1):
+        f_state = torch_layout(f_vars)
+        pairs = {f"{step_label}: {n}": (f_state[n], t_state[n]) for n in t_state
+                 if n.rpartition(".")[2] not in port.SKIPPED}
+        if len(ref["steps"]) > 1:
+            pairs[f"{step_label}: loss"] = (f_loss, t_loss)
+        r = row(step_label, label, pairs, _rtol_of(rtol, "steps", tol.rtol))
+        if worst is None or not r.max_rel <= worst.max_rel:
+            worst = Row(*[getattr(r, f) for f in ("quantity", "flavour", "max_abs", "max_rel", "rtol", "note",
+                                                   "tensor")], step=step if len(ref["steps"]) > 1 else None)
+    if worst is not None:
+        rows.append(worst)
+    return rows
+
+
+def diff_steps(label: str, torch_run, flax_run, rtol: float) -> list[Row]:
+    """Per quantity (the loss, then every tensor of the torch state): its worst step over two runs
+    of ``(loss, state in torch layout)``, one pair per step."""
+    worst: dict[str, Row] = {}
+    for step, ((t_loss, t_state), (f_loss, f_state)) in enumerate(zip(torch_run, flax_run), start=1):
+        pairs = {"loss": (f_loss, t_loss), **{f"params {n}": (f_state[n], t_state[n]) for n in t_state
+                                               if n.rpartition(".")[2] not in port.SKIPPED}}
+        for name, (f, t) in pairs.items():
+            max_abs, max_rel = diff(f, t)
+            if name not in worst or max_rel > worst[name].max_rel:
+                note = nonfinite(f, t, f"{name} at step {step}")
+                worst[name] = Row(name, label, max_abs, max_rel, rtol, note, name.removeprefix("params "), step)
+    return list(worst.values())

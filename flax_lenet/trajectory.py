@@ -126,21 +126,17 @@ class Row:
 
 def diff_trajectories(torch_run, flax_run, rtol: float) -> list[Row]:
     """Per quantity (loss, then every parameter in torch layout): the worst step of the two runs."""
-    worst: dict[str, tuple] = {}
-    for step, ((t_loss, t_state), (f_loss, f_params)) in enumerate(zip(torch_run, flax_run), start=1):
-        f_state = convert.flax_to_torch(f_params)
-        pairs = {"loss": (f_loss, t_loss), **{f"params {n}": (f_state[n], t_state[n]) for n in t_state}}
-        for name, (f, t) in pairs.items():
-            max_abs, max_rel = parity.diff(f, t)
-            if name not in worst or max_rel > worst[name][1]:
-                note = parity.nonfinite(f, t, f"{name} at step {step}")
-                worst[name] = (max_abs, max_rel, step, rtol, note)
-    return [Row(name, *w) for name, w in worst.items()]
+    in_torch_layout = ((loss, convert.flax_to_torch(params)) for loss, params in flax_run)
+    return [Row(r.quantity, r.max_abs, r.max_rel, r.step, rtol, r.note)
+            for r in parity.diff_steps("-", torch_run, in_torch_layout, rtol)]
 
 
 def compare(opt: Optimizer, *, steps: int = 100, dtype: str = "float64", kernel_size: int = 3,
             batch: int = 4, seed: int = 0, tf32: bool = False, fault=None) -> tuple[list[Row], Tolerance]:
     """Train torch and Flax side by side for ``steps`` steps and diff them after every step.
+
+    The run is ``parity.check`` with one batch per step and one row per tensor: the NNX Net
+    trained by ``flax_lenet.train_step`` against ``torch_reference.Net`` and ``torch.optim``.
 
     Args:
       opt: the optimizer, e.g. ``Optimizer.of('adam', lr=1e-3)`` or ``preset('nesterov', 0.01)``.
@@ -161,12 +157,11 @@ def compare(opt: Optimizer, *, steps: int = 100, dtype: str = "float64", kernel_
     dev = parity.torch_device()
     tol = trajectory_tolerance(dtype, "cpu" if dev.type == "cpu" else "gpu", tf32)
     torch.manual_seed(seed)
-    state = convert.state_to_numpy(TorchNet(kernel_size).to(getattr(torch, dtype)).state_dict())
-    params = convert.torch_to_flax(state)
-    if fault is not None:
-        parity.FAULTS[fault](state, params)
+    net = TorchNet(kernel_size)
     xs, ys = batches(steps, batch, seed, dtype)
-    xs_nhwc = convert.nchw_to_nhwc(xs)                              # (T, N, 1, 32, 32) -> (T, N, 32, 32, 1)
-    with parity.precision(tf32):
-        rows = diff_trajectories(torch_steps(state, opt, xs, ys), flax_steps(params, opt, xs_nhwc, ys), tol.rtol)
+    model = parity._tutorial_model("nnx", kernel_size, jnp.dtype(dtype))
+    report = parity.check(net, model, xs[0], target=ys[0], optimizer=opt, steps=steps, dtype=dtype, tf32=tf32,
+                          tamper=parity.fault_tamper(fault), step_fn=train.train_step, batches=(xs, ys),
+                          per_tensor_steps=True, rtol={"steps": tol})
+    rows = [Row(r.quantity, r.max_abs, r.max_rel, r.step, r.rtol, r.note) for r in report.rows if r.step is not None]
     return rows, tol

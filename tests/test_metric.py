@@ -144,14 +144,14 @@ def test_trajectory_rows_fail_and_name_the_step_of_a_nan():
 
 
 def test_compare_command_names_a_nan_tensor(capsys, monkeypatch):
-    real = parity.torch_run
+    real = parity.torch_side                 # the torch half of parity.check, which compare runs
 
-    def torch_run_with_a_nan(*args, **kwargs):
+    def torch_side_with_a_nan(*args, **kwargs):
         out = real(*args, **kwargs)
         out["grads"]["conv2.bias"][0] = np.nan
         return out
 
-    monkeypatch.setattr(parity, "torch_run", torch_run_with_a_nan)
+    monkeypatch.setattr(parity, "torch_side", torch_side_with_a_nan)
     assert cli.main(["compare", "--flavour", "functional"]) == 1
     out = capsys.readouterr().out
     assert "not finite: torch grad conv2.bias holds 1 NaN" in out

@@ -91,7 +91,7 @@ def _load_torch_pickle(path: Path) -> dict:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         found = type(obj).__name__ if not isinstance(obj, dict) else "a dict with non-tensor values"
         raise BadWeights(f"{path}: expected a state_dict {{name: tensor}}, found {found}")
-    return convert.state_to_numpy(obj)
+    return convert.clean_state(obj)            # numpy (bfloat16 kept); DataParallel/compile prefixes stripped
 
 
 def _load_safetensors(path: Path) -> dict:

@@ -3,9 +3,14 @@
 With ``--steps N [--optimizer sgd|momentum|nesterov|adam|adamw]`` it trains N steps in both
 frameworks instead (``flax_lenet.trajectory``) and reports, per quantity, the largest difference
 over the run and the step where it happened.
+
+With ``--torch pkg.module:TorchNet --flax pkg.module:FlaxNet --input-shape 8,3,32,32`` it checks
+your own port instead, through the same harness (``flax_lenet.parity.check``); ``pkg.module``
+may be a path to a ``.py`` file.
 """
 
 import json
+import sys
 
 from flax_lenet import parity
 from flax_lenet.app.cli import positive_int
@@ -36,6 +41,21 @@ def add_arguments(p):
     p.add_argument("--optimizer", choices=("sgd", "momentum", "nesterov", "adam", "adamw"), default=None,
                    help="with --steps: torch.optim.SGD / SGD(momentum=0.9) / SGD(momentum=0.9, nesterov=True) / "
                         "Adam / AdamW (torch's defaults, --lr) against flax_lenet.optim (default: sgd)")
+    own = p.add_argument_group("your own port (flax_lenet.parity.check)")
+    own.add_argument("--torch", metavar="MODULE:NAME",
+                     help="a torch nn.Module class built with no arguments, or a zero-argument factory; MODULE is "
+                          "pkg.module or a path to a .py file")
+    own.add_argument("--flax", metavar="MODULE:NAME",
+                     help="an NNX module class built as Cls(rngs=nnx.Rngs(seed)), or a zero-argument factory")
+    own.add_argument("--input-shape", metavar="N,C,H,W",
+                     help="the torch input's shape; a 4-D one is NCHW and the Flax side gets it as NHWC, other "
+                          "ranks are passed as they are")
+    own.add_argument("--input-dtype", choices=("float", "int64"), default="float",
+                     help="float: standard-normal inputs in --dtype (default); int64: integers in [0, --input-high)")
+    own.add_argument("--input-high", type=positive_int, help="with --input-dtype int64: the exclusive upper bound")
+    own.add_argument("--loss", choices=("mse", "cross_entropy"), default="mse",
+                     help="nn.MSELoss against a standard-normal target, or nn.CrossEntropyLoss against random "
+                          "classes (default: mse)")
 
 
 def main(args) -> int:
@@ -48,6 +68,8 @@ def main(args) -> int:
         raise BadConfig(f"--optimizer {args.optimizer}: expected --steps N as well (a training run), found none")
     if args.steps is not None and args.flavour not in ("all", "functional"):
         raise BadConfig(f"--steps: trains the functional flavour only, found --flavour {args.flavour}")
+    if args.torch is not None or args.flax is not None:
+        return _main_port(args)
     import jax
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
@@ -105,3 +127,101 @@ def _main_steps(args, device) -> int:
     bad = sum(not r.ok for r in rows)
     print(f"all {len(rows)} quantities agree" if ok else f"{bad} of {len(rows)} quantities differ")
     return 0 if ok else 1
+
+
+# --- your own port -------------------------------------------------------------------------------
+
+def load_object(spec: str, option: str):
+    """``'pkg.module:Name'`` or ``'path/to/file.py:Name'`` -> the object; ``BadConfig`` in one line."""
+    import importlib
+    import importlib.util
+    from pathlib import Path
+    module_name, sep, name = spec.rpartition(":")
+    expected = "MODULE:NAME with MODULE pkg.module or a path to a .py file"
+    if not sep or not module_name or not name.isidentifier():
+        raise BadConfig(f"{option}: expected {expected}, found {spec!r}")
+    try:
+        if module_name.endswith(".py") or "/" in module_name or "\\" in module_name:
+            path = Path(module_name)
+            if not path.is_file():
+                raise BadConfig(f"{option}: expected {expected}, found no file {path}")
+            unique = f"_flax_lenet_user_{abs(hash(str(path.resolve())))}"
+            module_spec = importlib.util.spec_from_file_location(unique, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[unique] = module
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except BadConfig:
+        raise
+    except Exception as e:          # the user's module failed to import: say why, in one line
+        reason = (str(e).strip().splitlines() or [""])[0]
+        raise BadConfig(f"{option}: cannot import {module_name!r} ({type(e).__name__}: {reason})") from None
+    if not hasattr(module, name):
+        raise BadConfig(f"{option}: expected {name!r} in {module_name}, found no such name")
+    return getattr(module, name)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(n <= 0 for n in shape):
+        raise BadConfig(f"--input-shape: expected comma-separated positive integers like 8,3,32,32, found {text!r}")
+    return shape
+
+
+def _build(obj, option: str, make):
+    try:
+        return make(obj)
+    except BadConfig:
+        raise
+    except TypeError as e:          # a class that needs arguments
+        raise BadConfig(f"{option}: expected a class or factory callable as described in --help, "
+                        f"found {getattr(obj, '__name__', obj)!r} ({e})") from None
+
+
+def _main_port(args) -> int:
+    """``--torch A --flax B --input-shape ...``: ``parity.check`` on the user's classes."""
+    if args.torch is None or args.flax is None or args.input_shape is None:
+        raise BadConfig("--torch, --flax and --input-shape go together, found "
+                        + ", ".join(f"--{k.replace('_', '-')}" for k in ("torch", "flax", "input_shape")
+                                    if getattr(args, k) is not None))
+    if args.fault is not None:
+        raise BadConfig(f"--break {args.fault}: breaks the tutorial's conversion, found --torch/--flax as well")
+    shape = parse_shape(args.input_shape)
+    if args.input_dtype == "int64" and args.input_high is None:
+        raise BadConfig("--input-dtype int64: expected --input-high K as well, found none")
+    torch_obj, flax_obj = load_object(args.torch, "--torch"), load_object(args.flax, "--flax")
+    import jax
+    import numpy as np
+    if args.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    import torch
+    from flax import nnx
+
+    from flax_lenet import trajectory
+    torch.manual_seed(args.seed)
+    torch_model = _build(torch_obj, "--torch", lambda o: o())
+    if not isinstance(torch_model, torch.nn.Module):
+        raise BadConfig(f"--torch: expected a torch.nn.Module, found {type(torch_model).__name__}")
+    is_nnx_class = isinstance(flax_obj, type) and issubclass(flax_obj, nnx.Module)
+    flax_model = _build(flax_obj, "--flax", lambda o: o(rngs=nnx.Rngs(args.seed)) if is_nnx_class else o())
+    if not isinstance(flax_model, nnx.Module):
+        raise BadConfig(f"--flax: expected an NNX module, found {type(flax_model).__name__}")
+    rng = np.random.default_rng(args.seed)
+    x = (rng.integers(0, args.input_high, shape) if args.input_dtype == "int64"
+         else rng.standard_normal(shape).astype(args.dtype))
+    steps = args.steps or 1
+    opt = trajectory.preset(args.optimizer or "sgd", args.lr)
+    report = parity.check(torch_model, flax_model, x, loss=args.loss, optimizer=opt, steps=steps,
+                          dtype=args.dtype, seed=args.seed, tf32=args.tf32)
+    if args.json:
+        print(report.to_json())
+    else:
+        print(f"flax-lenet compare: torch={args.torch}, flax={args.flax}, input-shape={args.input_shape}, "
+              f"dtype={args.dtype}, optimizer={opt}, steps={steps}, device={jax.default_backend()}")
+        print(report.table())
+        print(f"relative = max|flax - torch| / max|torch|; tolerance: {report.tolerance.reason}")
+    return 0 if report.ok else 1

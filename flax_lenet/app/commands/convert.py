@@ -6,9 +6,12 @@
     anything else      Orbax checkpoint directory, Flax layout
 """
 
+import contextlib
+import sys
+import warnings
 from pathlib import Path
 
-from flax_lenet.errors import BadFile
+from flax_lenet.errors import BadFile, BadWeights
 
 
 def add_arguments(p):
@@ -27,12 +30,42 @@ def refuse_existing(dst, overwrite: bool) -> None:
                       f"{'directory' if dst.is_dir() else 'file'}; pass --overwrite to replace it")
 
 
+@contextlib.contextmanager
+def _notices():
+    """Print each ``StateDictNotice`` (a stripped DataParallel/compile prefix) once, as one line on stderr."""
+    from flax_lenet.port import StateDictNotice
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", StateDictNotice)
+        yield
+    seen = []
+    for w in caught:
+        if issubclass(w.category, StateDictNotice) and str(w.message) not in seen:
+            seen.append(str(w.message))
+        elif not issubclass(w.category, StateDictNotice):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    for line in seen:
+        print(f"notice: {line}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _bfloat16_to_torch_refused(dst):
+    """One line instead of torch's TypeError when bfloat16 weights (``ml_dtypes``) meet ``torch.from_numpy``."""
+    try:
+        yield
+    except TypeError as e:
+        if "bfloat16" not in str(e):
+            raise
+        raise BadWeights(f"{dst}: expected weights torch.from_numpy can write, found bfloat16 ones; write them "
+                         "to an Orbax checkpoint directory instead (it keeps bfloat16)") from None
+
+
 def main(args) -> int:
     from flax_lenet import convert
     from flax_lenet.app import checkpoint
     refuse_existing(args.dst, args.overwrite)
-    state = checkpoint.convert_checkpoint(args.src, args.dst, overwrite=args.overwrite,
-                                          kernel_size=args.kernel_size)
+    with _notices(), _bfloat16_to_torch_refused(args.dst):
+        state = checkpoint.convert_checkpoint(args.src, args.dst, overwrite=args.overwrite,
+                                              kernel_size=args.kernel_size)
     k = convert.kernel_size_of(convert.torch_to_flax(state))
     print(f"{args.src} ({checkpoint.checkpoint_format(args.src)}) -> {args.dst} "
           f"({checkpoint.checkpoint_format(args.dst)}): Net(kernel_size={k}), "

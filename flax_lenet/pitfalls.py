@@ -1,0 +1,87 @@
+"""The porting pitfalls table: where a PyTorch -> Flax port goes wrong by default, and the fix.
+
+Each row names the test that proves it (``tests/test_pitfalls.py``): the default port differs
+from torch by more than the project's tolerance (``flax_lenet.tolerances``) and the stated fix
+brings it within. docs/port_your_model.md prints this table; ``tests/test_pitfalls.py`` checks
+that every row has its test.
+
+Framework facts cited: PyTorch https://pytorch.org/docs/stable/nn.html (BatchNorm2d, LayerNorm,
+GELU, Conv2d, AvgPool2d, Dropout, Embedding, ConvTranspose2d), torch.optim.Adam;
+Flax https://flax.readthedocs.io/en/stable/api_reference/flax.nnx/nn/index.html; optax
+https://optax.readthedocs.io/en/latest/api/optimizers.html#optax.adam.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Pitfall:
+    name: str        # the test is tests/test_pitfalls.py::test_<name>
+    layer: str
+    torch: str       # what torch does
+    flax: str        # what the Flax default does
+    fix: str
+
+    @property
+    def test(self) -> str:
+        return f"tests/test_pitfalls.py::test_{self.name}"
+
+
+PITFALLS = (
+    Pitfall("batchnorm_momentum", "BatchNorm",
+            "running = 0.9 * running + 0.1 * batch (momentum=0.1)",
+            "nnx.BatchNorm momentum=0.99 weighs the old value: running = 0.99 * running + 0.01 * batch",
+            "momentum=0.9 (Flax's momentum is 1 - torch's)"),
+    Pitfall("batchnorm_running_var", "BatchNorm",
+            "the running variance takes the unbiased batch variance (n / (n - 1)); normalising uses the biased one",
+            "nnx.BatchNorm puts the biased variance into its running average",
+            "a BatchNorm that updates with var * n / (n - 1) (tests/port_models.py: TorchBatchNorm)"),
+    Pitfall("batchnorm_train_eval", "BatchNorm",
+            "net.eval() normalises with the running statistics",
+            "nnx.BatchNorm uses batch statistics until told otherwise (use_running_average=False)",
+            "model.eval() before comparing eval outputs, model.train() for training"),
+    Pitfall("layernorm_epsilon", "LayerNorm",
+            "eps=1e-5",
+            "nnx.LayerNorm epsilon=1e-6",
+            "epsilon=1e-5"),
+    Pitfall("gelu_exact", "GELU",
+            "F.gelu / nn.GELU is exact (erf) unless approximate='tanh'",
+            "jax.nn.gelu approximates with tanh by default (approximate=True)",
+            "jax.nn.gelu(x, approximate=False)"),
+    Pitfall("same_padding_stride_2", "Conv2d",
+            "padding=1 pads one row and column on each side",
+            "padding='SAME' pads the odd total at the end: with stride 2, kernel 3 and an even input, "
+            "(0, 1) instead of (1, 1)",
+            "explicit padding ((1, 1), (1, 1)); SAME equals torch's symmetric padding only when the total is even"),
+    Pitfall("avgpool_count_include_pad", "AvgPool2d",
+            "count_include_pad=False divides by the cells inside the image",
+            "nnx.avg_pool counts the padding (count_include_pad=True)",
+            "nnx.avg_pool(..., count_include_pad=False), as the torch layer says"),
+    Pitfall("dropout_eval", "Dropout",
+            "identity in eval mode; masks from torch's RNG in train mode",
+            "nnx.Dropout drops unless deterministic; JAX's RNG never gives torch's masks",
+            "compare in eval mode (model.eval()); parity.check trains with Dropout off on both sides"),
+    Pitfall("embedding_padding_idx", "Embedding",
+            "padding_idx's row gets no gradient",
+            "nnx.Embed has no padding_idx: that row is trained like any other",
+            "stop the gradient of the padding row: jnp.where(tokens[..., None] == pad, "
+            "jax.lax.stop_gradient(e), e)"),
+    Pitfall("conv_transpose_flip", "ConvTranspose2d",
+            "weight [I, O, kH, kW], applied as the gradient of a convolution (the kernel flipped in space)",
+            "nnx.ConvTranspose (transpose_kernel=False) correlates with its kernel as stored, [kH, kW, I, O]",
+            "flip the kernel's spatial axes in the conversion (flax_lenet.port does) and pad k - 1 - p per side"),
+    Pitfall("adam_bias_correction_float32", "Adam",
+            "bias corrections 1 - beta**t in Python floats (double)",
+            "computed in float32, 1 - 0.999**1 loses 1.3e-5 of its value to cancellation",
+            "-expm1(t * log(beta)) (flax_lenet.optim uses it for AMSGrad; its plain Adam is optax.adam's, "
+            "within the float32 tier over 10 steps)"),
+    Pitfall("bias_before_batchnorm", "Conv2d + BatchNorm",
+            "a conv bias followed by BatchNorm has gradient 0 in exact arithmetic",
+            "both frameworks return rounding noise there, which no relative tolerance can compare",
+            "bias=False / use_bias=False, as is usual before BatchNorm"),
+    Pitfall("embed_dtype_fixed_at_build", "Embedding",
+            "computes in the dtype of its weight",
+            "nnx.Embed computes in the dtype it was built with (dtype defaults to param_dtype), "
+            "whatever weights are loaded later",
+            "build with param_dtype=float64 for a float64 check (parity.check prints a notice)"),
+)

@@ -1,0 +1,242 @@
+"""The porting pitfalls table (``flax_lenet.pitfalls``), one twin test per row.
+
+Each test shows the default Flax port differing from torch by more than the project's tolerance
+and the row's fix bringing it within. Weights and data travel through numpy
+(``flax_lenet.port``); float64 rows run with x64 on (``@pytest.mark.x64``).
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from flax import nnx
+
+import port_models
+from flax_lenet import optim, parity, pitfalls, port, trajectory
+from flax_lenet.tolerances import FLOAT32_CPU, FLOAT64
+
+RNG = np.random.default_rng(0)
+
+
+def rel(actual, expected) -> float:
+    return parity.diff(np.asarray(actual), np.asarray(expected))[1]
+
+
+def nchw(x):
+    return np.ascontiguousarray(np.moveaxis(np.asarray(x), -1, 1))
+
+
+def loaded(torch_layer, flax_layer):
+    """``flax_layer`` holding ``torch_layer``'s weights (and running statistics), float64."""
+    return port.load(flax_layer, port.torch_to_flax(torch_layer.double()), dtype=jnp.float64)
+
+
+def test_every_row_has_its_test():
+    names = {n[len("test_"):] for n in globals() if n.startswith("test_")}
+    assert [p.name for p in pitfalls.PITFALLS if p.name not in names] == []
+
+
+# --- BatchNorm ----------------------------------------------------------------------------------
+
+def _bn_after_one_train_step(flax_bn):
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3).double()
+    x = np.random.default_rng(1).standard_normal((4, 4, 4, 3)) * 2 + 1
+    bn.train()(torch.from_numpy(nchw(x)))      # x: the same draw for every call (see below)
+    flax_bn = loaded(nn.BatchNorm2d(3), flax_bn)
+    flax_bn(jnp.asarray(x))
+    return bn, flax_bn
+
+
+@pytest.mark.x64
+def test_batchnorm_momentum():
+    bn, default = _bn_after_one_train_step(nnx.BatchNorm(3, rngs=nnx.Rngs(0)))
+    _, fixed = _bn_after_one_train_step(nnx.BatchNorm(3, momentum=0.9, rngs=nnx.Rngs(0)))
+    assert rel(default.mean[...], bn.running_mean) > FLOAT64.rtol
+    assert rel(fixed.mean[...], bn.running_mean) <= FLOAT64.rtol
+
+
+@pytest.mark.x64
+def test_batchnorm_running_var():
+    bn, momentum_only = _bn_after_one_train_step(nnx.BatchNorm(3, momentum=0.9, rngs=nnx.Rngs(0)))
+    _, fixed = _bn_after_one_train_step(port_models.TorchBatchNorm(3))
+    assert rel(momentum_only.var[...], bn.running_var) > FLOAT64.rtol
+    assert rel(fixed.var[...], bn.running_var) <= FLOAT64.rtol
+
+
+@pytest.mark.x64
+def test_batchnorm_train_eval():
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3).double()
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    x = RNG.standard_normal((4, 4, 4, 3))
+    expected = bn.eval()(torch.from_numpy(nchw(x))).detach().numpy()
+    flax_bn = loaded(bn, nnx.BatchNorm(3, momentum=0.9, epsilon=1e-5, rngs=nnx.Rngs(0)))
+    in_train_mode = nnx.clone(flax_bn)                 # a train-mode call updates the statistics
+    assert rel(nchw(in_train_mode(jnp.asarray(x))), expected) > FLOAT64.rtol
+    flax_bn.eval()
+    assert rel(nchw(flax_bn(jnp.asarray(x))), expected) <= FLOAT64.rtol
+
+
+# --- LayerNorm, GELU ------------------------------------------------------------------------------
+
+@pytest.mark.x64
+def test_layernorm_epsilon():
+    torch.manual_seed(0)
+    ln = nn.LayerNorm(8).double()
+    x = RNG.standard_normal((4, 8)) * 0.1
+    expected = ln(torch.from_numpy(x)).detach().numpy()
+    default = loaded(ln, nnx.LayerNorm(8, rngs=nnx.Rngs(0)))
+    fixed = loaded(ln, nnx.LayerNorm(8, epsilon=1e-5, rngs=nnx.Rngs(0)))
+    assert rel(default(jnp.asarray(x)), expected) > FLOAT64.rtol
+    assert rel(fixed(jnp.asarray(x)), expected) <= FLOAT64.rtol
+
+
+def test_gelu_exact():
+    x = (RNG.standard_normal(1000) * 3).astype(np.float32)
+    expected = F.gelu(torch.from_numpy(x)).numpy()
+    assert rel(jax.nn.gelu(x), expected) > FLOAT32_CPU.rtol
+    assert rel(jax.nn.gelu(x, approximate=False), expected) <= FLOAT32_CPU.rtol
+
+
+# --- padding, pooling ---------------------------------------------------------------------------
+
+@pytest.mark.x64
+def test_same_padding_stride_2():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, 3, stride=2, padding=1).double()
+    x = RNG.standard_normal((2, 8, 8, 2))
+    expected = conv(torch.from_numpy(nchw(x))).detach().numpy()
+    same = loaded(conv, nnx.Conv(2, 3, (3, 3), strides=(2, 2), padding="SAME", rngs=nnx.Rngs(0)))
+    fixed = loaded(conv, nnx.Conv(2, 3, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), rngs=nnx.Rngs(0)))
+    assert same(jnp.asarray(x)).shape == fixed(jnp.asarray(x)).shape       # same shape, other numbers
+    assert rel(nchw(same(jnp.asarray(x))), expected) > FLOAT64.rtol
+    assert rel(nchw(fixed(jnp.asarray(x))), expected) <= FLOAT64.rtol
+
+
+@pytest.mark.x64
+def test_avgpool_count_include_pad():
+    pool = nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+    x = RNG.standard_normal((2, 5, 5, 3))
+    expected = pool(torch.from_numpy(nchw(x))).numpy()
+    pad = ((1, 1), (1, 1))
+    default = nnx.avg_pool(jnp.asarray(x), (3, 3), strides=(1, 1), padding=pad)
+    fixed = nnx.avg_pool(jnp.asarray(x), (3, 3), strides=(1, 1), padding=pad, count_include_pad=False)
+    assert rel(nchw(default), expected) > FLOAT64.rtol
+    assert rel(nchw(fixed), expected) <= FLOAT64.rtol
+
+
+def test_dropout_eval():
+    drop = nn.Dropout(0.5).eval()
+    x = RNG.standard_normal((8, 16)).astype(np.float32)
+    expected = drop(torch.from_numpy(x)).numpy()
+    flax_drop = nnx.Dropout(0.5, rngs=nnx.Rngs(0))
+    assert rel(flax_drop(jnp.asarray(x)), expected) > FLOAT32_CPU.rtol      # deterministic=False by default
+    flax_drop.eval()
+    assert rel(flax_drop(jnp.asarray(x)), expected) <= FLOAT32_CPU.rtol
+
+
+# --- Embedding --------------------------------------------------------------------------------
+
+@pytest.mark.x64
+def test_embedding_padding_idx():
+    torch.manual_seed(0)
+    emb = nn.Embedding(5, 3, padding_idx=0).double()
+    tokens = np.array([[0, 1, 2], [0, 3, 0]])
+    c = np.random.default_rng(1).standard_normal((2, 3, 3))
+    (emb(torch.from_numpy(tokens)) * torch.from_numpy(c)).sum().backward()
+    expected = emb.weight.grad.numpy()
+    table = jnp.asarray(emb.weight.detach().numpy())
+
+    def default(w):
+        return jnp.sum(w[tokens] * c)
+
+    def fixed(w):
+        e = w[tokens]
+        return jnp.sum(jnp.where(tokens[..., None] == 0, jax.lax.stop_gradient(e), e) * c)
+    assert rel(jax.grad(default)(table), expected) > FLOAT64.rtol
+    assert rel(jax.grad(fixed)(table), expected) <= FLOAT64.rtol
+
+
+@pytest.mark.x64
+def test_embed_dtype_fixed_at_build():
+    torch.manual_seed(0)
+    emb = nn.Embedding(5, 3).double()
+    tokens = np.array([1, 2, 4])
+    expected = emb(torch.from_numpy(tokens)).detach().numpy() / 3                 # a value float32 rounds
+    built32 = loaded(emb, nnx.Embed(5, 3, rngs=nnx.Rngs(0)))
+    built64 = loaded(emb, nnx.Embed(5, 3, param_dtype=jnp.float64, rngs=nnx.Rngs(0)))
+    assert rel(built32(jnp.asarray(tokens)) / 3, expected) > FLOAT64.rtol
+    assert rel(built64(jnp.asarray(tokens)) / 3, expected) <= FLOAT64.rtol
+    assert parity.fixed_dtypes(built32, "float64") and not parity.fixed_dtypes(built64, "float64")
+
+
+# --- ConvTranspose --------------------------------------------------------------------------------
+
+@pytest.mark.x64
+def test_conv_transpose_flip():
+    torch.manual_seed(0)
+    up = nn.ConvTranspose2d(2, 3, 4, stride=2, padding=1).double()
+    x = RNG.standard_normal((2, 5, 5, 2))
+    expected = up(torch.from_numpy(nchw(x))).detach().numpy()
+    flax_up = nnx.ConvTranspose(2, 3, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)), rngs=nnx.Rngs(0))
+    loaded(up, flax_up)
+    assert rel(nchw(flax_up(jnp.asarray(x))), expected) <= FLOAT64.rtol          # port's rule: flipped
+    w = up.weight.detach().numpy()
+    flax_up.kernel[...] = jnp.asarray(w.transpose(2, 3, 0, 1))                   # transposed, not flipped
+    assert rel(nchw(flax_up(jnp.asarray(x))), expected) > FLOAT64.rtol
+
+
+# --- Adam in float32 ----------------------------------------------------------------------------
+
+def test_adam_bias_correction_float32():
+    """What flax_lenet.optim does today: the cancellation, its fix where it is used, and Adam's 10 steps."""
+    for beta in (0.9, 0.999):
+        exact = 1 - beta ** 1                                                      # torch: Python float
+        naive = np.float32(1) - np.float32(beta) ** np.float32(1)
+        assert rel(naive, exact) > FLOAT32_CPU.rtol or beta == 0.9                  # 0.999: 1.3e-5 lost
+        stable = optim._one_minus_power(beta, jnp.float32(1))                      # -expm1(t log beta)
+        assert rel(stable, exact) <= FLOAT32_CPU.rtol
+    assert rel(np.float32(1) - np.float32(0.999), 1 - 0.999) > FLOAT32_CPU.rtol
+    torch_model, flax_model, x, options = port_models.make_conv1d()
+    report = parity.check(torch_model, flax_model, x, steps=10, optimizer=trajectory.Optimizer.of("adam", lr=1e-3),
+                          **options)
+    report.assert_ok()
+
+
+# --- bias before BatchNorm ----------------------------------------------------------------------
+
+class _ConvBN(nn.Module):
+    def __init__(self, bias):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, bias=bias)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn(self.conv(x)).mean((2, 3))
+
+
+class _FlaxConvBN(nnx.Module):
+    def __init__(self, bias):
+        self.conv = nnx.Conv(2, 4, (3, 3), padding="VALID", use_bias=bias, rngs=nnx.Rngs(0))
+        self.bn = port_models.TorchBatchNorm(4)
+
+    def __call__(self, x):
+        return self.bn(self.conv(x)).mean((1, 2))
+
+
+@pytest.mark.x64
+def test_bias_before_batchnorm():
+    x = RNG.standard_normal((4, 2, 6, 6))
+    torch.manual_seed(0)
+    with_bias = parity.check(_ConvBN(True), _FlaxConvBN(True), x, dtype="float64", optimizer=None)
+    assert [r.quantity for r in with_bias.failures] == ["grad conv.bias"]
+    torch.manual_seed(0)
+    parity.check(_ConvBN(False), _FlaxConvBN(False), x, dtype="float64").assert_ok()
+    assert math.isfinite(with_bias.rows[0].max_rel)

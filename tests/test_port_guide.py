@@ -1,0 +1,33 @@
+"""docs/port_your_model.md is generated from running code, linked from the README, and links every pitfall test."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from flax_lenet import pitfalls
+from flax_lenet.app import portguide
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_guide_matches_what_the_code_generates():
+    assert portguide.OUT.read_text(encoding="utf-8") == portguide.build(), \
+        f"docs/port_your_model.md is stale: run `{portguide.GENERATOR}`"
+
+
+def test_guide_links_every_pitfall_to_its_test():
+    guide = portguide.OUT.read_text(encoding="utf-8")
+    tests = (ROOT / "tests" / "test_pitfalls.py").read_text()
+    for p in pitfalls.PITFALLS:
+        assert f"`test_{p.name}`" in guide, p.name
+        assert re.search(rf"^def test_{p.name}\(", tests, re.M), p.name
+
+
+def test_readme_links_the_guide_and_shows_the_harness_in_ten_lines():
+    readme = (ROOT / "README.md").read_text()
+    assert "(docs/port_your_model.md)" in readme
+    section = readme.split("## Copy this suite for your own port", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "parity.check(" in code and len(code.strip().splitlines()) <= 10

@@ -1,0 +1,158 @@
+"""``parity.check`` validates ports other than the tutorial's, and fails a broken port naming the tensor.
+
+Four architectures written for these tests (``tests/port_models.py``): a CNN with BatchNorm2d,
+Dropout and an adaptive average pool; a transformer block with Embedding, LayerNorm and exact
+GELU; a stride-2 Conv2d / GroupNorm / ConvTranspose2d autoencoder; a Conv1d classifier with a
+declared flatten. Each is checked on its outputs, loss, every gradient and the parameters (and
+BatchNorm statistics) after every one of 10 optimizer steps; each has a broken twin.
+"""
+
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+import port_models
+from flax_lenet import linen, parity, trajectory
+from flax_lenet.errors import BadConfig
+from flax_lenet.model import Net
+from flax_lenet.tolerances import FLOAT32_CPU, FLOAT64
+
+STEPS = 10
+MOMENTUM = trajectory.Optimizer.of("sgd", lr=0.05, momentum=0.9)
+SLOW_FLOAT32 = pytest.param("float32", marks=pytest.mark.slow)
+SLOW_FLOAT64 = pytest.param("float64", marks=pytest.mark.slow)
+
+
+def _check(name, dtype, broken=None, steps=STEPS, **kwargs):
+    make = port_models.ARCHITECTURES[name]
+    torch_model, flax_model, x, options = make(broken, dtype=dtype) if broken else make(dtype=dtype)
+    return parity.check(torch_model, flax_model, x, dtype=dtype, steps=steps, optimizer=MOMENTUM,
+                        **{**options, **kwargs})
+
+
+def _quantities(report) -> set:
+    return {r.quantity for r in report.rows}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", ["autoencoder", "conv1d"])
+def test_port_agrees_on_outputs_loss_gradients_and_ten_steps(name, dtype):
+    report = _check(name, dtype)
+    report.assert_ok()
+    assert {r.rtol for r in report.rows if r.quantity != "params round trip"} == \
+        {(FLOAT64 if dtype == "float64" else FLOAT32_CPU).rtol}
+    assert "output" in _quantities(report) and f"params after SGD steps ({STEPS})" in _quantities(report)
+    grads = [r for r in report.rows if r.quantity.startswith("grad ")]
+    assert len(grads) == sum(1 for _ in port_models.ARCHITECTURES[name]()[0].parameters())
+
+
+@pytest.mark.parametrize("dtype", [SLOW_FLOAT64, SLOW_FLOAT32])
+def test_cnn_with_batchnorm_and_dropout_agrees_in_both_modes(dtype):
+    report = _check("cnn", dtype)
+    report.assert_ok()
+    assert {"output (eval)", "output (train)"} <= _quantities(report)    # BatchNorm: the modes differ
+    steps_row = next(r for r in report.rows if r.quantity.startswith("params after"))
+    assert steps_row.step is not None
+
+
+@pytest.mark.parametrize("dtype", [SLOW_FLOAT64, SLOW_FLOAT32])
+def test_transformer_block_agrees(dtype):
+    _check("block", dtype).assert_ok()
+
+
+# --- broken twins: the harness fails them and names the tensor --------------------------------
+
+@pytest.mark.x64
+def test_flax_batchnorm_default_momentum_is_reported_on_running_stats():
+    report = _check("cnn", "float64", broken=True)
+    with pytest.raises(AssertionError, match=r"params after SGD steps \(10\) \[nnx\] worst bn\d\.running_(mean|var)"):
+        report.assert_ok()
+    assert all(r.ok for r in report.rows if not r.quantity.startswith("params after"))   # one step: stats only
+
+
+@pytest.mark.x64
+def test_layernorm_default_epsilon_is_reported():
+    with pytest.raises(AssertionError, match=r"grad norm1\.weight"):
+        _check("block", "float64", broken="epsilon", steps=1).assert_ok()
+
+
+def test_tanh_gelu_is_reported_in_float32():
+    report = _check("block", "float32", broken="gelu", steps=1)
+    with pytest.raises(AssertionError, match=r"grad fc1\.weight"):
+        report.assert_ok()
+
+
+def test_unflipped_conv_transpose_kernel_is_reported():
+    report = _check("autoencoder", "float32", broken=True)
+    failing = {r.quantity for r in report.failures}
+    assert {"output", "grad up.weight"} <= failing
+    assert next(r for r in report.rows if r.quantity == "params round trip").ok   # broken after conversion
+
+
+def test_undeclared_conv1d_flatten_is_reported():
+    report = _check("conv1d", "float32", broken=True)
+    with pytest.raises(AssertionError, match=r"grad fc\.weight"):
+        report.assert_ok()
+
+
+# --- the tutorial Net through the same harness -------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_tutorial_net_all_flavours_agree_over_ten_steps(kernel_size, dtype):
+    from torch_reference import Net as TorchNet
+    torch.manual_seed(0)
+    x, target = parity.tutorial_data(4, 0, dtype)
+    models = {f: parity._tutorial_model(f, kernel_size, np.dtype(dtype)) for f in parity.FLAVOURS}
+    report = parity.check(TorchNet(kernel_size), models, x, target=target, dtype=dtype, steps=STEPS,
+                          optimizer=MOMENTUM, manual_lr=0.01)
+    report.assert_ok()
+    assert report.config["flatten"] == {"fc1": (16, *(2 * [6 if kernel_size == 3 else 5]))}
+    assert {r.flavour for r in report.rows} == {"-", *parity.FLAVOURS}
+
+
+def test_tutorial_net_with_wrong_flatten_is_reported():
+    from torch_reference import Net as TorchNet
+    torch.manual_seed(0)
+    x, target = parity.tutorial_data(2, 0, "float32")
+    report = parity.check(TorchNet(3), Net(3, rngs=nnx.Rngs(0)), x, target=target, flatten=None, optimizer=None)
+    with pytest.raises(AssertionError, match=r"grad fc1\.weight"):
+        report.assert_ok()
+
+
+def test_linen_module_with_variables_is_checked():
+    import jax
+    import jax.numpy as jnp
+    from torch_reference import Net as TorchNet
+    torch.manual_seed(0)
+    x, target = parity.tutorial_data(2, 0, "float32")
+    module = linen.Net(3)
+    variables = module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+    report = parity.check(TorchNet(3), (module, variables), x, target=target)
+    report.assert_ok()
+    assert {r.flavour for r in report.rows} == {"-", "linen"}
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+def test_report_prints_a_table_and_json_naming_the_worst_tensor():
+    import json
+    report = _check("conv1d", "float32", broken=True)
+    table = report.table()
+    assert "worst tensor" in table.splitlines()[0] and "FAIL" in table and "fc.weight" in table
+    data = json.loads(report.to_json())
+    assert data["ok"] is False and {"tensor", "step", "quantity", "ok"} <= set(data["rows"][0])
+
+
+def test_per_quantity_tolerance_override_is_applied():
+    report = _check("conv1d", "float32", broken=True, rtol={"output": 10.0, "loss": 10.0, "grad": 10.0, "steps": 10.0})
+    assert report.ok                          # loose on purpose: shows the override is what decides
+    assert {r.rtol for r in report.rows if r.quantity != "params round trip"} == {10.0}
+
+
+def test_unknown_quantity_in_rtol_is_refused():
+    torch_model, flax_model, x, options = port_models.make_conv1d()
+    with pytest.raises(BadConfig, match="rtol"):
+        parity.check(torch_model, flax_model, x, rtol={"gradient": 1e-3}, **options)
