@@ -15,7 +15,10 @@ imported; torch is loaded inside the functions that run the reference):
   model, linen, functional, initializers   the Net in three flavours; torch-style initialisation
   train, fast                              the training step; its CPU block-wise forward
   convert, optim, accumulate               weights and layouts; torch.optim as optax
-  parity, trajectory, tolerances           torch-vs-Flax comparison, N-step runs, tolerance tiers
+  parity, trajectory, tolerances           torch-vs-Flax comparison (``parity.check``: any torch
+                                           model and its Flax port), N-step runs, tolerance tiers
+  port, pitfalls                           weights of any model by module path and layer type;
+                                           the porting pitfalls, each with its twin test
   hooks, graph                             torch hooks <-> Flax interception, grad_fn chain <-> jaxpr
   parallel, cache, checks, errors          data parallelism, compilation cache, input checks
   construct, no_dynamo                     a Net built in one compiled call; torch.optim without

@@ -374,6 +374,11 @@ def test_bench_refuses_a_batch_it_could_not_allocate_before_allocating(capsys):
     assert "--batch: expected a batch of 1..65536 images" in err and "found 100000000" in err
 
 
+def test_compare_refuses_a_batch_it_could_not_allocate_before_allocating(capsys):
+    err = one_line_exit_2(capsys, "compare", "--batch", "100000000")
+    assert "--batch: expected a batch of 1..65536 images" in err and "found 100000000" in err
+
+
 @pytest.mark.parametrize("batch", [0, 65537, 100_000_000, True, 2.0])
 def test_check_batch_size_refuses_what_no_command_can_allocate(batch):
     from flax_lenet.checks import MAX_BATCH, check_batch_size

@@ -14,6 +14,7 @@ import sys
 
 from flax_lenet import parity
 from flax_lenet.app.cli import positive_int
+from flax_lenet.checks import check_batch_size
 from flax_lenet.errors import BadConfig
 from flax_lenet.table import format_table
 
@@ -59,6 +60,7 @@ def add_arguments(p):
 
 
 def main(args) -> int:
+    check_batch_size(args.batch, "--batch")     # before anything is allocated (1e8 images: 381 GiB)
     if args.seed < 0:
         raise BadConfig(f"--seed: expected a non-negative integer, found {args.seed}")
     if not 0 <= args.lr < float("inf"):     # torch.optim refuses NaN and < 0; inf makes NaN weights
