@@ -14,7 +14,7 @@ from flax_lenet import convert, parity
 from flax_lenet.tolerances import tolerance
 from tests.helpers import assert_close, assert_tree_close, state_numpy, torch_net
 
-keras_reference = pytest.importorskip("keras_reference", reason="keras is a test dependency: pip install -e '.[test]'")
+import keras_reference  # noqa: E402  (keras is a test dependency; this sets KERAS_BACKEND=jax first)
 import keras  # noqa: E402
 from keras_reference import train as keras_train  # noqa: E402
 
