@@ -311,3 +311,23 @@ def test_a_linen_function_first_traced_inside_intercept_methods_keeps_the_interc
     np.testing.assert_array_equal(np.asarray(inside), 2 * np.asarray(plain))
     np.testing.assert_array_equal(np.asarray(after), np.asarray(inside))        # the block has exited
     assert not np.array_equal(np.asarray(after), np.asarray(plain))
+
+
+# --- optim.SGD vs optax.sgd: the same rule, rounded differently in float32 --------------------
+
+def test_optax_sgd_is_torch_sgd_up_to_one_float32_rounding_not_bit_for_bit():
+    import optax
+    rng = np.random.default_rng(0)
+    p, g = rng.standard_normal(100_000).astype(np.float32), rng.standard_normal(100_000).astype(np.float32)
+    lr = 0.01
+    param = torch.nn.Parameter(torch.from_numpy(p.copy()))
+    param.grad = torch.from_numpy(g.copy())
+    torch.optim.SGD([param], lr=lr).step()                       # param.add_(grad, alpha=-lr): one rounding
+    expected = param.detach().numpy()
+    tx = optax.sgd(lr)
+    updates, _ = tx.update(jnp.asarray(g), tx.init(jnp.asarray(p)))
+    got = np.asarray(optax.apply_updates(jnp.asarray(p), updates))      # -lr*g rounded, then p + u rounded
+    np.testing.assert_array_equal(got, p + (np.float32(-lr) * g))
+    differ = got != expected
+    assert 0 < differ.sum() < 0.05 * p.size, differ.sum()            # not bit-identical, but rarely off
+    assert np.max(np.abs(got - expected) / np.spacing(np.abs(p))) <= 1     # by at most one step of p's float32 grid
