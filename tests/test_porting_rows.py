@@ -315,7 +315,7 @@ def test_a_linen_function_first_traced_inside_intercept_methods_keeps_the_interc
 
 # --- optim.SGD vs optax.sgd: the same rule, rounded differently in float32 --------------------
 
-def test_optax_sgd_is_torch_sgd_up_to_one_float32_rounding_not_bit_for_bit():
+def test_optax_sgd_is_torch_sgd_up_to_float32_rounding_not_bit_for_bit():
     import optax
     rng = np.random.default_rng(0)
     p, g = rng.standard_normal(100_000).astype(np.float32), rng.standard_normal(100_000).astype(np.float32)
@@ -330,4 +330,5 @@ def test_optax_sgd_is_torch_sgd_up_to_one_float32_rounding_not_bit_for_bit():
     np.testing.assert_array_equal(got, p + (np.float32(-lr) * g))
     differ = got != expected
     assert 0 < differ.sum() < 0.05 * p.size, differ.sum()            # not bit-identical, but rarely off
-    assert np.max(np.abs(got - expected) / np.spacing(np.abs(p))) <= 1     # by at most one step of p's float32 grid
+    larger = np.maximum(np.abs(p), np.abs(np.float32(lr) * g))       # float32 steps of the larger operand
+    assert np.max(np.abs(got - expected) / np.spacing(larger)) <= 2      # two roundings: two steps at most
