@@ -179,7 +179,7 @@ def test_html_is_one_self_contained_file(generated):
     assert "<script" not in page and "<link" not in page and "@import" not in page
     assert page.count('<section class="step"') == len(content.SECTIONS)
     for link in all_test_links():
-        assert link in page
+        assert link in page and link in generated["side_by_side.md"], link
 
 
 def test_docs_writes_both_files_whole_and_leaves_no_temporary_files(generated, tmp_path):

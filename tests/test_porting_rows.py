@@ -253,6 +253,8 @@ def test_compile_and_jit_retrace_on_a_new_shape_only(shared):
         assert [t[0] for t in traces] == [2, 3], name
         for out, ref in zip(outs, eager):
             assert_close(np.asarray(out), ref, FLOAT32_CPU, name)
+    kmodel.compile(loss="mse")                    # fit / predict: jit_compile='auto' is True on JAX
+    assert kmodel.jit_compile is True
 
 
 def test_nnx_jit_retraces_for_a_new_module_class(shared):

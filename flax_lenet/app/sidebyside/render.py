@@ -281,9 +281,10 @@ def _html_section(i: int, s, numbers, graph_rows) -> str:
              f'<div class="col flax"><h3>JAX / Flax / Keras</h3><div class="tabs">{"".join(tabs)}{panels}</div></div>',
              "</div>"]
     if s.extra == "ops":
-        parts.append(_html_table(("op", "torch.nn", "torch.nn.functional", "NNX", "Linen", "JAX", "how exact"),
-                                 [(r.op, r.torch_module, r.torch_functional, r.nnx, r.linen, r.jax, r.exact)
-                                  for r in mapping.OPS], code_cols=(1, 2, 3, 4, 5)))
+        parts.append(_html_table(("op", "torch.nn", "torch.nn.functional", "NNX", "Linen", "JAX", "how exact", "proof"),
+                                 [(r.op, r.torch_module, r.torch_functional, r.nnx, r.linen, r.jax, r.exact,
+                                   ", ".join(t for t in (r.test, r.also) if t))
+                                  for r in mapping.OPS], code_cols=(1, 2, 3, 4, 5, 7)))
     if s.extra == "graph":
         from flax_lenet import graph
         parts.append(f"<p>What <code>{_esc(RAW_JAXPR_CALL)}</code> prints:</p>"
