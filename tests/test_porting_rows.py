@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from flax import linen as nn
 from flax import nnx
 
 import keras_reference  # noqa: I001  (first: it sets KERAS_BACKEND=jax before keras is imported)

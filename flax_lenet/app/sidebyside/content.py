@@ -12,6 +12,10 @@ from keras_reference import train as keras_train
 from torch_reference import model as torch_model
 from torch_reference import train as torch_train
 
+KT = "tests/test_keras_reference.py::"
+PT = "tests/test_porting_rows.py::"
+FT = "tests/test_functional_mapping.py::"
+
 #: How exact a row is, in the words the page uses (the tolerances are flax_lenet.tolerances').
 BITS = "same bits"
 F64 = "same values within FLOAT64 (rtol 1e-12), float64"
@@ -132,7 +136,7 @@ def porting_sections() -> tuple:
             "call_vs_base_call", f"{BITS}: a doubling hook doubles exactly",
             ("test_the_direct_call_skips_what_the_module_call_adds",
              "test_a_linen_function_first_traced_inside_intercept_methods_keeps_the_interceptor",
-             "tests/test_keras_reference.py::test_keras_direct_call_skips_build_and_the_training_handling"),
+             KT + "test_keras_direct_call_skips_build_and_the_training_handling"),
             torch_name="call_vs_forward", linen_name="jit_traced_inside_interceptor",
             keras_name="call_vs_call"),
     )
@@ -164,8 +168,8 @@ SECTIONS = (
         tests=("tests/test_hooks.py::test_forward_hook_recording_equals_capture_intermediates_sow_and_nnx_capture",
                "tests/test_init.py::test_torch_init_draws_every_layer_like_torch",
                "tests/test_graph.py::test_jaxpr_of_the_loss_has_the_nets_layers",
-               "tests/test_keras_reference.py::test_keras_net_matches_torch_after_a_weight_transfer",
-               "tests/test_keras_reference.py::test_keras_parity_fails_with_a_wrong_flatten_order_or_a_reshaped_kernel"),
+               KT + "test_keras_net_matches_torch_after_a_weight_transfer",
+               KT + "test_keras_parity_fails_with_a_wrong_flatten_order_or_a_reshaped_kernel"),
     ),
     Section(
         "call", "Module.__call__: forward, apply, call, and hooks", "nn.Module 的 __call__",
@@ -201,9 +205,9 @@ SECTIONS = (
                "tests/test_hooks.py::test_torch_forward_called_directly_skips_that_modules_hooks",
                "tests/test_hooks.py::test_linen_apply_runs_interceptors_but_a_cached_jit_trace_does_not",
                "tests/test_hooks.py::test_nnx_hooks_run_under_call_and_nnx_jit_but_not_the_base_class_call",
-               "tests/test_porting_rows.py::test_a_linen_function_first_traced_inside_intercept_methods_keeps_the_interceptor",
-               "tests/test_keras_reference.py::test_keras_model_call_builds_on_first_call_and_passes_training_to_call_and_its_layers",
-               "tests/test_keras_reference.py::test_keras_direct_call_skips_build_and_the_training_handling"),
+               PT + "test_a_linen_function_first_traced_inside_intercept_methods_keeps_the_interceptor",
+               KT + "test_keras_model_call_builds_on_first_call_and_passes_training_to_call_and_its_layers",
+               KT + "test_keras_direct_call_skips_build_and_the_training_handling"),
     ),
     Section(
         "layers", "nn.Xxx and nn.functional.xxx", "nn.Xxx 与 nn.functional.xxx",
@@ -224,7 +228,7 @@ SECTIONS = (
                "tests/test_functional_mapping.py::test_linear_row_all_calls_agree",
                "tests/test_functional_mapping.py::test_mse_row_all_calls_agree",
                "tests/test_functional_mapping.py::test_flax_layer_two_ways_agree",
-               "tests/test_functional_mapping.py::test_linen_and_keras_layers_two_ways_agree"),
+               FT + "test_linen_and_keras_layers_two_ways_agree"),
         extra="ops",
     ),
     Section(
@@ -250,7 +254,7 @@ SECTIONS = (
                "tests/test_minibatch.py::test_linen_init_on_a_single_image_silently_builds_a_wrong_fc1",
                "tests/test_minibatch.py::test_every_entry_point_refuses_a_wrong_batch_with_one_line",
                "tests/test_minibatch.py::test_vmap_over_single_images_equals_the_batch",
-               "tests/test_functional_mapping.py::test_linen_and_keras_single_image_equal_torch_unsqueeze"),
+               FT + "test_linen_and_keras_single_image_equal_torch_unsqueeze"),
     ),
     Section(
         "loss", "Compute the loss", "计算损失",
@@ -267,8 +271,8 @@ SECTIONS = (
                "divides a sum by the count instead."),
         numbers="loss",
         tests=("tests/test_functional_mapping.py::test_mse_row_all_calls_agree",
-               "tests/test_functional_mapping.py::test_linen_and_keras_loss_equal_torch_mse",
-               "tests/test_keras_reference.py::test_keras_ops_mean_of_float64_is_only_float32_accurate_so_the_loss_divides_a_sum"),
+               FT + "test_linen_and_keras_loss_equal_torch_mse",
+               KT + "test_keras_ops_mean_of_float64_is_only_float32_accurate_so_the_loss_divides_a_sum"),
     ),
     Section(
         "graph", "Follow loss.grad_fn: the graph", "计算图",
@@ -285,7 +289,7 @@ SECTIONS = (
                "in the jaxpr the bias's broadcast_in_dim is off the input's path.",),
         tests=("tests/test_graph.py::test_grad_fn_chain_and_jaxpr_correspond_layer_by_layer",
                "tests/test_graph.py::test_graph_comparison_fails_for_a_different_network",
-               "tests/test_functional_mapping.py::test_linen_and_keras_jaxprs_have_the_nets_layers",
+               FT + "test_linen_and_keras_jaxprs_have_the_nets_layers",
                "tests/test_docs.py::test_graph_section_shows_what_make_jaxpr_prints"),
         extra="graph",
     ),
@@ -306,8 +310,8 @@ SECTIONS = (
         tests=("tests/test_functional_mapping.py::test_torch_backprop_equals_nnx_grad_and_jax_grad",
                "tests/test_functional_mapping.py::test_skipped_zero_grad_accumulates_the_sum_of_fresh_gradients",
                "tests/test_hooks.py::test_backward_hook_grad_output_equals_grad_wrt_nnx_perturbation",
-               "tests/test_functional_mapping.py::test_linen_and_keras_backprop_equal_torch_and_accumulate_as_a_sum",
-               "tests/test_keras_reference.py::test_keras_net_matches_torch_after_a_weight_transfer"),
+               FT + "test_linen_and_keras_backprop_equal_torch_and_accumulate_as_a_sum",
+               KT + "test_keras_net_matches_torch_after_a_weight_transfer"),
     ),
     Section(
         "update", "Update the weights", "使用简单的更新规则来更新网络的权重",
@@ -329,9 +333,9 @@ SECTIONS = (
         tests=("tests/test_functional_mapping.py::test_data_sub_equals_tree_map_update",
                "tests/test_functional_mapping.py::test_optimizer_step_equals_nnx_optimizer_update",
                "tests/test_fast.py::test_fast_train_step_equals_the_layered_step",
-               "tests/test_functional_mapping.py::test_linen_and_keras_sgd_steps_equal_torch_optim_sgd",
-               "tests/test_porting_rows.py::test_optax_sgd_is_torch_sgd_up_to_float32_rounding_not_bit_for_bit",
-               "tests/test_keras_reference.py::test_keras_sgd_step_equals_torch_optim_sgd"),
+               FT + "test_linen_and_keras_sgd_steps_equal_torch_optim_sgd",
+               PT + "test_optax_sgd_is_torch_sgd_up_to_float32_rounding_not_bit_for_bit",
+               KT + "test_keras_sgd_step_equals_torch_optim_sgd"),
     ),
 ) + porting_sections()
 

@@ -10,11 +10,10 @@ import torch.nn.functional as F
 from flax import linen
 from flax import nnx
 
-import keras_reference  # noqa: F401  (sets KERAS_BACKEND=jax before keras is imported)
-import keras
+from keras_reference import train as keras_train  # first: the package sets KERAS_BACKEND=jax
+import keras  # noqa: E402,I001
 from flax_lenet import functional, graph
 from flax_lenet.train import loss_fn, mse_loss
-from keras_reference import train as keras_train
 
 
 def torch_layer_two_ways(conv: nn.Conv2d, x):

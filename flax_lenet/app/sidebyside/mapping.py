@@ -79,7 +79,8 @@ OPS = (
           "jax.nn.relu(x): values as jnp.maximum(x, 0), gradient at 0 as torch (0, not 0.5)",
           "tests/test_functional_mapping.py::test_relu_row_all_calls_agree",
           "values and gradients within FLOAT64; jnp.maximum(x, 0): values only, not gradients (0.5 at 0)",
-          "tests/test_functional_mapping.py::test_relu_gradient_at_zero_is_torchs_in_jax_nn_relu_but_not_in_jnp_maximum"),
+          "tests/test_functional_mapping.py::"
+          "test_relu_gradient_at_zero_is_torchs_in_jax_nn_relu_but_not_in_jnp_maximum"),
     OpRow("linear", "nn.Linear(120, 84)", "F.linear(x, W, b) = x @ W.T + b", "nnx.Linear(120, 84)",
           "nn.Dense(84)", "x @ kernel + b, kernel = W.T",
           "tests/test_functional_mapping.py::test_linear_row_all_calls_agree"),

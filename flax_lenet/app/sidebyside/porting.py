@@ -13,10 +13,9 @@ import torch.nn as tnn
 from flax import linen as nn
 from flax import nnx
 
-import keras_reference  # noqa: F401  (sets KERAS_BACKEND=jax before keras is imported)
-import keras
+from keras_reference import train as keras_train  # first: the package sets KERAS_BACKEND=jax
+import keras  # noqa: E402,I001
 from flax_lenet.train import mse_loss
-from keras_reference import train as keras_train
 
 # --- model.train() / model.eval() -----------------------------------------------------------
 
