@@ -40,7 +40,7 @@ def sgd_step(model, x, target, learning_rate=0.01):
     return loss
 
 
-def as_tree(model, values):
+def as_tree(values):
     """``{'conv1': {'kernel', 'bias'}, ...}`` of ``values`` (one per trainable variable), Flax's tree."""
     values = list(values)
     return {name: {"kernel": values[2 * i], "bias": values[2 * i + 1]} for i, name in enumerate(LAYERS)}

@@ -255,7 +255,7 @@ def keras_copy(net):
 
 def keras_tree(values):
     from keras_reference import train as keras_train
-    return convert.flax_to_torch(keras_train.as_tree(None, list(values)))
+    return convert.flax_to_torch(keras_train.as_tree(list(values)))
 
 
 def test_linen_and_keras_layers_two_ways_agree(conv):

@@ -40,7 +40,7 @@ def keras_run(params, x_nchw, target, dtype):
     x = convert.nchw_to_nhwc(x_nchw)
     logits = np.asarray(model(x))
     _, grads = keras_train.loss_and_grads(model, x, target)
-    return logits, convert.flax_to_torch(keras_train.as_tree(model, grads))
+    return logits, convert.flax_to_torch(keras_train.as_tree(grads))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -75,7 +75,7 @@ def test_keras_sgd_step_equals_torch_optim_sgd():
     optim.step()
     model = keras_reference.from_flax_params(keras_reference.Net(3), convert.torch_to_flax(state))
     keras_train.sgd_step(model, convert.nchw_to_nhwc(x), target, LR)
-    after = convert.flax_to_torch(keras_train.as_tree(model, (v.value for v in model.trainable_variables)))
+    after = convert.flax_to_torch(keras_train.as_tree((v.value for v in model.trainable_variables)))
     assert_tree_close(after, state_numpy(net), tolerance("float32"), "params after SGD step")
 
 

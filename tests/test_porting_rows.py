@@ -109,7 +109,7 @@ def test_detach_and_stop_gradient_give_the_same_gradients(shared):
     got = {
         "nnx": nnx.to_pure_dict(porting.nnx_stop_gradient(model, x_nhwc)),
         "linen": porting.linen_stop_gradient(lnet, variables, x_nhwc)["params"],
-        "keras": keras_train.as_tree(kmodel, porting.keras_stop_gradient(kmodel, x_nhwc)),
+        "keras": keras_train.as_tree(porting.keras_stop_gradient(kmodel, x_nhwc)),
     }
     for name, grads in got.items():
         assert_tree_close(convert.flax_to_torch(grads), expected, FLOAT32_CPU, name)
@@ -133,7 +133,7 @@ def test_a_frozen_layer_keeps_its_bits_and_the_rest_steps_as_torch(shared):
     got = {
         "nnx": nnx.to_pure_dict(nnx.state(model, nnx.Param)),
         "linen": porting.linen_freeze(lnet, variables, x_nhwc, target)["params"],
-        "keras": keras_train.as_tree(kmodel, [np.asarray(w) for w in kmodel.get_weights()]),
+        "keras": keras_train.as_tree([np.asarray(w) for w in kmodel.get_weights()]),
     }
     for name, tree in got.items():
         after = convert.flax_to_torch(tree)
@@ -141,6 +141,18 @@ def test_a_frozen_layer_keeps_its_bits_and_the_rest_steps_as_torch(shared):
             np.testing.assert_array_equal(after[key], state[key], err_msg=f"{name} {key}")
         assert_tree_close(after, expected, FLOAT32_CPU, name)
     assert [v.path for v in kmodel.non_trainable_variables] == [v.path for v in kmodel.conv1.weights]
+
+
+def test_optax_masked_alone_does_not_freeze_it_passes_the_raw_gradient_through(shared):
+    import optax
+    _, _, _, x_nhwc, target = shared
+    _, _, (lnet, variables), _ = nets(shared)
+    params = variables["params"]
+    mask = {name: jax.tree.map(lambda _: name != "conv1", p) for name, p in params.items()}
+    tx = optax.masked(optax.sgd(0.01), mask)
+    grads = jax.grad(lambda p: ((lnet.apply({"params": p}, x_nhwc) - target) ** 2).mean())(params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_array_equal(updates["conv1"]["kernel"], grads["conv1"]["kernel"])   # not zero
 
 
 # --- state_dict / load_state_dict: same bits -------------------------------------------------
@@ -151,7 +163,7 @@ def test_state_dict_round_trips_are_bit_identical_in_every_framework(shared):
     torch_back = porting.torch_state_dict(TorchNet(3), state)
     nnx_back = porting.nnx_state_dict(nnx.eval_shape(lambda: flax_lenet.Net(3, rngs=nnx.Rngs(1))), params)
     linen_back = porting.linen_state_dict(linen.Net(3).init(jax.random.key(1), np.zeros((1, 32, 32, 1))), params)
-    keras_back = keras_train.as_tree(kmodel, porting.keras_state_dict(keras_reference.from_flax_params(
+    keras_back = keras_train.as_tree(porting.keras_state_dict(keras_reference.from_flax_params(
         keras_reference.Net(3), jax.tree.map(np.zeros_like, params)), params))
     for name, back in [("torch", torch_back), ("nnx", convert.flax_to_torch(nnx_back)),
                        ("linen", convert.flax_to_torch(linen_back)), ("keras", convert.flax_to_torch(keras_back))]:
@@ -201,7 +213,7 @@ def test_a_seed_repeats_the_weights_within_a_framework_but_not_across(shared):
                                                                     nnx.Param))) for s in (0, 0, 1)]
     linen_params = [convert.flax_to_torch(porting.linen_seeded_variables(s, linen.Net(3), x)["params"])
                     for s in (0, 0, 1)]
-    keras_params = [convert.flax_to_torch(keras_train.as_tree(None, porting.keras_seeded_net(
+    keras_params = [convert.flax_to_torch(keras_train.as_tree(porting.keras_seeded_net(
         s, keras_reference.Net, x).get_weights())) for s in (0, 0, 1)]
     for name, (a, b, c) in [("torch", (first, again, other)), ("nnx", nnx_params), ("linen", linen_params),
                             ("keras", keras_params)]:

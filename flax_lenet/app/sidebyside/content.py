@@ -73,10 +73,12 @@ def porting_sections() -> tuple:
         row("freeze", "requires_grad=False: freezing a layer", """
             torch skips parameters without requires_grad. NNX picks what is differentiated and
             updated with a filter (nnx.DiffState for nnx.grad, wrt= for nnx.Optimizer); Linen's
-            tree is masked in optax (optax.masked); Keras moves a layer with trainable = False into
-            non_trainable_variables.""",
+            tree is labelled in optax (optax.multi_transform with optax.set_to_zero for the frozen
+            part; optax.masked alone would pass the frozen part's raw gradients through as
+            updates); Keras moves a layer with trainable = False into non_trainable_variables.""",
             "freeze", f"the frozen layer: {BITS} (unchanged); the rest: {F32}",
-            ("test_a_frozen_layer_keeps_its_bits_and_the_rest_steps_as_torch",)),
+            ("test_a_frozen_layer_keeps_its_bits_and_the_rest_steps_as_torch",
+             "test_optax_masked_alone_does_not_freeze_it_passes_the_raw_gradient_through")),
         row("state-dict", "state_dict() / load_state_dict()", """
             A torch state_dict is a flat name -> tensor dict. NNX reads a nested dict with
             nnx.to_pure_dict(nnx.state(model, nnx.Param)) and loads one with nnx.update; a Linen
@@ -136,6 +138,7 @@ def porting_sections() -> tuple:
             "call_vs_base_call", f"{BITS}: a doubling hook doubles exactly",
             ("test_the_direct_call_skips_what_the_module_call_adds",
              "test_a_linen_function_first_traced_inside_intercept_methods_keeps_the_interceptor",
+             "tests/test_hooks.py::test_linen_apply_runs_interceptors_but_a_cached_jit_trace_does_not",
              KT + "test_keras_direct_call_skips_build_and_the_training_handling"),
             torch_name="call_vs_forward", linen_name="jit_traced_inside_interceptor",
             keras_name="call_vs_call"),

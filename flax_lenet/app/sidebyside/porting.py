@@ -107,19 +107,22 @@ def nnx_freeze(model, x, target, lr=0.01):
     """A filter picks what is trained: ``nnx.Optimizer(wrt=...)`` and ``nnx.DiffState`` for the grad."""
     trainable = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("conv1")))
     optimizer = nnx.Optimizer(model, optax.sgd(lr), wrt=trainable)
-    loss = lambda model: mse_loss(model(x), target)  # noqa: E731
+
+    def loss(model):
+        return mse_loss(model(x), target)
+
     grads = nnx.grad(loss, argnums=nnx.DiffState(0, trainable))(model)
     optimizer.update(model, grads)
 
 
 def linen_freeze(net, variables, x, target, lr=0.01):
-    """``optax.masked``: the update applies where the mask is True; conv1's stays zero."""
+    """``optax.multi_transform``: SGD for the trained labels, ``set_to_zero`` for the frozen ones."""
     params = variables["params"]
-    mask = {name: jax.tree.map(lambda _: name != "conv1", p) for name, p in params.items()}
-    tx = optax.masked(optax.sgd(lr), mask)
+    labels = {name: jax.tree.map(lambda _: "frozen" if name == "conv1" else "trained", p)
+              for name, p in params.items()}
+    tx = optax.multi_transform({"trained": optax.sgd(lr), "frozen": optax.set_to_zero()}, labels)
     grads = jax.grad(lambda p: mse_loss(net.apply({"params": p}, x), target))(params)
     updates, _ = tx.update(grads, tx.init(params), params)
-    updates = jax.tree.map(lambda u, m: u if m else jnp.zeros_like(u), updates, mask)
     return {"params": optax.apply_updates(params, updates)}
 
 
