@@ -50,7 +50,8 @@ def write_docs(generated, folder: Path) -> Path:
 
 
 @pytest.mark.parametrize("obj", [content.SECTIONS[0].torch[0], content.SECTIONS[0].flax["NNX"][0],
-                                 content.SECTIONS[0].flax["Linen"][0]], ids=["torch", "nnx", "linen"])
+                                 content.SECTIONS[0].flax["Linen"][0], content.SECTIONS[0].flax["Keras"][0]],
+                         ids=["torch", "nnx", "linen", "keras"])
 def test_docs_check_fails_after_a_model_source_line_changes(generated, tmp_path, monkeypatch, capsys, obj):
     out = str(write_docs(generated, tmp_path))
     assert cli.main(["docs", "--check", "--out", out]) == 0            # figures are cached: cheap

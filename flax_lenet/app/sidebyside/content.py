@@ -311,6 +311,7 @@ SECTIONS = (
         notes=("Gradients are compared in torch's layout, after flax_lenet.convert.flax_to_torch.",),
         numbers="backprop",
         tests=("tests/test_functional_mapping.py::test_torch_backprop_equals_nnx_grad_and_jax_grad",
+               "tests/test_functional_mapping.py::test_torch_zero_grad_sets_grad_to_none",
                "tests/test_functional_mapping.py::test_skipped_zero_grad_accumulates_the_sum_of_fresh_gradients",
                "tests/test_hooks.py::test_backward_hook_grad_output_equals_grad_wrt_nnx_perturbation",
                FT + "test_linen_and_keras_backprop_equal_torch_and_accumulate_as_a_sum",
