@@ -32,7 +32,8 @@ def generated():
 
 
 def all_test_links():
-    links = [t for r in (*mapping.CONCEPTS, *mapping.OPS) for t in (r.test, r.also) if t]
+    links = [t for r in (*mapping.CONCEPTS, *mapping.OPS) for t in (r.test, r.also, getattr(r, "keras_test", ""))]
+    links = [t for t in links if t]
     return sorted(set(links + [t for s in content.SECTIONS for t in s.tests]))
 
 

@@ -143,7 +143,11 @@ def tab_title(flavour: str) -> str:
 
 
 def _md_tests(row) -> str:
-    return ", ".join(f"`{t}`" for t in (row.test, row.also) if t)
+    return ", ".join(f"`{t}`" for t in _row_tests(row))
+
+
+def _row_tests(row) -> tuple:
+    return tuple(t for t in (row.test, row.also, getattr(row, "keras_test", "")) if t)
 
 
 RAW_JAXPR_CALL = "jax.make_jaxpr(functional.loss_fn)(params, x, target)"
@@ -177,8 +181,9 @@ def markdown(numbers, graph_rows) -> str:
         "version (`side_by_side.html`) puts PyTorch and Flax in two columns; Keras (JAX backend, "
         "`keras_reference`) is a tab beside the Flax flavours.\n",
         "## How the pieces map\n",
-        _md_table(("PyTorch", "JAX / Flax", "note", "how exact", "proof"),
-                  [(f"`{r.torch}`", f"`{r.flax}`", r.note, r.exact, _md_tests(r)) for r in mapping.CONCEPTS]) + "\n",
+        _md_table(("PyTorch", "JAX / Flax", "Keras (JAX backend)", "note", "how exact", "proof"),
+                  [(f"`{r.torch}`", f"`{r.flax}`", f"`{r.keras}`", r.note, r.exact, _md_tests(r))
+                   for r in mapping.CONCEPTS]) + "\n",
     ]
     body = [_md_section(i, s, numbers, graph_rows) for i, s in enumerate(content.SECTIONS, 1)]
     foot = ["## Generated from\n", _md_table(("file", "sha256 (first 16 hex digits)"),
@@ -283,7 +288,7 @@ def _html_section(i: int, s, numbers, graph_rows) -> str:
     if s.extra == "ops":
         parts.append(_html_table(("op", "torch.nn", "torch.nn.functional", "NNX", "Linen", "JAX", "how exact", "proof"),
                                  [(r.op, r.torch_module, r.torch_functional, r.nnx, r.linen, r.jax, r.exact,
-                                   ", ".join(t for t in (r.test, r.also) if t))
+                                   ", ".join(_row_tests(r)))
                                   for r in mapping.OPS], code_cols=(1, 2, 3, 4, 5, 7)))
     if s.extra == "graph":
         from flax_lenet import graph
@@ -310,9 +315,9 @@ def _html_section(i: int, s, numbers, graph_rows) -> str:
 
 def page(numbers, graph_rows) -> str:
     """The whole tutorial as one self-contained HTML page (inline CSS, no scripts, no fetches)."""
-    concepts = _html_table(("PyTorch", "JAX / Flax", "note", "how exact", "proof"),
-                           [(r.torch, r.flax, r.note, r.exact, ", ".join(t for t in (r.test, r.also) if t))
-                            for r in mapping.CONCEPTS], code_cols=(0, 1, 4))
+    concepts = _html_table(("PyTorch", "JAX / Flax", "Keras (JAX backend)", "note", "how exact", "proof"),
+                           [(r.torch, r.flax, r.keras, r.note, r.exact, ", ".join(_row_tests(r)))
+                            for r in mapping.CONCEPTS], code_cols=(0, 1, 2, 5))
     sections = "\n".join(_html_section(i, s, numbers, graph_rows) for i, s in enumerate(content.SECTIONS, 1))
     styles = CSS + _formatter().get_style_defs(".hl")
     sources = _html_table(("file", "sha256 (first 16 hex digits)"), fingerprints(), code_cols=(0, 1))
