@@ -32,7 +32,8 @@ def generated():
 
 
 def all_test_links():
-    links = [r.test for r in mapping.CONCEPTS] + [r.test for r in mapping.OPS]
+    links = [t for r in (*mapping.CONCEPTS, *mapping.OPS) for t in (r.test, r.also, getattr(r, "keras_test", ""))]
+    links = [t for t in links if t]
     return sorted(set(links + [t for s in content.SECTIONS for t in s.tests]))
 
 
@@ -50,7 +51,8 @@ def write_docs(generated, folder: Path) -> Path:
 
 
 @pytest.mark.parametrize("obj", [content.SECTIONS[0].torch[0], content.SECTIONS[0].flax["NNX"][0],
-                                 content.SECTIONS[0].flax["Linen"][0]], ids=["torch", "nnx", "linen"])
+                                 content.SECTIONS[0].flax["Linen"][0], content.SECTIONS[0].flax["Keras"][0]],
+                         ids=["torch", "nnx", "linen", "keras"])
 def test_docs_check_fails_after_a_model_source_line_changes(generated, tmp_path, monkeypatch, capsys, obj):
     out = str(write_docs(generated, tmp_path))
     assert cli.main(["docs", "--check", "--out", out]) == 0            # figures are cached: cheap
@@ -125,6 +127,44 @@ def test_every_code_block_is_the_current_source_of_a_named_object(generated):
     assert "class Net(nn.Module):" in md and "class Net(nnx.Module):" in md
 
 
+def test_graph_section_shows_what_make_jaxpr_prints(generated):
+    import jax
+    import numpy as np
+
+    from flax_lenet import convert, functional
+    params = jax.tree.map(np.zeros_like, convert.torch_to_flax(
+        {k: np.zeros(v, np.float32) for k, v in convert.torch_shapes(3).items()}))
+    printed = str(jax.make_jaxpr(functional.loss_fn)(params, np.zeros((1, 32, 32, 1), np.float32),
+                                                     np.zeros((1, 10), np.float32)))
+    assert "custom_jvp_call" in printed and "broadcast_in_dim" in printed
+    assert f"```\n{printed}\n```" in generated["side_by_side.md"]
+    assert html_escape(printed) in generated["side_by_side.html"]
+
+
+def html_escape(text):
+    import html
+    return html.escape(text, quote=True)
+
+
+def test_every_section_and_mapping_row_says_how_exact_it_is(generated):
+    rows = [*content.SECTIONS, *mapping.CONCEPTS, *mapping.OPS]
+    assert all(r.exact for r in rows)
+    words = ("same bits", "FLOAT64", "FLOAT32_CPU", "values only", "structur", "dtypes", "traces", "tensors")
+    assert all(any(w in r.exact for w in words) for r in rows), [r.exact for r in rows]
+    md = generated["side_by_side.md"]
+    assert md.count("**How exact:**") == len(content.SECTIONS)
+
+
+def test_every_linen_tab_shows_linen_code_and_every_section_has_a_keras_tab():
+    for s in content.SECTIONS:
+        assert "Keras" in s.flax, s.id
+        if s.id in ("define", "call"):
+            continue
+        code = "".join(render.source_of(o)[1] for o in s.flax["Linen"])
+        assert "variables" in code, f"{s.id}: the Linen tab does not work on a Linen variables dict"
+        assert "functional.loss_fn" not in code and "check_images" not in code, f"{s.id}: functional code"
+
+
 def test_every_linked_test_exists():
     links = all_test_links()
     assert len(links) >= 20
@@ -141,7 +181,7 @@ def test_html_is_one_self_contained_file(generated):
     assert "<script" not in page and "<link" not in page and "@import" not in page
     assert page.count('<section class="step"') == len(content.SECTIONS)
     for link in all_test_links():
-        assert link in page
+        assert link in page and link in generated["side_by_side.md"], link
 
 
 def test_docs_writes_both_files_whole_and_leaves_no_temporary_files(generated, tmp_path):
@@ -336,13 +376,20 @@ def test_no_code_is_clipped_at_1400_px(browser, tmp_path):
     assert json.loads(browser.evaluate(CLIPPED_JS)) != []
 
 
-def test_flax_tabs_switch_between_nnx_linen_and_functional(browser):
+def test_flax_tabs_switch_between_nnx_linen_functional_and_keras(browser):
     browser.open(DOCS / "side_by_side.html", WIDE)
     visible = "getComputedStyle(document.querySelector('#define .panel-{n}')).display"
-    assert [browser.evaluate(visible.format(n=n)) for n in (1, 2, 3)] == ["block", "none", "none"]
+    assert [browser.evaluate(visible.format(n=n)) for n in (1, 2, 3, 4)] == ["block", "none", "none", "none"]
     browser.evaluate("document.querySelector('label[for=define-linen]').click()")
-    assert [browser.evaluate(visible.format(n=n)) for n in (1, 2, 3)] == ["none", "block", "none"]
+    assert [browser.evaluate(visible.format(n=n)) for n in (1, 2, 3, 4)] == ["none", "block", "none", "none"]
     assert "class Net(nn.Module)" in browser.evaluate("document.querySelector('#define .panel-2').innerText")
+    browser.evaluate("document.querySelector('label[for=define-keras]').click()")
+    assert [browser.evaluate(visible.format(n=n)) for n in (1, 2, 3, 4)] == ["none", "none", "none", "block"]
+    assert "class Net(keras.Model)" in browser.evaluate("document.querySelector('#define .panel-4').innerText")
+    keras_panel = "getComputedStyle(document.querySelector('#freeze .panel-3')).display"   # NNX, Linen, Keras
+    browser.evaluate("document.querySelector('label[for=freeze-keras]').click()")
+    assert browser.evaluate(keras_panel) == "block"
+    assert "trainable = False" in browser.evaluate("document.querySelector('#freeze .panel-3').innerText")
 
 
 def test_browser_check_fails_for_a_hidden_column_and_a_console_error(browser, tmp_path):

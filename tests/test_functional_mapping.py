@@ -238,3 +238,92 @@ def test_data_sub_equals_tree_map_update(tutorial):
     with pytest.raises(AssertionError):
         assert_close(wrong["fc3.bias"], after["fc3.bias"], FLOAT64, "w + lr*g")
     assert not np.array_equal(before["fc3.bias"], after["fc3.bias"])
+
+
+# --- the Linen and Keras tabs: net.apply and stateless_call give torch's numbers -----------------
+
+def linen_copy(net):
+    from flax_lenet import linen
+    return linen.Net(3), {"params": jax.tree.map(jnp.asarray, convert.torch_to_flax(state_numpy(net)))}
+
+
+def keras_copy(net):
+    import keras_reference
+    return keras_reference.from_flax_params(keras_reference.Net(3, dtype="float64"),
+                                            convert.torch_to_flax(state_numpy(net)))
+
+
+def keras_tree(values):
+    from keras_reference import train as keras_train
+    return convert.flax_to_torch(keras_train.as_tree(list(values)))
+
+
+def test_linen_and_keras_layers_two_ways_agree(conv):
+    import keras
+    kernel = conv.weight.detach().numpy().transpose(2, 3, 1, 0)
+    bias = conv.bias.detach().numpy()
+    expected = nhwc(conv(torch.from_numpy(X_NCHW)))
+    variables = {"params": {"kernel": jnp.asarray(kernel), "bias": jnp.asarray(bias)}}
+    bound, functional_ = examples.linen_layer_two_ways(linen_nn.Conv(16, (3, 3), padding="VALID"), variables, X_NHWC)
+    layer = keras.layers.Conv2D(16, 3, dtype="float64")
+    layer.build((None, 12, 12, 6))
+    layer.set_weights([kernel, bias])
+    through, ops = examples.keras_layer_two_ways(layer, X_NHWC)
+    agree({"linen apply": bound, "functional": functional_, "keras Conv2D": through, "keras.ops.conv": ops}, expected)
+
+
+def test_linen_and_keras_single_image_equal_torch_unsqueeze(tutorial):
+    net = torch_net(3, "float64")
+    (lnet, variables), kmodel = linen_copy(net), keras_copy(net)
+    expected = examples.torch_single_image(net, tutorial["x_t"][0]).detach().numpy()
+    agree({"linen": examples.linen_single_image(lnet, variables, tutorial["x"][0]),
+           "keras": examples.keras_single_image(kmodel, tutorial["x"][0])}, expected)
+
+
+def test_linen_and_keras_loss_equal_torch_mse(tutorial):
+    net = torch_net(3, "float64")
+    (lnet, variables), kmodel = linen_copy(net), keras_copy(net)
+    expected = examples.torch_loss(net, tutorial["x_t"], tutorial["y_t"]).detach().numpy()
+    agree({"linen": examples.linen_loss(lnet, variables, tutorial["x"], tutorial["y"]),
+           "keras": examples.keras_loss(kmodel, tutorial["x"], tutorial["y"])}, expected)
+
+
+def test_linen_and_keras_jaxprs_have_the_nets_layers(tutorial):
+    from flax_lenet import graph
+    net = torch_net(3, "float64")
+    (lnet, variables), kmodel = linen_copy(net), keras_copy(net)
+    params = variables["params"]
+    expected = [op for op, _ in graph.jax_graph(functional.loss_fn, params, tutorial["x"], tutorial["y"])]
+    assert expected[:3] == ["conv", "relu", "max_pool"] and expected[-1] == "mse"
+    assert [op for op, _ in examples.linen_graph(lnet, variables, tutorial["x"], tutorial["y"])] == expected
+    assert [op for op, _ in examples.keras_graph(kmodel, tutorial["x"], tutorial["y"])] == expected
+
+
+def test_linen_and_keras_backprop_equal_torch_and_accumulate_as_a_sum(tutorial):
+    from keras_reference import train as keras_train
+    net = torch_net(3, "float64")
+    (lnet, variables), kmodel = linen_copy(net), keras_copy(net)
+    expected = torch_grads(examples.torch_backprop(net, tutorial["x_t"], tutorial["y_t"]))
+    got = {"linen": convert.flax_to_torch(examples.linen_backprop(lnet, variables, tutorial["x"], tutorial["y"])),
+           "keras": keras_tree(keras_train.loss_and_grads(kmodel, tutorial["x"], tutorial["y"])[1])}
+    summed = {"linen": convert.flax_to_torch(examples.linen_accumulate(lnet, variables, tutorial["x"], tutorial["y"],
+                                                                       ACCUMULATED_STEPS)),
+              "keras": keras_tree(examples.keras_accumulate(kmodel, tutorial["x"], tutorial["y"], ACCUMULATED_STEPS))}
+    for how in got:
+        for name in expected:
+            assert_close(got[how][name], expected[name], FLOAT64, f"{how} {name}")
+            assert_close(summed[how][name], ACCUMULATED_STEPS * expected[name], FLOAT64, f"{how} sum {name}")
+
+
+def test_linen_and_keras_sgd_steps_equal_torch_optim_sgd(tutorial):
+    from keras_reference import train as keras_train
+    from torch_reference import sgd_step
+    net = torch_net(3, "float64")
+    (lnet, variables), kmodel = linen_copy(net), keras_copy(net)
+    sgd_step(net, torch.optim.SGD(net.parameters(), lr=LR), tutorial["x_t"], tutorial["y_t"])
+    new, _ = examples.linen_sgd_step(lnet, variables, tutorial["x"], tutorial["y"], LR)
+    keras_train.sgd_step(kmodel, tutorial["x"], tutorial["y"], LR)
+    got = {"linen": convert.flax_to_torch(new), "keras": keras_tree(v.value for v in kmodel.trainable_variables)}
+    for how in got:
+        for name, value in state_numpy(net).items():
+            assert_close(got[how][name], value, FLOAT64, f"{how} after step {name}")
