@@ -79,6 +79,20 @@ def _build_jit(spec, node_state):
     return state, nnx.state(nodes)
 
 
+def _structure(spec, nodes):
+    """The graphdef ``cls(...)`` builds, traced abstractly on copies of the graph-node arguments."""
+    cls, treedef, static, where, _ = spec
+
+    def build():
+        leaves = list(static)
+        for i, node in zip(where, nodes):
+            leaves[i] = nnx.clone(node)
+        args, kwargs = jax.tree.unflatten(treedef, leaves)
+        with plain():
+            return cls(*args, **kwargs)
+    return nnx.graphdef(nnx.eval_shape(build))
+
+
 def _build(cls, args, kwargs):
     """``cls(*args, **kwargs)`` in one compiled call, or ``None`` when it must be built plainly."""
     leaves, treedef = jax.tree.flatten((args, kwargs), is_leaf=graphlib.is_graph_node)
@@ -90,6 +104,8 @@ def _build(cls, args, kwargs):
     if not _hashable(spec) or _traced(node_state) or _traced(static):
         return None
     state, node_state = _build_jit(spec, node_state)
+    if spec not in _GRAPHDEFS:      # jax reused a trace made for an equal spec: trace the structure
+        _GRAPHDEFS[spec] = _structure(spec, nodes)
     nnx.update(nodes, node_state)
     return nnx.merge(_GRAPHDEFS[spec], state)
 

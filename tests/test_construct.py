@@ -110,3 +110,18 @@ def test_a_fresh_process_compiles_one_program_per_net_not_one_per_parameter(comp
         assert compiles <= 8, proc.stderr[-3000:]
     else:
         assert compiles > 40         # the plain eager __init__ and Linen init: one per op and shape
+
+
+def test_a_reused_trace_without_its_recorded_structure_still_builds_the_plain_net(monkeypatch):
+    """jax can hand back a compiled build traced for an equal spec without running the trace
+    again (seen in a long test session): the structure is then traced abstractly instead."""
+    flax_lenet.Net(5, rngs=nnx.Rngs(2))
+    monkeypatch.setattr(construct, "_GRAPHDEFS", {})
+    rngs = nnx.Rngs(2)
+    built = flax_lenet.Net(5, rngs=rngs)
+    with construct.plain():
+        plain_rngs = nnx.Rngs(2)
+        plain = flax_lenet.Net(5, rngs=plain_rngs)
+    assert nnx.graphdef(built) == nnx.graphdef(plain)
+    assert _differing(nnx.state(built), nnx.state(plain)) == 0
+    assert np.array_equal(jax.random.key_data(rngs.params()), jax.random.key_data(plain_rngs.params()))
