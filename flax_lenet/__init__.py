@@ -22,16 +22,27 @@ benchmark harness and the docs generator) lives in ``flax_lenet.app`` and is nev
 by the library.
 """
 
-from flax_lenet import convert as convert
-from flax_lenet import functional as functional
-from flax_lenet import linen as linen
-from flax_lenet import optim as optim
-from flax_lenet.convert import flax_to_torch as flax_to_torch
-from flax_lenet.convert import torch_to_flax as torch_to_flax
-from flax_lenet.errors import BadInput as BadInput
-from flax_lenet.model import Net as Net
-from flax_lenet.train import loss_fn as loss_fn
-from flax_lenet.train import sgd_update as sgd_update
-from flax_lenet.train import train_step as train_step
+# The names below are loaded on first use (PEP 562, a module ``__getattr__``): ``import flax_lenet``
+# itself imports nothing heavy, so ``flax-lenet`` (``flax_lenet.app.cli``) can take over Ctrl-C
+# before jax is imported, and ``flax-lenet --help`` starts in a fraction of a second.
+import importlib
 
+_SUBMODULES = ("convert", "functional", "linen", "optim")
+_NAMES = {"flax_to_torch": "convert", "torch_to_flax": "convert", "BadInput": "errors", "Net": "model",
+          "loss_fn": "train", "sgd_update": "train", "train_step": "train"}
+__all__ = [*_SUBMODULES, *_NAMES]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"flax_lenet.{name}")
+    if name in _NAMES:
+        value = getattr(importlib.import_module(f"flax_lenet.{_NAMES[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'flax_lenet' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

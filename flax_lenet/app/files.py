@@ -14,7 +14,8 @@ are removed by the next writer of NAME: it holds the lock, so they are certainly
 Test hook (``tests/test_atomic_runs.py``): ``FLAX_LENET_TEST_KILL_AT=N:SIGKILL`` (or ``N:SIGINT``)
 makes the process send itself that signal at the N-th file-system event (Python audit events:
 open, mkdir, rename, remove, ...) counted from the start of its first ``atomic_write``;
-``FLAX_LENET_TEST_KILL_AT=count:FILE`` writes the number of such events to FILE at exit. Unset, as
+``FLAX_LENET_TEST_KILL_AT=count:FILE`` writes the number of such events to FILE at exit, then the
+number of each swap's own event (``flax_lenet.swap``, just before its rename). Unset, as
 for every user, nothing is installed and nothing is counted.
 """
 
@@ -107,6 +108,10 @@ def hold(path) -> None:
     if key in _held:
         _held[key][1] += 1
         return
+    if not _held_at_exit:
+        import atexit
+        atexit.register(_release_all)
+        _held_at_exit.append(True)
     _held[key] = [_acquire(path, lock), 1, lock]
     try:
         clean_stale(path)
@@ -127,6 +132,16 @@ def release(path) -> None:
         with contextlib.suppress(OSError):
             os.unlink(entry[2])
         os.close(entry[0])
+
+
+_held_at_exit: list = []
+
+
+def _release_all() -> None:
+    """At exit: a lock still held (a command that ended early) goes with its file."""
+    for key in list(_held):
+        _held[key][1] = 1
+        release(_held[key][2].parent / _held[key][2].name[1:-len(".lock")])
 
 
 @contextlib.contextmanager
@@ -218,10 +233,10 @@ def _start_test_hook() -> None:
         return
     _hook_installed = True
     at, _, what = spec.partition(":")
-    count = [0]
+    count, swaps = [0], []
     if at == "count":
         import atexit
-        atexit.register(lambda: Path(what).write_text(f"{count[0]}\n"))
+        atexit.register(lambda: Path(what).write_text(" ".join(map(str, [count[0], *swaps])) + "\n"))
         stop, sig = 0, None
     else:
         stop, sig = int(at), getattr(signal, what)
@@ -229,6 +244,8 @@ def _start_test_hook() -> None:
     def hook(event, args):
         if event in _AUDITED:
             count[0] += 1
+            if event == "flax_lenet.swap":
+                swaps.append(count[0])
             if count[0] == stop:
                 os.kill(os.getpid(), sig)
 

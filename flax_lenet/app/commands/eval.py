@@ -2,9 +2,12 @@
 
 CKPT is a ``.pt``/``.pth`` or ``.safetensors`` file (torch layout) or an Orbax checkpoint
 directory (Flax layout); the format is read from the name (``flax_lenet.app.checkpoint``).
+Its weights are verified against the SHA-256 they were written with (a mismatch: one line, exit
+2); a checkpoint from another tool carries none, and gets a note on stderr instead.
 """
 
 import json
+import sys
 
 from flax_lenet.errors import BadConfig
 
@@ -28,14 +31,18 @@ def main(args) -> int:
 
     from flax_lenet import convert
     from flax_lenet.app import checkpoint, data, training
-    state = checkpoint.load_state(args.checkpoint, kernel_size=args.kernel_size)
+    notes = []
+    state = checkpoint.load_state(args.checkpoint, kernel_size=args.kernel_size, notes=notes)
+    for note in notes:
+        print(f"flax-lenet eval: note: {note}", file=sys.stderr)
     dtype = next(iter(state.values())).dtype
     if dtype == np.float64:
         jax.config.update("jax_enable_x64", True)
     dataset = data.load(args.data, args.data_dir)
     x = dataset.images("test").astype(dtype)
     report = {"checkpoint": str(args.checkpoint), "format": checkpoint.checkpoint_format(args.checkpoint),
-              "kernel_size": convert.kernel_size_of(convert.torch_to_flax(state)), "data": dataset.describe()}
+              "kernel_size": convert.kernel_size_of(convert.torch_to_flax(state)), "data": dataset.describe(),
+              "verified": not notes}
     if args.framework in ("both", "flax"):
         report["flax"] = training.flax_accuracy(convert.torch_to_flax(state), x, dataset.y_test)
     if args.framework in ("both", "torch"):
