@@ -256,7 +256,10 @@ def _load_safetensors(path: Path, notes: list | None = None) -> dict:
     except Exception as e:          # safetensors reports a damaged header in its own error types
         raise BadFile(f"{path}: expected {_describe('safetensors')}, found a truncated or corrupt file "
                       f"({_first_line(e)})") from None
-    expected = (header.get("__metadata__") or {}).get(DIGEST_KEY)
+    metadata = header.get("__metadata__") or {}
+    expected = metadata.get(DIGEST_KEY)
+    if expected is None and any(re.fullmatch("[0-9a-f]{64}", str(v)) for v in metadata.values()):
+        raise _changed(path, f"the metadata key {DIGEST_KEY}")     # a digest under a damaged key
     if expected is None:
         if notes is not None:
             notes.append(_not_verified(path))
