@@ -22,7 +22,7 @@ from tests.helpers import state_numpy, torch_net
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--epochs", "1", "--max-steps", "1", "--quiet"]
-KILL_POINTS = 20            # per command and signal
+KILL_POINTS = 20            # per command, SIGKILL and Ctrl-C in turn
 
 
 def run_cli(capsys, *argv):
@@ -291,17 +291,45 @@ def test_convert_onto_a_full_disk_is_one_line_exit_2_and_writes_nothing(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.safetensors"]
 
 
+def test_train_onto_a_full_disk_keeps_the_old_run_and_says_so_in_one_line(tmp_path, env, old_run):
+    """Files may grow to 100 kB only: the Flax checkpoint's data (300 kB) cannot be written. Before:
+    a SafetensorError traceback, the old metrics beside a lone new flax.orbax that blocked the next run."""
+    out = shutil.copytree(old_run, tmp_path / "run")
+    before = _snapshot(out)
+    proc = subprocess.run([sys.executable, "-c", DISK_FULL, "100000", "train", "--out", str(out), "--overwrite",
+                           "--seed", "1", *TINY], capture_output=True, text=True, env=dict(env, FLAX_LENET_CACHE="0"),
+                          timeout=300)
+    assert proc.returncode == 2 and one_line(proc.stderr), proc
+    assert f"{out}: expected a writable folder with room for it, found OSError: File too large" in proc.stderr
+    assert _snapshot(out) == before and siblings(out) == []
+
+
+def test_every_file_convert_writes_gets_the_mode_the_umask_gives(tmp_path, capsys, states):
+    """safetensors creates its files 0600; the app gives every file it writes the umask's mode."""
+    checkpoint.save(tmp_path / "in.pt", states[0])
+    mask = os.umask(0o027)
+    try:
+        for name in ("out.safetensors", "out.pt"):
+            rc, _, err = run_cli(capsys, "convert", tmp_path / "in.pt", tmp_path / name)
+            assert rc == 0, err
+            assert (tmp_path / name).stat().st_mode & 0o777 == 0o640, name
+    finally:
+        os.umask(mask)
+
+
 # --- killed anywhere in the write phase ------------------------------------------------------------
 
-def _kill_points(count_file: Path) -> list[int]:
-    """``KILL_POINTS`` file-system events of the write phase: spread over all of it, and the swap's
-    own event with its neighbours (the rename that makes the new content visible)."""
+def _kill_points(count_file: Path) -> list[tuple[int, str]]:
+    """``KILL_POINTS`` or more file-system events of the write phase, each with its signal (SIGKILL
+    and Ctrl-C in turn): spread over all of it, and the swap's own event with its neighbours (the
+    rename that makes the new content visible)."""
     total, *swaps = map(int, count_file.read_text().split())
-    near = sorted({p for s in swaps for p in (s - 1, s, s + 1, s + 2)})
-    spread = np.linspace(1, total, KILL_POINTS - len(near)).round().astype(int).tolist()
-    points = sorted(set(spread) | set(near))
-    assert len(points) >= KILL_POINTS and total > 3 * KILL_POINTS, (total, swaps)
-    return points
+    near = {p for s in swaps for p in (s - 1, s, s + 1, s + 2)}
+    spread = KILL_POINTS - len(near)
+    while len(points := sorted(near | set(np.linspace(1, total, spread).round().astype(int).tolist()))) < KILL_POINTS:
+        spread += 1
+    assert total > 3 * KILL_POINTS and swaps, (total, swaps)
+    return [(p, "SIGKILL" if i % 2 == 0 else "SIGINT") for i, p in enumerate(points)]
 
 
 def _check_kill(proc, sig, command: str) -> None:
@@ -328,14 +356,12 @@ def kill_setup(tmp_path_factory, env, old_run):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", ["SIGKILL", "SIGINT"])
-def test_train_killed_anywhere_in_its_write_phase_leaves_the_old_or_the_new_complete_run(env, old_run, kill_setup,
-                                                                                        sig):
+def test_train_killed_anywhere_in_its_write_phase_leaves_the_old_or_the_new_complete_run(env, old_run, kill_setup):
     root, reference, points = kill_setup
-    out = root / sig / "run"
+    out = root / "killed" / "run"
     old = _snapshot(old_run)
     outcomes = []
-    for point in points:
+    for point, sig in points:
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(old_run, out)
@@ -349,14 +375,18 @@ def test_train_killed_anywhere_in_its_write_phase_leaves_the_old_or_the_new_comp
             outcomes.append("new")
         if sig == "SIGINT":                     # Ctrl-C removes its temporaries and lock before exiting
             assert siblings(out) == [], (point, siblings(out))
-    assert "old" in outcomes and "new" in outcomes, outcomes             # the points span the swap
-    killed = sum(o == "old" for o in outcomes)
-    assert killed >= len(points) // 2, outcomes
+    _assert_both_outcomes(outcomes)
     # whatever SIGKILL left beside the run, the next writer removes
     proc = flax_lenet(env, "train", "--out", out, "--overwrite", "--seed", "1", *TINY)
     assert proc.returncode == 0, proc
     _assert_complete_run(out, seed=1, reference=reference)
     assert siblings(out) == []
+
+
+def _assert_both_outcomes(outcomes: list[str]) -> None:
+    """The points span the swap: most kills land before it (the old run stays), some after."""
+    assert "old" in outcomes and "new" in outcomes, outcomes
+    assert sum(o == "old" for o in outcomes) >= len(outcomes) // 2, outcomes
 
 
 @pytest.fixture(scope="module")
@@ -374,15 +404,13 @@ def convert_setup(tmp_path_factory, env, states):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", ["SIGKILL", "SIGINT"])
-def test_convert_killed_anywhere_in_its_write_phase_leaves_the_old_or_the_new_checkpoint(env, states, convert_setup,
-                                                                                        sig):
+def test_convert_killed_anywhere_in_its_write_phase_leaves_the_old_or_the_new_checkpoint(env, states, convert_setup):
     root, points = convert_setup
-    target = root / sig / "w.orbax"
+    target = root / "killed" / "w.orbax"
     target.parent.mkdir()
     old = _snapshot(root / "old.orbax")
     outcomes = []
-    for point in points:
+    for point, sig in points:
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(root / "old.orbax", target)
@@ -399,8 +427,7 @@ def test_convert_killed_anywhere_in_its_write_phase_leaves_the_old_or_the_new_ch
             outcomes.append("new")
         if sig == "SIGINT":
             assert siblings(target) == [], (point, siblings(target))
-    assert "old" in outcomes and "new" in outcomes, outcomes
-    assert sum(o == "old" for o in outcomes) >= len(points) // 2, outcomes
+    _assert_both_outcomes(outcomes)
     proc = flax_lenet(env, "convert", root / "new.safetensors", target, "--overwrite")
     assert proc.returncode == 0 and siblings(target) == [], (proc, siblings(target))
 

@@ -342,8 +342,8 @@ def load_state(path, *, kernel_size: int | None = None, notes: list | None = Non
 
     Raises:
       BadFile: no such checkpoint, an unreadable, corrupt or truncated file, one whose SHA-256 (or
-      CRC-32) does not match, or a pickle that carries code. BadWeights: missing or extra keys, wrong shapes, the other kernel size, or
-      NaN/Inf weights.
+      CRC-32) does not match, or a pickle that carries code. BadWeights: missing or extra keys,
+      wrong shapes, the other kernel size, or NaN/Inf weights.
     """
     path = Path(path)
     fmt = checkpoint_format(path)

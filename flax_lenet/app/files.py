@@ -56,7 +56,7 @@ def os_error(code: int) -> OSError:
 
 # --- one writer per path: a lock file beside it ----------------------------------------------------
 
-_held: dict[str, list] = {}            # absolute lock path -> [fd, depth, lock Path]
+_held: dict[str, list] = {}            # absolute lock path -> [fd, depth, lock Path, target Path]
 _in_progress: set[Path] = set()        # this process's temporaries, removed if it is interrupted
 
 
@@ -76,8 +76,8 @@ def _acquire(path: Path, lock: Path) -> int:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         except OSError as e:
-            raise BadFile(f"{path}: expected a folder where {lock.name} can be created, "
-                          f"found {os_reason(e)}") from None
+            raise BadFile(f"{path}: expected a writable folder with room for it, found {os_reason(e)} "
+                          f"(creating its lock file {lock.name})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -112,7 +112,7 @@ def hold(path) -> None:
         import atexit
         atexit.register(_release_all)
         _held_at_exit.append(True)
-    _held[key] = [_acquire(path, lock), 1, lock]
+    _held[key] = [_acquire(path, lock), 1, lock, path]
     try:
         clean_stale(path)
     except BaseException:
@@ -122,15 +122,18 @@ def hold(path) -> None:
 
 def release(path) -> None:
     """Undo one ``hold``; the last one removes the lock file, then lets it go."""
-    key = os.path.abspath(lock_path(path))
+    _release(os.path.abspath(lock_path(path)))
+
+
+def _release(key: str, *, all_holds: bool = False) -> None:
     entry = _held.get(key)
     if entry is None:
         return
-    entry[1] -= 1
-    if entry[1] == 0:
-        del _held[key]
+    entry[1] = 0 if all_holds else entry[1] - 1
+    if entry[1] == 0:                       # in this order, so that Ctrl-C at any point (abandon) finds it
         with contextlib.suppress(OSError):
-            os.unlink(entry[2])
+            os.unlink(entry[2])             # before closing: a process waiting on this file sees it gone
+        del _held[key]
         os.close(entry[0])
 
 
@@ -140,8 +143,7 @@ _held_at_exit: list = []
 def _release_all() -> None:
     """At exit: a lock still held (a command that ended early) goes with its file."""
     for key in list(_held):
-        _held[key][1] = 1
-        release(_held[key][2].parent / _held[key][2].name[1:-len(".lock")])
+        _release(key, all_holds=True)
 
 
 @contextlib.contextmanager
@@ -175,9 +177,12 @@ def clean_stale(path) -> None:
         return
     olds = [n for n in names if pattern.fullmatch(n).group(1) == "old" and pattern.fullmatch(n).group(3) is None]
     if olds and not os.path.lexists(path):          # died between the two renames of a folder swap
-        os.rename(path.parent / olds[0], path)
+        with contextlib.suppress(OSError):
+            os.rename(path.parent / olds[0], path)
+            olds = olds[1:]
     for name in names:
-        _remove(path.parent / name)
+        if name not in olds or os.path.lexists(path):   # never the only copy of the old content
+            _remove(path.parent / name)
 
 
 # --- Ctrl-C: never between the renames of a swap; the temporaries removed before exiting ----------
@@ -210,10 +215,12 @@ def defer_interrupt() -> bool:
 
 
 def abandon() -> None:
-    """Remove this process's temporaries and lock files: the last thing an interrupted writer does."""
+    """Remove this process's temporaries and lock files, and any stale ones beside the paths it
+    holds (it holds their locks): the last thing an interrupted writer does."""
     for tmp in list(_in_progress):
         _remove_with_suffixes(tmp)
-    for fd, _, lock in list(_held.values()):
+    for fd, _, lock, path in list(_held.values()):
+        clean_stale(path)
         with contextlib.suppress(OSError):
             os.unlink(lock)
 
