@@ -291,6 +291,40 @@ def test_convert_onto_a_full_disk_is_one_line_exit_2_and_writes_nothing(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.safetensors"]
 
 
+ON_A_SMALL_DISK = """\
+mount -t tmpfs -o size=400k tmpfs "$1" || exit 99
+cp "$2" "$1/old.safetensors" || exit 98
+"$3" -m flax_lenet convert "$1/old.safetensors" "$1/$4"
+echo "rc=$?" >&2
+ls -A "$1" >&2
+"""
+
+
+def _can_mount_a_small_disk(tmp_path) -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                            f"mount -t tmpfs -o size=64k tmpfs {tmp_path}"], capture_output=True, timeout=60)
+    return probe.returncode == 0
+
+
+@pytest.mark.parametrize("name", ["out.safetensors", "out.orbax"])
+def test_convert_onto_a_really_full_disk_is_one_line_exit_2(tmp_path, env, states, name):
+    """A 400 kB tmpfs (in a user namespace of its own) holding IN, 325 kB: the real ENOSPC, where
+    the system allows it. Before: a SafetensorError traceback, or Orbax's 230 lines of logs."""
+    if not _can_mount_a_small_disk(tmp_path):
+        pytest.skip("needs unshare --user --mount and tmpfs (Linux user namespaces)")
+    checkpoint.save(tmp_path / "in.safetensors", states[0])
+    small = tmp_path / "small"
+    small.mkdir()
+    proc = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", ON_A_SMALL_DISK, "sh",
+                           str(small), str(tmp_path / "in.safetensors"), sys.executable, name],
+                          capture_output=True, text=True, env=dict(env, FLAX_LENET_CACHE="0"), timeout=300)
+    lines = proc.stderr.splitlines()
+    assert lines[1:] == ["rc=2", "old.safetensors"], proc.stderr                # nothing left beside it
+    assert lines[0].startswith("flax-lenet convert: error: ") and "No space left on device" in lines[0], lines
+
+
 def test_train_onto_a_full_disk_keeps_the_old_run_and_says_so_in_one_line(tmp_path, env, old_run):
     """Files may grow to 100 kB only: the Flax checkpoint's data (300 kB) cannot be written. Before:
     a SafetensorError traceback, the old metrics beside a lone new flax.orbax that blocked the next run."""

@@ -109,10 +109,10 @@ def take_over_ctrl_c(argv=None) -> None:
     def interrupted(signum, frame):
         if files.defer_interrupt():             # inside a swap's renames: handled right after them
             return
-        files.abandon()
         try:
+            files.abandon()
             sys.stdout.flush()                  # what was printed before Ctrl-C stays printed
-        except Exception:                       # interrupted in the middle of a print
+        except Exception:                       # interrupted in the middle of a print, or of a removal
             pass
         os.write(2, f"{prog}: interrupted\n".encode())
         os._exit(130)                           # no atexit handlers, no threads' tracebacks
