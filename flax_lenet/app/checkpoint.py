@@ -269,13 +269,14 @@ def _load_safetensors(path: Path, notes: list | None = None) -> dict:
 
 
 def _ignore_closed_loop_callbacks() -> None:
-    """Silence the late ``RuntimeError('Event loop is closed')`` of a failed Orbax read, only that.
+    """Silence the late ``RuntimeError('Event loop is closed')`` of a failed Orbax read or write.
 
-    When tensorstore fails to read damaged array data, Orbax closes its asyncio loop while
-    tensorstore still has callbacks queued; they raise in a background thread, and Python
-    prints each as "Exception ignored in: ..." with a traceback, after our one-line error.
-    This wraps ``sys.unraisablehook`` once so that exactly that error is dropped and every
-    other unraisable exception still goes to the previous hook.
+    When tensorstore fails to read damaged array data, or to write on a full disk, Orbax closes
+    its asyncio loop while tensorstore still has callbacks queued; they raise in a background
+    thread, and Python prints each with a traceback ("Exception ignored in: ...", or through
+    ``sys.excepthook`` from tensorstore's ``PyErr_Print``) beside our one-line error. This wraps
+    ``sys.unraisablehook`` and ``sys.excepthook`` once so that exactly that error is dropped and
+    every other exception still goes to the previous hook.
     """
     previous = sys.unraisablehook
     if getattr(previous, "_drops_closed_loop", False):
@@ -289,6 +290,14 @@ def _ignore_closed_loop_callbacks() -> None:
 
     hook._drops_closed_loop = True
     sys.unraisablehook = hook
+    previous_excepthook = sys.excepthook
+
+    def excepthook(kind, value, tb):            # the same error, printed by tensorstore's threads
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous_excepthook(kind, value, tb)
+
+    sys.excepthook = excepthook
 
 
 def _read_ocdbt_store(path: Path) -> None:
@@ -427,6 +436,7 @@ def _quiet_orbax_logs():
 
 def _write_orbax(target: Path, params: dict) -> None:
     import orbax.checkpoint as ocp
+    _ignore_closed_loop_callbacks()     # a failed write (a full disk) reaches them too, while failing
     try:
         with _quiet_orbax_logs(), ocp.StandardCheckpointer() as ckptr:
             ckptr.save(target.absolute(), params)
