@@ -28,25 +28,31 @@ benchmark harness and the docs generator) lives in ``flax_lenet.app`` and is nev
 by the library.
 """
 
-from flax_lenet import convert as convert
-from flax_lenet import functional as functional
-from flax_lenet import linen as linen
-from flax_lenet import model as model
-from flax_lenet import optim as optim
-from flax_lenet.convert import flax_to_torch as flax_to_torch
-from flax_lenet.convert import torch_to_flax as torch_to_flax
-from flax_lenet.errors import BadInput as BadInput
-from flax_lenet.model import Net as Net
-from flax_lenet.train import loss_fn as loss_fn
-from flax_lenet.train import sgd_update as sgd_update
-from flax_lenet.train import train_step as train_step
-from flax_lenet.train import train_steps as train_steps
+# The names below are loaded on first use (PEP 562, a module ``__getattr__``): ``import flax_lenet``
+# itself imports nothing heavy, so ``flax-lenet`` (``flax_lenet.app.cli``) can take over Ctrl-C
+# before jax is imported, and ``flax-lenet --help`` starts in a fraction of a second. The first
+# name used also imports ``flax_lenet.construct``, which makes ``Net(...)`` and the Linen
+# ``Net().init`` one compiled call each (values identical to the plain ``__init__``).
+import importlib
 
-from flax_lenet import construct as _construct
-
-# One compiled call builds a Net's parameters, instead of one compilation per eager op: a fresh
-# process gets its Net at once (``flax_lenet.construct``; values identical to the plain __init__).
-_construct.compile_construction(model.Net)
-_construct.compile_init(linen.Net)
-
+_SUBMODULES = ("convert", "functional", "linen", "model", "optim")
+_NAMES = {"flax_to_torch": "convert", "torch_to_flax": "convert", "BadInput": "errors", "Net": "model",
+          "loss_fn": "train", "sgd_update": "train", "train_step": "train", "train_steps": "train"}
+__all__ = [*_SUBMODULES, *_NAMES]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name in _SUBMODULES or (name in _NAMES and name != "BadInput"):
+        importlib.import_module("flax_lenet.construct")      # installs itself on the Nets
+    if name in _SUBMODULES:
+        return importlib.import_module(f"flax_lenet.{name}")
+    if name in _NAMES:
+        value = getattr(importlib.import_module(f"flax_lenet.{_NAMES[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'flax_lenet' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

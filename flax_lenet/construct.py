@@ -12,7 +12,10 @@ values are the eager ``__init__``'s bit for bit, and the ``Rngs`` passed in adva
 they would (``tests/test_construct.py`` pins both against ``plain()``, which turns this off).
 ``benchmarks/startup.py`` measures a fresh-process ``Net()``.
 
-Installed on ``model.Net`` and ``linen.Net`` when ``flax_lenet`` is imported:
+Installed on ``model.Net`` and ``linen.Net`` when this module is imported, which the first use
+of a name of ``flax_lenet`` (``flax_lenet.Net``, ``flax_lenet.train_step``, ...) and every module
+that trains (``flax_lenet.fast``) do; ``from flax_lenet.model import Net`` alone keeps the plain
+eager ``__init__`` (the same values, built op by op):
   * NNX: ``Net(...)`` builds through ``_build``. Subclasses, a ``Net()`` made inside a JAX
     transform (``nnx.eval_shape``, ``jax.jit``, ...) and arguments that cannot be static
     (unhashable values) take the plain eager path.
@@ -112,6 +115,8 @@ def _build(cls, args, kwargs):
 
 def compile_construction(cls) -> None:
     """Make ``cls(...)`` (an NNX module class) build through one compiled call."""
+    if "_pytree_meta_construct" in vars(cls):
+        return                                              # installed already
     meta_construct = type(cls)._pytree_meta_construct      # the metaclass's: self.__init__(...)
 
     def construct(klass, self, *args, **kwargs):
@@ -134,6 +139,8 @@ def _init_jit(module, kwargs, rngs, *args):
 
 def compile_init(cls) -> None:
     """Make ``cls(...).init(rngs, *arrays)`` (a Linen module class) one compiled call."""
+    if cls in _PLAIN_INIT:
+        return                                              # installed already
     plain_init = _PLAIN_INIT[cls] = cls.init
 
     @functools.wraps(plain_init)
@@ -146,3 +153,12 @@ def compile_init(cls) -> None:
         return _init_jit(self, kwargs_items, rngs, *args)
 
     cls.init = init
+
+
+def _install() -> None:
+    from flax_lenet import linen, model
+    compile_construction(model.Net)
+    compile_init(linen.Net)
+
+
+_install()

@@ -43,6 +43,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from flax_lenet import construct  # noqa: F401  (a Net built by the callers of fast: one compiled call)
 from flax_lenet import functional
 from flax_lenet.model import Net, flat_side
 

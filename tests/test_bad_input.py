@@ -174,7 +174,7 @@ def test_damaged_checkpoint_exits_2_and_writes_nothing(saved, capsys, how, name,
     _damage(folder / name, how)
     argv = [command, folder / name] + ([folder / "out.safetensors"] if command == "convert" else [])
     err = run_cli(capsys, *argv)
-    assert "truncated or corrupt" in err or "cannot be read" in err, err
+    assert "truncated or corrupt" in err or "cannot be read" in err or "changed or damaged" in err, err
     assert not (folder / "out.safetensors").exists()
 
 
@@ -253,11 +253,11 @@ def test_convert_into_a_missing_folder_exits_2(saved, capsys):
 
 
 def test_the_os_refusing_to_write_a_checkpoint_exits_2(saved, capsys, monkeypatch):
-    import tempfile
+    import pathlib
 
     def refuse(*args, **kwargs):     # as an unwritable folder would (root ignores permission bits)
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    monkeypatch.setattr(pathlib.Path, "write_bytes", refuse)
     folder, _ = saved
     err = run_cli(capsys, "convert", folder / "w.pt", folder / "new.safetensors")
     assert "new.safetensors: expected a writable folder" in err and "PermissionError: Permission denied" in err
@@ -269,6 +269,7 @@ def test_corrupt_orbax_data_exits_2_with_one_line_in_a_real_process(tmp_path):
     checkpoint.save(tmp_path / "w.orbax", state_numpy(torch_net(3, "float32")))
     manifest = tmp_path / "w.orbax" / "manifest.ocdbt"
     manifest.write_bytes(b"\xff" * 16 + manifest.read_bytes()[16:])
+    (tmp_path / "w.orbax" / checkpoint.SIDECAR).unlink()      # as from another tool: no checksums to catch it
     proc = subprocess.run([sys.executable, "-m", "flax_lenet", "convert", str(tmp_path / "w.orbax"),
                            str(tmp_path / "out.pt")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr

@@ -117,8 +117,13 @@ def test_save_refuses_to_overwrite_unless_asked(tmp_path, state):
     with pytest.raises(BadFile, match=r"found an existing file \(overwrite=True replaces it\)"):
         checkpoint.save(path, state)
     assert path.read_bytes() == b"keep me"
+    with pytest.raises(BadFile, match=r"expected a \.safetensors file to replace, found a file that is not one"):
+        checkpoint.save(path, state, overwrite=True)                # overwrite replaces only a checkpoint
+    assert path.read_bytes() == b"keep me"
+    path.unlink()
+    checkpoint.save(path, {k: v + 1 for k, v in state.items()})
     checkpoint.save(path, state, overwrite=True)
-    assert checkpoint.load_state(path).keys() == state.keys()
+    np.testing.assert_array_equal(checkpoint.load_state(path)["fc3.bias"], state["fc3.bias"])
 
 
 @pytest.mark.parametrize("name", ["w.safetensors", "w.orbax"])

@@ -56,7 +56,7 @@ def test_the_apps_own_error_types_are_bad_input():
 
 def _raise_from_load(monkeypatch, error):
     """Make ``flax-lenet convert``'s checkpoint loading raise ``error``, as a deep failure would."""
-    def load_state(path, *, kernel_size=None):
+    def load_state(path, *, kernel_size=None, notes=None):
         raise error
     monkeypatch.setattr(checkpoint, "load_state", load_state)
 

@@ -4,7 +4,7 @@
   training           the Flax Net and the torch reference trained side by side (``flax-lenet train``)
   runs               run directories: metrics, curves and weights, written as one unit
   data, checkpoint   digits/MNIST; .pt/.safetensors/Orbax weights
-  files              the one atomic file writer
+  files              the one atomic writer: a lock file per target, one rename per write
   bench, sidebyside  the benchmark harness; the side-by-side tutorial generator
 
 The library below never imports from here.

@@ -11,19 +11,46 @@ was expected and what was found: ``BadWeights`` for weights that do not fit the 
 for a file that is missing, damaged, unreadable or unwritable (both ``flax_lenet.errors`` kinds).
 Every save writes to a temporary name in the same folder and renames it into place, so a crash
 or a bad input never leaves a half-written file behind, and an existing file is replaced only
-with ``overwrite=True``.
+with ``overwrite=True``, and only when it is a checkpoint of the format its name asks for
+(``replaceable``): ``overwrite`` never deletes a folder of photos named ``x.orbax``.
+
+Every checkpoint written here carries a SHA-256, and loading verifies it: a flipped byte is a
+one-line ``BadFile``, never weights that quietly changed.
+
+    *.safetensors      SHA-256 of the tensors (``tensor_digest``) in the metadata, key ``flax_lenet.sha256``
+    Orbax directory    a sidecar file ``flax_lenet.sha256``: the SHA-256 of every file in it, in the
+                       format of ``sha256sum`` (``sha256sum -c flax_lenet.sha256`` checks it too)
+    *.pt, *.pth        the zip's CRC-32s, and the SHA-256 of the file before it in the zip comment
+
+A checkpoint from another tool has none of these; it loads as before, and ``load_state`` adds a
+note that it could not be verified (or, for a zip ``.pt``, that only its CRC-32s were checked).
 """
 
+import hashlib
+import io
+import json
+import logging
+import os
 import pickle
 import re
+import stat
+import struct
 import sys
+import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from flax_lenet import convert
-from flax_lenet.app.files import atomic_write, os_reason
+from flax_lenet.app.files import atomic_write, os_error, os_reason
 from flax_lenet.errors import BadFile, BadWeights
+
+DIGEST_KEY = "flax_lenet.sha256"        # safetensors metadata key
+SIDECAR = "flax_lenet.sha256"           # file in an Orbax checkpoint directory
+PT_TAG = b"flax-lenet sha256 "          # start of the zip comment of a .pt written here
+_PT_COMMENT = len(PT_TAG) + 64
+_EOCD = b"PK\x05\x06"                   # a zip's end-of-central-directory record, 22 bytes + comment
 
 TORCH_SUFFIXES = (".pt", ".pth")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -63,6 +90,123 @@ def _weights_only_reason(e: BaseException) -> str:
     return useful[0] if useful else _first_line(e)
 
 
+# --- checksums --------------------------------------------------------------------------------
+
+def tensor_digest(state: dict) -> str:
+    """SHA-256 over every tensor of a state_dict: name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        v = np.ascontiguousarray(state[key])
+        h.update(f"{key}\0{v.dtype.name}\0{v.shape}\0".encode())
+        h.update(v.tobytes())
+    return h.hexdigest()
+
+
+def _changed(path: Path, what: str) -> BadFile:
+    return BadFile(f"{path}: expected {what} to match the SHA-256 flax-lenet wrote with it, found a different "
+                   "one: the checkpoint was changed or damaged after it was written")
+
+
+def _not_verified(path: Path, how: str = "") -> str:
+    return (f"{path} was not written by flax-lenet: it carries no SHA-256 of its weights, so they "
+            f"could not be verified{how}; loaded as it is")
+
+
+def _tag_zip(data: bytes) -> bytes:
+    """``torch.save``'s zip with the SHA-256 of everything before it as the zip comment."""
+    if data[-22:-18] != _EOCD or data[-2:] != b"\0\0":     # not a zip ending in an empty comment
+        raise RuntimeError("torch.save wrote a file that does not end in a zip end record")
+    body = data[:-2] + struct.pack("<H", _PT_COMMENT)
+    return body + PT_TAG + hashlib.sha256(body).hexdigest().encode()
+
+
+def _verify_pt(path: Path, data: bytes, notes: list | None) -> None:
+    """The SHA-256 in the zip comment of a .pt written here; a zip from elsewhere: its CRC-32s."""
+    n = _PT_COMMENT
+    ours = PT_TAG in data[-(n + 64):] or (data[-(n + 22):-(n + 18)] == _EOCD
+                                          and data[-(n + 2):-n] == struct.pack("<H", n))
+    if ours:                    # any byte of it changed, the comment's length and tag included, fails here
+        body, tag = data[:-n], data[-n:]
+        if not (tag.startswith(PT_TAG) and body[-22:-18] == _EOCD and body[-2:] == struct.pack("<H", n)
+                and tag[len(PT_TAG):] == hashlib.sha256(body).hexdigest().encode()):
+            raise _changed(path, "its content")
+        return
+    if not data.startswith(b"PK\x03\x04"):
+        if notes is not None:
+            notes.append(_not_verified(path))
+        return
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            bad = z.testzip()
+    except Exception as e:          # zipfile fails in many ways on a damaged archive
+        raise BadFile(f"{path}: expected {_describe('torch')}, found a truncated or corrupt file "
+                      f"({_first_line(e)})") from None
+    if bad is not None:
+        raise BadFile(f"{path}: expected every entry of the zip to match its CRC-32, found {bad} does "
+                      "not: the file was changed or damaged")
+    if notes is not None:
+        notes.append(_not_verified(path, " (its zip's CRC-32s matched)"))
+
+
+def _sha256_file(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_sidecar(folder: Path) -> None:
+    """``flax_lenet.sha256`` in an Orbax checkpoint: every file's SHA-256, as ``sha256sum`` prints it."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != SIDECAR)
+    (folder / SIDECAR).write_text("".join(f"{_sha256_file(p)}  {p.relative_to(folder).as_posix()}\n"
+                                          for p in files), encoding="utf-8")
+
+
+_SIDECAR_LINE = re.compile(r"([0-9a-f]{64})  ([^\n]+)")
+
+
+def _verify_orbax(path: Path, notes: list | None) -> None:
+    side = path / SIDECAR
+    if not side.is_file():
+        if notes is not None:
+            notes.append(_not_verified(path))
+        return
+    try:
+        text = side.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        text = None
+    except OSError as e:
+        raise _unreadable(path, e) from None
+    lines = text.splitlines() if text is not None else []
+    entries = [_SIDECAR_LINE.fullmatch(line) for line in lines]
+    if not lines or not all(entries) or not text.endswith("\n"):
+        raise _changed(path, SIDECAR)
+    for m in entries:
+        name = m.group(2)
+        p = path / name
+        if ".." in Path(name).parts or Path(name).is_absolute() or not p.is_file():
+            raise BadFile(f"{path}: expected {name} (listed in {SIDECAR}), found no such file: the checkpoint "
+                          "was changed or damaged after it was written")
+        try:
+            digest = _sha256_file(p)
+        except OSError as e:
+            raise _unreadable(path, e) from None
+        if digest != m.group(1):
+            raise _changed(path, name)
+
+
+def _regular_file(path: Path) -> None:
+    """Refuse a FIFO, socket or device (reading one can block forever); a folder fails on reading."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise _unreadable(path, e) from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise BadFile(f"{path}: expected {_describe(checkpoint_format(path))}, a regular file, found {kind}")
+
+
 # --- loading ----------------------------------------------------------------------------------
 
 def _unreadable(path: Path, e: OSError) -> BadFile:
@@ -71,8 +215,14 @@ def _unreadable(path: Path, e: OSError) -> BadFile:
                    f"found one that cannot be read ({os_reason(e)})")
 
 
-def _load_torch_pickle(path: Path) -> dict:
+def _load_torch_pickle(path: Path, notes: list | None = None) -> dict:
     import torch
+    _regular_file(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise _unreadable(path, e) from None
+    _verify_pt(path, data, notes)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -94,25 +244,39 @@ def _load_torch_pickle(path: Path) -> dict:
     return convert.clean_state(obj)            # numpy (bfloat16 kept); DataParallel/compile prefixes stripped
 
 
-def _load_safetensors(path: Path) -> dict:
+def _load_safetensors(path: Path, notes: list | None = None) -> dict:
     from safetensors.numpy import load_file
+    _regular_file(path)
     try:
-        return load_file(path)
+        state = load_file(path)
+        with open(path, "rb") as f:             # load_file has checked the header: its length, its JSON
+            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
     except OSError as e:
         raise _unreadable(path, e) from None
     except Exception as e:          # safetensors reports a damaged header in its own error types
         raise BadFile(f"{path}: expected {_describe('safetensors')}, found a truncated or corrupt file "
                       f"({_first_line(e)})") from None
+    metadata = header.get("__metadata__") or {}
+    expected = metadata.get(DIGEST_KEY)
+    if expected is None and any(re.fullmatch("[0-9a-f]{64}", str(v)) for v in metadata.values()):
+        raise _changed(path, f"the metadata key {DIGEST_KEY}")     # a digest under a damaged key
+    if expected is None:
+        if notes is not None:
+            notes.append(_not_verified(path))
+    elif tensor_digest(state) != expected:
+        raise _changed(path, "its tensors")
+    return state
 
 
 def _ignore_closed_loop_callbacks() -> None:
-    """Silence the late ``RuntimeError('Event loop is closed')`` of a failed Orbax read, only that.
+    """Silence the late ``RuntimeError('Event loop is closed')`` of a failed Orbax read or write.
 
-    When tensorstore fails to read damaged array data, Orbax closes its asyncio loop while
-    tensorstore still has callbacks queued; they raise in a background thread, and Python
-    prints each as "Exception ignored in: ..." with a traceback, after our one-line error.
-    This wraps ``sys.unraisablehook`` once so that exactly that error is dropped and every
-    other unraisable exception still goes to the previous hook.
+    When tensorstore fails to read damaged array data, or to write on a full disk, Orbax closes
+    its asyncio loop while tensorstore still has callbacks queued; they raise in a background
+    thread, and Python prints each with a traceback ("Exception ignored in: ...", or through
+    ``sys.excepthook`` from tensorstore's ``PyErr_Print``) beside our one-line error. This wraps
+    ``sys.unraisablehook`` and ``sys.excepthook`` once so that exactly that error is dropped and
+    every other exception still goes to the previous hook.
     """
     previous = sys.unraisablehook
     if getattr(previous, "_drops_closed_loop", False):
@@ -126,6 +290,14 @@ def _ignore_closed_loop_callbacks() -> None:
 
     hook._drops_closed_loop = True
     sys.unraisablehook = hook
+    previous_excepthook = sys.excepthook
+
+    def excepthook(kind, value, tb):            # the same error, printed by tensorstore's threads
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous_excepthook(kind, value, tb)
+
+    sys.excepthook = excepthook
 
 
 def _read_ocdbt_store(path: Path) -> None:
@@ -144,11 +316,12 @@ def _read_ocdbt_store(path: Path) -> None:
         store.read(key).result()
 
 
-def _load_orbax(path: Path) -> dict:
+def _load_orbax(path: Path, notes: list | None = None) -> dict:
     import orbax.checkpoint as ocp
     if not path.is_dir():
         raise BadFile(f"{path}: expected {_describe('orbax')} (or a .pt/.pth/.safetensors file name), "
                       "found a file")
+    _verify_orbax(path, notes)
     try:
         _read_ocdbt_store(path)
         with ocp.StandardCheckpointer() as ckptr:
@@ -165,27 +338,28 @@ def _load_orbax(path: Path) -> dict:
         raise BadWeights(f"{path}: {e}") from None
 
 
-def load_state(path, *, kernel_size: int | None = None) -> dict[str, np.ndarray]:
+def load_state(path, *, kernel_size: int | None = None, notes: list | None = None) -> dict[str, np.ndarray]:
     """Load a checkpoint in any of the three formats as a torch-layout ``state_dict`` of numpy arrays.
 
     Args:
       path: ``*.pt``/``*.pth``, ``*.safetensors``, or an Orbax checkpoint directory.
       kernel_size: if given, the checkpoint must be for ``Net(kernel_size)``.
+      notes: if given, a line is appended for a checkpoint that carries no SHA-256 (another tool's).
 
     Returns:
       ``{'conv1.weight': [O, I, kH, kW], ..., 'fc3.bias': [10]}``, checked against the Net.
 
     Raises:
-      BadFile: no such checkpoint, an unreadable, corrupt or truncated file, or a pickle that
-      carries code. BadWeights: missing or extra keys, wrong shapes, the other kernel size, or
-      NaN/Inf weights.
+      BadFile: no such checkpoint, an unreadable, corrupt or truncated file, one whose SHA-256 (or
+      CRC-32) does not match, or a pickle that carries code. BadWeights: missing or extra keys,
+      wrong shapes, the other kernel size, or NaN/Inf weights.
     """
     path = Path(path)
     fmt = checkpoint_format(path)
     if not path.exists():
         raise BadFile(f"{path}: expected {_describe(fmt)}, found no such "
                       f"{'directory' if fmt == 'orbax' else 'file'}")
-    state = {"torch": _load_torch_pickle, "safetensors": _load_safetensors, "orbax": _load_orbax}[fmt](path)
+    state = {"torch": _load_torch_pickle, "safetensors": _load_safetensors, "orbax": _load_orbax}[fmt](path, notes)
     try:
         params = convert.torch_to_flax(state)               # checks keys and shapes
     except BadWeights as e:
@@ -207,6 +381,101 @@ def load_flax_params(path, *, kernel_size: int | None = None) -> dict:
 
 # --- saving -----------------------------------------------------------------------------------
 
+def replaceable(path) -> str | None:
+    """Why the existing ``path`` must not be replaced by a checkpoint, or None if it may be.
+
+    Only a checkpoint of the format the name asks for may be: an Orbax directory (it holds
+    Orbax's ``_METADATA`` or ``_CHECKPOINT_METADATA``), a safetensors file (an 8-byte header
+    length, then JSON), a ``.pt`` (a zip or a pickle); or an empty file or folder, which holds
+    nothing to lose. Anything else -- a folder of photos named ``x.orbax``, a folder named
+    ``x.safetensors``, a text file named ``x.pt``, a symbolic link -- is refused.
+    """
+    path = Path(path)
+    fmt = checkpoint_format(path)
+    refuse = f"{path}: expected {_describe(fmt)} to replace, found "
+    tail = "; only a checkpoint is ever replaced"
+    if path.is_symlink():
+        return refuse + "a symbolic link" + tail
+    try:
+        if path.is_dir():
+            names = sorted(os.listdir(path))
+            if fmt == "orbax" and ({"_METADATA", "_CHECKPOINT_METADATA"} & set(names) or not names):
+                return None
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            return refuse + (f"a directory of other files ({shown})" if names else "a directory") + tail
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            return refuse + "a special file" + tail
+        with open(path, "rb") as f:
+            head = f.read(9)
+        size = os.path.getsize(path)
+    except OSError as e:
+        return refuse + f"something that cannot be read ({os_reason(e)})" + tail
+    if size == 0:
+        return None
+    if fmt == "safetensors" and len(head) == 9 and struct.unpack("<Q", head[:8])[0] < size and head[8:] == b"{":
+        return None
+    if fmt == "torch" and (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        return None
+    kind = "a file that is not one" if fmt != "orbax" else "a file"
+    return refuse + f"{kind} (it starts with {head[:8]!r})" + tail
+
+
+@contextmanager
+def _quiet_orbax_logs():
+    """Orbax logs each failure of its background threads with a traceback (a full disk: 200 lines);
+    the failure is re-raised in this thread and reported in one line, so those logs are dropped."""
+    logger = logging.getLogger("absl")
+    disabled = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
+
+
+def _write_orbax(target: Path, params: dict) -> None:
+    import orbax.checkpoint as ocp
+    _ignore_closed_loop_callbacks()     # a failed write (a full disk) reaches them too, while failing
+    try:
+        with _quiet_orbax_logs(), ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(target.absolute(), params)
+            ckptr.wait_until_finished()
+    except ValueError as e:         # tensorstore's write errors carry the OS error's number
+        code = re.search(r"os_error_code='(\d+)'", str(e))
+        if code is None:
+            raise
+        raise os_error(int(code.group(1))) from None
+    _write_sidecar(target)
+
+
+def _as_numpy(state: dict) -> dict:
+    return {k: np.ascontiguousarray(np.asarray(v.detach().cpu() if hasattr(v, "detach") else v))
+            for k, v in state.items()}
+
+
+def write_new(target, state: dict, fmt: str | None = None) -> None:
+    """Write a checkpoint, with its SHA-256, straight to ``target``, a new path in a private folder.
+
+    ``save`` calls it on a temporary beside the final path; ``runs.write_run`` inside the
+    temporary run directory. ``fmt``: the format (default: from ``target``'s name).
+    """
+    target = Path(target)
+    state = _as_numpy(state)
+    params = convert.torch_to_flax(state)                   # checks keys and shapes first
+    fmt = fmt or checkpoint_format(target)
+    if fmt == "torch":
+        import torch
+        buf = io.BytesIO()
+        torch.save({k: torch.from_numpy(v) for k, v in state.items()}, buf)
+        target.write_bytes(_tag_zip(buf.getvalue()))        # written here: a full disk is an OSError
+    elif fmt == "safetensors":
+        from safetensors.numpy import save as save_bytes
+        target.write_bytes(save_bytes(state, metadata={DIGEST_KEY: tensor_digest(state)}))
+    else:
+        _write_orbax(target, params)
+
+
 def save(path, state: dict[str, np.ndarray], *, overwrite: bool = False) -> None:
     """Save a torch-layout ``state_dict`` in the format ``path``'s name asks for, atomically.
 
@@ -214,34 +483,21 @@ def save(path, state: dict[str, np.ndarray], *, overwrite: bool = False) -> None
       path: ``*.pt``/``*.pth`` (``torch.save``), ``*.safetensors``, or an Orbax directory
         (written in the Flax layout through ``flax_lenet.convert``).
       state: ``{'conv1.weight': ..., ...}`` numpy arrays or torch tensors.
-      overwrite: replace an existing ``path``.
+      overwrite: replace an existing ``path`` -- only a checkpoint of the same format (``replaceable``).
+
+    Raises:
+      BadWeights: ``state`` does not fit the Net. BadFile: ``path`` exists (and may not be
+      replaced), another process is writing it, or the OS refused the write (a full disk).
     """
-    state = {k: np.ascontiguousarray(np.asarray(v.detach().cpu() if hasattr(v, "detach") else v))
-             for k, v in state.items()}
-    params = convert.torch_to_flax(state)                   # checks keys and shapes first
+    state = _as_numpy(state)
+    convert.torch_to_flax(state)                            # checks keys and shapes before any file
     fmt = checkpoint_format(path)
-    if fmt == "torch":
-        import torch
-
-        def write(tmp):
-            torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp)
-    elif fmt == "safetensors":
-        from safetensors.numpy import save_file
-
-        def write(tmp):
-            save_file(state, tmp)
-    else:
-        import orbax.checkpoint as ocp
-
-        def write(tmp):
-            with ocp.StandardCheckpointer() as ckptr:
-                ckptr.save(tmp.absolute(), params)
-                ckptr.wait_until_finished()
-    atomic_write(path, write, overwrite=overwrite)
+    atomic_write(path, lambda tmp: write_new(tmp, state, fmt), overwrite=overwrite, may_replace=replaceable)
 
 
-def convert_checkpoint(src, dst, *, overwrite: bool = False, kernel_size: int | None = None) -> dict:
+def convert_checkpoint(src, dst, *, overwrite: bool = False, kernel_size: int | None = None,
+                       notes: list | None = None) -> dict:
     """Read ``src`` and write ``dst``, each in the format its name says; returns the state written."""
-    state = load_state(src, kernel_size=kernel_size)
+    state = load_state(src, kernel_size=kernel_size, notes=notes)
     save(dst, state, overwrite=overwrite)
     return state

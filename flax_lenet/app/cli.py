@@ -7,13 +7,22 @@ Exit codes: bad usage or bad input (argparse's errors, and any ``flax_lenet.erro
 a command raises) exits 2 with one line on stderr and no traceback (``FLAX_LENET_DEBUG=1``
 shows it); Ctrl-C exits 130 with one line; any other exception is a bug and propagates with
 its traceback (the console script then exits 1).
+
+Ctrl-C in the console command (``run``) is taken over before anything heavy is imported: at any
+moment -- importing jax, training, writing a checkpoint -- it removes this process's temporary
+files and lock files (``files.abandon``; a rename in progress is finished first), prints
+``flax-lenet COMMAND: interrupted`` and exits 130 at once. It never raises ``KeyboardInterrupt``
+into jax, Orbax or tensorstore code, where it was swallowed ("Exception ignored in
+_xla_gc_callback") or printed asyncio tracebacks from Orbax's threads.
 """
 
 import argparse
 import importlib
 import os
+import signal
 import sys
 
+from flax_lenet.app import files
 from flax_lenet.errors import BadConfig, BadInput
 
 DESCRIPTION = """\
@@ -87,13 +96,38 @@ def main(argv=None) -> int:
         return 130
 
 
+def _command_name(argv) -> str:
+    """``'flax-lenet train'`` from the arguments (``'flax-lenet'`` before a command is named)."""
+    names = [a for a in argv if a in COMMANDS]
+    return f"flax-lenet {names[0]}" if names else "flax-lenet"
+
+
+def take_over_ctrl_c(argv=None) -> None:
+    """SIGINT ends the command with one line and exit 130, having removed its temporaries (see above)."""
+    prog = _command_name(sys.argv[1:] if argv is None else argv)
+
+    def interrupted(signum, frame):
+        if files.defer_interrupt():             # inside a swap's renames: handled right after them
+            return
+        try:
+            files.abandon()
+            sys.stdout.flush()                  # what was printed before Ctrl-C stays printed
+        except Exception:                       # interrupted in the middle of a print, or of a removal
+            pass
+        os.write(2, f"{prog}: interrupted\n".encode())
+        os._exit(130)                           # no atexit handlers, no threads' tracebacks
+
+    signal.signal(signal.SIGINT, interrupted)
+
+
 def run() -> None:
-    """The console entry point: ``main`` with JAX's persistent compilation cache switched on.
+    """The console entry point: ``main`` with Ctrl-C taken over and JAX's persistent compilation cache on.
 
     A second ``flax-lenet`` process loads its compiled steps instead of compiling them again
     (``docs/benchmarks.md``, start-up). ``FLAX_LENET_CACHE=0`` switches it off; a cache
     directory that cannot be used only costs the speed-up.
     """
+    take_over_ctrl_c()
     if os.environ.get("FLAX_LENET_CACHE", "1") != "0":
         from flax_lenet import cache
         try:

@@ -1,8 +1,34 @@
-"""The one way the app writes files: into a temporary folder beside the target, then one rename."""
+"""The one way the app writes files and folders: built beside the target, then swapped in whole.
 
+    .NAME.lock                  held (``flock``) by the one process writing NAME; a second is refused
+    .NAME.tmp-PID-XXXXXXXX      the new content, built here and renamed to NAME in one step
+
+A folder that already exists is exchanged with the new one in a single ``renameat2(RENAME_EXCHANGE)``
+(Linux, ``man 2 rename``); where that is missing it is renamed to ``.NAME.old-PID-XXXXXXXX`` first,
+the new one renamed to NAME, and a writer that died between the two is undone by the next one. So
+NAME holds the old complete content or the new complete content at every instant, whether the
+writer finishes, fails (a full disk: a one-line ``BadFile``), is killed (SIGKILL) or interrupted
+(Ctrl-C: ``flax-lenet`` removes the temporaries, ``abandon``). Leftovers of a writer that was killed
+are removed by the next writer of NAME: it holds the lock, so they are certainly stale.
+
+Test hook (``tests/test_atomic_runs.py``): ``FLAX_LENET_TEST_KILL_AT=N:SIGKILL`` (or ``N:SIGINT``)
+makes the process send itself that signal at the N-th file-system event (Python audit events:
+open, mkdir, rename, remove, ...) counted from the start of its first ``atomic_write``;
+``FLAX_LENET_TEST_KILL_AT=count:FILE`` writes the number of such events to FILE at exit, then the
+number of each swap's own event (``flax_lenet.swap``, just before its rename). Unset, as
+for every user, nothing is installed and nothing is counted.
+"""
+
+import contextlib
+import ctypes
+import errno
+import fcntl
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import signal
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -22,54 +48,322 @@ def os_reason(e: OSError) -> str:
     return f"{type(e).__name__}: {reason}" if reason else type(e).__name__
 
 
-def atomic_write(path, write: Callable[[Path], None], *, overwrite: bool = False) -> None:
-    """Call ``write(tmp)`` on a path in a temporary folder beside ``path``, then rename it to ``path``.
+def os_error(code: int) -> OSError:
+    """The ``OSError`` for an errno a library reported in its own way (ctypes, tensorstore), so that
+    ``atomic_write`` turns it into a one-line ``BadFile`` like any other failed write."""
+    return OSError(code, os.strerror(code))
 
-    The folder is on the same file system, so the rename is atomic for a file; an existing
-    directory is first moved aside (and moved back if the second rename fails).
+
+# --- one writer per path: a lock file beside it ----------------------------------------------------
+
+_held: dict[str, list] = {}            # absolute lock path -> [fd, depth, lock Path, target Path]
+_in_progress: set[Path] = set()        # this process's temporaries, removed if it is interrupted
+
+
+def lock_path(path) -> Path:
+    path = Path(path)
+    return path.parent / f".{path.name}.lock"
+
+
+def _stale_pattern(name: str) -> re.Pattern:
+    """``.NAME.tmp-PID-XXXXXXXX`` and ``.NAME.old-...`` (plus suffixes Orbax adds to a temporary);
+    ``.NAME.tmp-XXXXXXXX`` is the name earlier versions gave their temporaries."""
+    return re.compile(rf"\.{re.escape(name)}\.(tmp|old)-(\d+-[0-9a-f]{{8}}|[a-z0-9_]{{8}})(\..+)?")
+
+
+def _acquire(path: Path, lock: Path) -> int:
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as e:
+            raise BadFile(f"{path}: expected a writable folder with room for it, found {os_reason(e)} "
+                          f"(creating its lock file {lock.name})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise BadFile(f"{path}: expected no other writer, found process {pid} writing it (it holds "
+                          f"{lock.name}); wait for it to finish or choose another path") from None
+        try:                            # its last holder may have removed it between open and flock
+            current = os.stat(lock)
+        except FileNotFoundError:
+            current = None
+        if current is not None and os.path.samestat(os.fstat(fd), current):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
+        os.close(fd)
+
+
+def hold(path) -> None:
+    """Become the one writer of ``path`` until ``release`` (re-entrant), and clean up its stale temporaries.
+
+    Raises:
+      BadFile: another process is writing ``path``, or no lock file can be made beside it.
+    """
+    path = Path(path)
+    lock = lock_path(path)
+    key = os.path.abspath(lock)
+    if key in _held:
+        _held[key][1] += 1
+        return
+    if not _held_at_exit:
+        import atexit
+        atexit.register(_release_all)
+        _held_at_exit.append(True)
+    _held[key] = [_acquire(path, lock), 1, lock, path]
+    try:
+        clean_stale(path)
+    except BaseException:
+        release(path)
+        raise
+
+
+def release(path) -> None:
+    """Undo one ``hold``; the last one removes the lock file, then lets it go."""
+    _release(os.path.abspath(lock_path(path)))
+
+
+def _release(key: str, *, all_holds: bool = False) -> None:
+    entry = _held.get(key)
+    if entry is None:
+        return
+    entry[1] = 0 if all_holds else entry[1] - 1
+    if entry[1] == 0:                       # in this order, so that Ctrl-C at any point (abandon) finds it
+        with contextlib.suppress(OSError):
+            os.unlink(entry[2])             # before closing: a process waiting on this file sees it gone
+        del _held[key]
+        os.close(entry[0])
+
+
+_held_at_exit: list = []
+
+
+def _release_all() -> None:
+    """At exit: a lock still held (a command that ended early) goes with its file."""
+    for key in list(_held):
+        _release(key, all_holds=True)
+
+
+@contextlib.contextmanager
+def claim(path):
+    """``with claim(path):`` -- ``hold`` and ``release`` around a block."""
+    hold(path)
+    try:
+        yield
+    finally:
+        release(path)
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def clean_stale(path) -> None:
+    """Remove what a killed writer of ``path`` left beside it; first put back a folder it had moved aside.
+
+    Only safe while holding ``path``'s lock (``hold``): then no other writer is using them.
+    """
+    path = Path(path)
+    pattern = _stale_pattern(path.name)
+    try:
+        names = sorted(n for n in os.listdir(path.parent) if pattern.fullmatch(n))
+    except OSError:
+        return
+    olds = [n for n in names if pattern.fullmatch(n).group(1) == "old" and pattern.fullmatch(n).group(3) is None]
+    if olds and not os.path.lexists(path):          # died between the two renames of a folder swap
+        with contextlib.suppress(OSError):
+            os.rename(path.parent / olds[0], path)
+            olds = olds[1:]
+    for name in names:
+        if name not in olds or os.path.lexists(path):   # never the only copy of the old content
+            _remove(path.parent / name)
+
+
+# --- Ctrl-C: never between the renames of a swap; the temporaries removed before exiting ----------
+
+_swapping = 0
+_interrupt_pending = False
+
+
+@contextlib.contextmanager
+def _no_interrupt():
+    """While renaming: a SIGINT handler that asks ``defer_interrupt`` waits for the end of the block."""
+    global _swapping, _interrupt_pending
+    _swapping += 1
+    try:
+        yield
+    finally:
+        _swapping -= 1
+        if not _swapping and _interrupt_pending:
+            _interrupt_pending = False
+            signal.raise_signal(signal.SIGINT)      # the handler runs again, now outside the block
+
+
+def defer_interrupt() -> bool:
+    """For a SIGINT handler: True while a swap is renaming (the signal is raised again after it)."""
+    global _interrupt_pending
+    if _swapping:
+        _interrupt_pending = True
+        return True
+    return False
+
+
+def abandon() -> None:
+    """Remove this process's temporaries and lock files, and any stale ones beside the paths it
+    holds (it holds their locks): the last thing an interrupted writer does."""
+    for tmp in list(_in_progress):
+        _remove_with_suffixes(tmp)
+    for fd, _, lock, path in list(_held.values()):
+        clean_stale(path)
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+
+
+# --- the test hook ---------------------------------------------------------------------------------
+
+TEST_KILL_ENV = "FLAX_LENET_TEST_KILL_AT"
+_AUDITED = frozenset({"open", "os.mkdir", "os.rename", "os.remove", "os.rmdir", "os.chmod", "os.truncate",
+                      "os.listdir", "os.scandir", "shutil.rmtree", "flax_lenet.swap"})
+_hook_installed = False
+
+
+def _start_test_hook() -> None:
+    global _hook_installed
+    spec = os.environ.get(TEST_KILL_ENV)
+    if not spec or _hook_installed:
+        return
+    _hook_installed = True
+    at, _, what = spec.partition(":")
+    count, swaps = [0], []
+    if at == "count":
+        import atexit
+        atexit.register(lambda: Path(what).write_text(" ".join(map(str, [count[0], *swaps])) + "\n"))
+        stop, sig = 0, None
+    else:
+        stop, sig = int(at), getattr(signal, what)
+
+    def hook(event, args):
+        if event in _AUDITED:
+            count[0] += 1
+            if event == "flax_lenet.swap":
+                swaps.append(count[0])
+            if count[0] == stop:
+                os.kill(os.getpid(), sig)
+
+    sys.addaudithook(hook)
+
+
+# --- the writer ------------------------------------------------------------------------------------
+
+def atomic_write(path, write: Callable[[Path], None], *, overwrite: bool = False,
+                 may_replace: Callable[[Path], str | None] | None = None) -> None:
+    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it to ``path``.
+
+    The temporary is on the same file system, so the rename is atomic, for a file and (through
+    ``renameat2(RENAME_EXCHANGE)``) for a folder; the whole is done holding ``path``'s lock.
 
     Args:
       path: the final file or directory.
       write: writes the content to the path it is given (a file, or a directory to create).
       overwrite: replace an existing ``path``; otherwise ``BadFile``.
+      may_replace: with ``overwrite``, called on the existing ``path`` before anything is written:
+        a reason it must not be replaced (it is not what this writer makes), or None.
 
     Raises:
-      BadFile: ``path`` exists and ``overwrite`` is false, its folder is missing, or the OS
-      refused a write (permissions, disk full); the old ``path``, if any, is left as it was.
+      BadFile: ``path`` exists and ``overwrite`` is false (or ``may_replace`` refuses it), its
+      folder is missing, another process is writing it, or the OS refused a write (permissions,
+      disk full); the old ``path``, if any, is left as it was.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise BadFile(f"{path}: expected a new path, found an existing "
-                      f"{'directory' if path.is_dir() else 'file'} (overwrite=True replaces it)")
+
+    def refuse_existing():
+        if os.path.lexists(path) and not overwrite:
+            raise BadFile(f"{path}: expected a new path, found an existing "
+                          f"{'directory' if path.is_dir() else 'file'} (overwrite=True replaces it)")
+        reason = may_replace(path) if may_replace is not None and os.path.lexists(path) else None
+        if reason:
+            raise BadFile(reason)
+
+    refuse_existing()
     parent = path.parent
     if not parent.is_dir():
         raise BadFile(f"{path}: expected an existing folder {parent}, found none")
-    try:
-        _write_and_rename(path, write)
-    except OSError as e:
-        raise BadFile(f"{path}: expected a writable folder with room for it, found {os_reason(e)}") from None
+    _start_test_hook()
+    with claim(path):
+        refuse_existing()                       # again, now that no other writer can change it
+        try:
+            _write_and_swap(path, write)
+        except OSError as e:
+            raise BadFile(f"{path}: expected a writable folder with room for it, found {os_reason(e)}") from None
 
 
-def _write_and_rename(path: Path, write: Callable[[Path], None]) -> None:
-    """``atomic_write`` once its checks passed: write in a private temporary folder, then rename."""
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    target = tmp / path.name                # written inside a private temporary folder
+def _remove_with_suffixes(tmp: Path) -> None:
+    """``tmp`` and anything named ``tmp.*`` (Orbax builds its own temporary beside what it is given)."""
+    _remove(tmp)
+    with contextlib.suppress(OSError):
+        for p in tmp.parent.glob(glob_escape(tmp.name) + ".*"):
+            _remove(p)
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def _write_and_swap(path: Path, write: Callable[[Path], None]) -> None:
+    """``atomic_write`` once its checks passed: write the temporary, then swap it in."""
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    _in_progress.add(tmp)
     try:
-        write(target)
-        if target.is_file():                # some writers (safetensors) create files 0600
-            os.chmod(target, 0o666 & ~_umask())
-        if path.is_dir() and not path.is_symlink():
-            old = tmp / f"{path.name}.previous"
-            os.replace(path, old)           # a directory cannot be replaced in one rename
-            try:
-                os.replace(target, path)
-            except OSError:
-                os.replace(old, path)
-                raise
-        else:
-            os.replace(target, path)
+        write(tmp)
+        if tmp.is_file() and not tmp.is_symlink():      # some writers create files 0600
+            os.chmod(tmp, 0o666 & ~_umask())
+        sys.audit("flax_lenet.swap", str(path))
+        with _no_interrupt():
+            if path.is_dir() and not path.is_symlink():
+                _swap_folders(tmp, path)                    # tmp now holds the old folder
+            else:
+                os.replace(tmp, path)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_with_suffixes(tmp)
+        _in_progress.discard(tmp)
+
+
+AT_FDCWD = -100
+RENAME_EXCHANGE = 2      # linux/fs.h
+
+
+def _renameat2():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):   # a C library without renameat2 (glibc < 2.28, musl < 1.2.3)
+        return None
+
+
+def _swap_folders(new: Path, path: Path) -> None:
+    """Put folder ``new`` at ``path`` and the old ``path`` at ``new``, atomically where the OS can."""
+    renameat2 = _renameat2()
+    if renameat2 is not None:
+        if renameat2(AT_FDCWD, os.fsencode(new), AT_FDCWD, os.fsencode(path), RENAME_EXCHANGE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):    # not "unsupported here"
+            raise os_error(err)
+    old = path.parent / f".{path.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+    os.rename(path, old)                    # a kill from here to the next rename is undone by clean_stale
+    try:
+        os.rename(new, path)
+    except BaseException:
+        os.rename(old, path)
+        raise
+    os.rename(old, new)
 
 
 def write_bytes(path, data: bytes) -> None:

@@ -5,8 +5,12 @@
     flax.orbax          the Flax-trained weights, an Orbax checkpoint in the Flax layout
     torch.safetensors   the torch-trained weights, in the torch layout
 
-``write_run`` builds the whole directory beside ``out`` and swaps it in with one rename
-(``files.atomic_write``): ``out`` holds the old complete run or the new one, never a mix.
+A run is one unit. ``prepare_run_dir`` takes ``out``'s lock (``files.hold``: a second writer of
+``out`` is refused with one line, for the whole run, not only at its start) and removes what a
+killed writer left beside it. ``write_run`` builds the whole directory beside ``out`` and swaps it
+in with one rename (``files.atomic_write``), then deletes the old run. Killed (SIGKILL),
+interrupted (Ctrl-C) or failing (a full disk) at any moment, ``out`` holds the old complete run or
+the new complete one, never a mix (``tests/test_atomic_runs.py``).
 """
 
 import json
@@ -15,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from flax_lenet.app import files
 from flax_lenet.app.files import atomic_write, os_reason
 from flax_lenet.errors import BadFile
 
@@ -27,36 +32,61 @@ def earlier_run(out) -> list[str]:
     return [name for name in RUN_FILES if (out / name).exists()] if out.is_dir() else []
 
 
-def prepare_run_dir(out, *, overwrite: bool = False) -> Path:
-    """Check that ``out`` can take a new run (create it if needed) before any training starts.
-
-    ``write_run`` later replaces ``out`` whole, so ``out`` must be new, empty, or a run directory
-    (nothing in it but ``RUN_FILES``): a folder holding anything else is refused, never replaced.
-
-    Raises:
-      BadFile: ``out`` is a file, holds other files, holds an earlier run and ``overwrite`` is
-      false, or cannot be written.
-    """
+def replaceable_run(out) -> str | None:
+    """Why ``out`` must not be replaced by a run (it holds files no run writes), or None."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise BadFile(f"{out}: expected a directory, found a file")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        return f"{out}: expected a directory, found a {'symbolic link' if out.is_symlink() else 'file'}"
     others = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES) if out.is_dir() else []
     if others:
         shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-        raise BadFile(f"{out}: expected a new, empty or run directory, found other files ({shown}); "
-                      "a run directory is replaced whole, so choose another")
+        return (f"{out}: expected a new, empty or run directory, found other files ({shown}); "
+                "a run directory is replaced whole, so choose another")
+    return None
+
+
+def prepare_run_dir(out, *, overwrite: bool = False) -> Path:
+    """Check that ``out`` can take a new run, and become its one writer, before any training starts.
+
+    ``write_run`` later replaces ``out`` whole, so ``out`` must be new, empty, or a run directory
+    (nothing in it but ``RUN_FILES``): a folder holding anything else is refused, never replaced.
+    The lock on ``out`` is held until ``release_run_dir`` (or the process ends).
+
+    Raises:
+      BadFile: ``out`` is a file, holds other files, holds an earlier run and ``overwrite`` is
+      false, another process is writing it, or its folder cannot be written.
+    """
+    out = Path(out)
+    reason = replaceable_run(out)
+    if reason:
+        raise BadFile(reason)
     earlier = earlier_run(out)
     if earlier and not overwrite:
         raise BadFile(f"{out}: expected a new or empty run directory, found an earlier run "
                       f"({', '.join(earlier)}); overwrite=True replaces it")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test-")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.write-test-")
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
         raise BadFile(f"{out}: expected a writable directory, found it not writable ({os_reason(e)})") from None
+    files.hold(out)                 # refuses a second writer; a lock file is also a test of writing
+    try:
+        reason = replaceable_run(out)   # again, now that no other writer can change it
+        if reason is None and earlier_run(out) and not overwrite:
+            reason = f"{out}: expected a new or empty run directory, found an earlier run (written meanwhile)"
+        if reason:
+            raise BadFile(reason)
+    except BaseException:
+        files.release(out)
+        raise
     return out
+
+
+def release_run_dir(out) -> None:
+    """Let another process write ``out`` again (the end of ``prepare_run_dir``'s hold)."""
+    files.release(out)
 
 
 def progress_bars(cfg, quiet):
@@ -134,11 +164,14 @@ def write_run(out, result, metrics: dict | None, data_name: str) -> None:
 
     def write(tmp: Path) -> None:
         tmp.mkdir()
-        checkpoint.save(tmp / "flax.orbax", convert.flax_to_torch(result.flax_params))
-        checkpoint.save(tmp / "torch.safetensors", result.torch_state)
+        checkpoint.write_new(tmp / "flax.orbax", convert.flax_to_torch(result.flax_params))
+        checkpoint.write_new(tmp / "torch.safetensors", result.torch_state)
         if metrics is None:
             return
         plot_curves(tmp / "curves.png", result, data_name)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        for p in tmp.iterdir():                         # the umask's mode, as for every file written
+            if p.is_file():
+                os.chmod(p, 0o666 & ~files._umask())
 
-    atomic_write(out, write, overwrite=True)
+    atomic_write(out, write, overwrite=True, may_replace=replaceable_run)

@@ -2,10 +2,13 @@
 
 CKPT is a ``.pt``/``.pth`` or ``.safetensors`` file (torch layout) or an Orbax checkpoint
 directory (Flax layout); the format is read from the name (``flax_lenet.app.checkpoint``).
+Its weights are verified against the SHA-256 they were written with (a mismatch: one line, exit
+2); a checkpoint from another tool carries none, and gets a note on stderr instead.
 """
 
 import json
 import os
+import sys
 
 from flax_lenet.errors import BadConfig, BadWeights
 
@@ -34,7 +37,10 @@ def main(args) -> int:
 
     from flax_lenet import convert
     from flax_lenet.app import checkpoint, data, training
-    state = checkpoint.load_state(args.checkpoint, kernel_size=args.kernel_size)
+    notes = []
+    state = checkpoint.load_state(args.checkpoint, kernel_size=args.kernel_size, notes=notes)
+    for note in notes:
+        print(f"flax-lenet eval: note: {note}", file=sys.stderr)
     for name, value in state.items():         # integer, boolean or complex weights are not the Net's
         if np.asarray(value).dtype.kind in "biuc":
             raise BadWeights(f"{args.checkpoint}: expected floating-point weights (float32 or float64), "
@@ -45,7 +51,8 @@ def main(args) -> int:
     dataset = data.load(args.data, args.data_dir)
     x = dataset.images("test").astype(dtype)
     report = {"checkpoint": str(args.checkpoint), "format": checkpoint.checkpoint_format(args.checkpoint),
-              "kernel_size": convert.kernel_size_of(convert.torch_to_flax(state)), "data": dataset.describe()}
+              "kernel_size": convert.kernel_size_of(convert.torch_to_flax(state)), "data": dataset.describe(),
+              "verified": not notes}
     if args.framework in ("both", "flax"):
         report["flax"] = training.flax_accuracy(convert.torch_to_flax(state), x, dataset.y_test)
     if args.framework in ("both", "torch"):

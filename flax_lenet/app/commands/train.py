@@ -94,6 +94,9 @@ def main(args) -> int:
         return _train(args, start)
     finally:
         torch.set_num_threads(threads)      # in-process callers (tests) keep their setting
+        if args.out:
+            from flax_lenet.app import runs
+            runs.release_run_dir(args.out)  # the lock prepare_out took (a no-op if it took none)
 
 
 def _train(args, start) -> int:
