@@ -99,7 +99,7 @@ flax_lenet.linen.Net().init(__import__("jax").random.key(0), __import__("jax").n
 def test_a_fresh_process_compiles_one_program_per_net_not_one_per_parameter(compiled):
     """The count of XLA compilations (not a time) in a fresh interpreter: the NNX Net and the
     Linen init each in one program, beside the few eager ops of ``nnx.Rngs`` and the input."""
-    plain = "import flax_lenet\nflax_lenet.construct._switch.plain = True\n"
+    plain = "import flax_lenet\nimport flax_lenet.construct\nflax_lenet.construct._switch.plain = True\n"
     code = FRESH if compiled else FRESH.replace("import flax_lenet\n", plain)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COMPILATION_CACHE", "FLAX_LENET_CACHE"))}
     proc = subprocess.run([sys.executable, "-c", code], env=dict(env, JAX_LOG_COMPILES="1"),

@@ -185,13 +185,26 @@ def test_tutorial_conversion_still_refuses_a_list():
         convert.torch_to_flax([state_numpy(torch_net(3, "float32"))])
 
 
-def test_convert_command_refuses_bfloat16_to_a_torch_file_in_one_line(tmp_path):
+@pytest.mark.parametrize("dst", ["out.pt", "out.safetensors", "out.orbax"])
+@pytest.mark.parametrize("half", ["bfloat16", "float16"])
+def test_convert_writes_half_precision_weights_bit_for_bit_and_eval_reads_them(tmp_path, dst, half):
+    """bfloat16 and float16 weights go through ``flax-lenet convert`` into every format unchanged
+    (bfloat16 as ml_dtypes in numpy, torch.bfloat16 in a .pt), and ``eval`` evaluates them."""
+    from flax_lenet.app import checkpoint
     net = torch_net(3, "float32")
-    torch.save({k: v.to(torch.bfloat16) for k, v in net.state_dict().items()}, tmp_path / "half.pt")
-    proc = _convert(tmp_path, tmp_path / "half.pt", "out.pt")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and "bfloat16" in proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["half.pt"]            # nothing half-written
+    weights = {k: v.to(getattr(torch, half)) for k, v in net.state_dict().items()}
+    torch.save(weights, tmp_path / "half.pt")
+    proc = _convert(tmp_path, tmp_path / "half.pt", dst)
+    assert proc.returncode == 0, proc.stderr
+    back = checkpoint.load_state(tmp_path / dst)
+    for name, value in weights.items():
+        assert str(back[name].dtype) == half
+        assert np.array_equal(np.asarray(back[name]).view(np.int16), value.view(torch.int16).numpy()), name
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    ev = subprocess.run([sys.executable, "-m", "flax_lenet", "eval", str(tmp_path / dst), "--json"],
+                        capture_output=True, text=True, env=env, timeout=300)
+    assert ev.returncode == 0, ev.stderr
+    assert f"holds {half} weights: evaluated in float32" in ev.stderr and "Traceback" not in ev.stderr
 
 
 def _layer_pairs():

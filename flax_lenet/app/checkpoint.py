@@ -248,9 +248,13 @@ def _load_safetensors(path: Path, notes: list | None = None) -> dict:
     from safetensors.numpy import load_file
     _regular_file(path)
     try:
-        state = load_file(path)
-        with open(path, "rb") as f:             # load_file has checked the header: its length, its JSON
+        with open(path, "rb") as f:             # an 8-byte length, then the JSON header
             header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+        if any(isinstance(v, dict) and v.get("dtype") == "BF16" for v in header.values()):
+            from safetensors.torch import load_file as load_torch_file
+            state = convert.clean_state(load_torch_file(path))   # numpy has no bfloat16: ml_dtypes'
+        else:
+            state = load_file(path)
     except OSError as e:
         raise _unreadable(path, e) from None
     except Exception as e:          # safetensors reports a damaged header in its own error types
@@ -449,6 +453,16 @@ def _write_orbax(target: Path, params: dict) -> None:
     _write_sidecar(target)
 
 
+def _to_torch(array):
+    """A torch tensor of ``array``'s values; bfloat16 (``ml_dtypes``, which torch.from_numpy refuses)
+    travels as its 16-bit pattern and is viewed back as ``torch.bfloat16``, bit for bit."""
+    import ml_dtypes
+    import torch
+    if array.dtype == np.dtype(ml_dtypes.bfloat16):
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
 def _as_numpy(state: dict) -> dict:
     return {k: np.ascontiguousarray(np.asarray(v.detach().cpu() if hasattr(v, "detach") else v))
             for k, v in state.items()}
@@ -467,7 +481,7 @@ def write_new(target, state: dict, fmt: str | None = None) -> None:
     if fmt == "torch":
         import torch
         buf = io.BytesIO()
-        torch.save({k: torch.from_numpy(v) for k, v in state.items()}, buf)
+        torch.save({k: _to_torch(v) for k, v in state.items()}, buf)
         target.write_bytes(_tag_zip(buf.getvalue()))        # written here: a full disk is an OSError
     elif fmt == "safetensors":
         from safetensors.numpy import save as save_bytes

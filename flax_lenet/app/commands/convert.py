@@ -58,24 +58,12 @@ def _notices():
         print(f"notice: {line}", file=sys.stderr)
 
 
-@contextlib.contextmanager
-def _bfloat16_to_torch_refused(dst):
-    """One line instead of torch's TypeError when bfloat16 weights (``ml_dtypes``) meet ``torch.from_numpy``."""
-    try:
-        yield
-    except TypeError as e:
-        if "bfloat16" not in str(e):
-            raise
-        raise BadWeights(f"{dst}: expected weights torch.from_numpy can write, found bfloat16 ones; write them "
-                         "to an Orbax checkpoint directory instead (it keeps bfloat16)") from None
-
-
 def main(args) -> int:
     from flax_lenet import convert
     from flax_lenet.app import checkpoint
     refuse_existing(args.dst, args.overwrite)
     notes = []
-    with _notices(), _bfloat16_to_torch_refused(args.dst):
+    with _notices():
         state = checkpoint.convert_checkpoint(args.src, args.dst, overwrite=args.overwrite,
                                               kernel_size=args.kernel_size, notes=notes)
     for note in notes:

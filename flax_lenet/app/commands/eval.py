@@ -39,13 +39,14 @@ def main(args) -> int:
     from flax_lenet.app import checkpoint, data, training
     notes = []
     state = checkpoint.load_state(args.checkpoint, kernel_size=args.kernel_size, notes=notes)
-    for note in notes:
-        print(f"flax-lenet eval: note: {note}", file=sys.stderr)
     for name, value in state.items():         # integer, boolean or complex weights are not the Net's
         if np.asarray(value).dtype.kind in "biuc":
             raise BadWeights(f"{args.checkpoint}: expected floating-point weights (float32 or float64), "
                              f"found {np.asarray(value).dtype} in {name}")
-    dtype = next(iter(state.values())).dtype
+    dtype, upcast = next(iter(state.values())).dtype, None
+    if dtype.itemsize == 2:                   # bfloat16 (ml_dtypes) or float16: every value is exact in float32
+        upcast = f"{args.checkpoint} holds {dtype} weights: evaluated in float32, to which they convert exactly"
+        state, dtype = {k: np.asarray(v).astype(np.float32) for k, v in state.items()}, np.dtype(np.float32)
     if dtype == np.float64:
         jax.config.update("jax_enable_x64", True)
     dataset = data.load(args.data, args.data_dir)
@@ -57,6 +58,8 @@ def main(args) -> int:
         report["flax"] = training.flax_accuracy(convert.torch_to_flax(state), x, dataset.y_test)
     if args.framework in ("both", "torch"):
         report["torch"] = training.torch_accuracy(state, x, dataset.y_test)
+    for note in notes + ([upcast] if upcast else []):   # after the work: a failure stays one line
+        print(f"flax-lenet eval: note: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
