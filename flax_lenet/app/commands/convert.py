@@ -15,7 +15,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from flax_lenet.errors import BadFile, BadWeights
+from flax_lenet.errors import BadFile
 
 
 def add_arguments(p):
