@@ -202,3 +202,23 @@ def test_run_dir_errors_name_the_path_and_argument_not_a_flag(tmp_path, setup, m
     with pytest.raises(BadFile, match=message) as e:
         runs.prepare_run_dir(out)
     assert str(e.value).startswith(str(out)) and "--" not in str(e.value)
+
+
+def test_save_refuses_weights_that_load_would_refuse(tmp_path):
+    """``save`` of NaN or Inf weights is one ``BadWeights`` and no file, not a checkpoint that
+    ``load_state`` then refuses."""
+    import numpy as np
+
+    from flax_lenet.app import checkpoint
+    from flax_lenet.errors import BadWeights
+    from helpers import state_numpy, torch_net
+    state = state_numpy(torch_net(3, "float32"))
+    state["fc2.bias"] = state["fc2.bias"].copy()
+    state["fc2.bias"][3] = np.nan
+    for name in ("w.safetensors", "w.pt", "w.orbax"):
+        with pytest.raises(BadWeights, match="expected finite weights to save, found NaN or Inf in fc2.bias"):
+            checkpoint.save(tmp_path / name, state)
+    assert list(tmp_path.iterdir()) == []
+    state["fc2.bias"][3] = 0.0
+    checkpoint.save(tmp_path / "w.safetensors", state)            # the same weights, finite: saved
+    assert (tmp_path / "w.safetensors").is_file()

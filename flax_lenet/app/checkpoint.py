@@ -500,11 +500,14 @@ def save(path, state: dict[str, np.ndarray], *, overwrite: bool = False) -> None
       overwrite: replace an existing ``path`` -- only a checkpoint of the same format (``replaceable``).
 
     Raises:
-      BadWeights: ``state`` does not fit the Net. BadFile: ``path`` exists (and may not be
+      BadWeights: ``state`` does not fit the Net, or holds NaN or Inf. BadFile: ``path`` exists (and may not be
       replaced), another process is writing it, or the OS refused the write (a full disk).
     """
     state = _as_numpy(state)
     convert.torch_to_flax(state)                            # checks keys and shapes before any file
+    for key, value in state.items():                        # load_state refuses them: never write them
+        if not np.all(np.isfinite(np.asarray(value, np.float32 if value.dtype.itemsize == 2 else None))):
+            raise BadWeights(f"{path}: expected finite weights to save, found NaN or Inf in {key}; nothing was written")
     fmt = checkpoint_format(path)
     atomic_write(path, lambda tmp: write_new(tmp, state, fmt), overwrite=overwrite, may_replace=replaceable)
 
