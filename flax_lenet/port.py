@@ -51,10 +51,12 @@ def tensor_to_numpy(value: Any, cast: str | None = None) -> np.ndarray:
     """A torch tensor or array-like as a fresh numpy array.
 
     bfloat16 (which numpy lacks) becomes ``ml_dtypes.bfloat16`` bit for bit; float16 stays
-    float16. ``cast='float32'`` (or any numpy dtype name) converts afterwards.
+    float16; a sparse tensor gives its dense values. ``cast='float32'`` (or any numpy dtype name) converts afterwards.
     """
     if hasattr(value, "detach"):                                 # a torch tensor
         t = value.detach().cpu()
+        if str(t.layout) != "torch.strided":                     # sparse: the same values, stored dense
+            t = t.to_dense()
         if str(t.dtype) == "torch.bfloat16":
             import ml_dtypes
             import torch

@@ -402,3 +402,30 @@ def test_readme_states_the_limits_the_code_enforces():
     readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
     assert "only regular files are opened (a FIFO or a device is refused, never waited on)" in readme
     assert "at most 1 GiB of data, exactly the file's size" in readme and data.MAX_IDX_BYTES == 1 << 30
+
+
+def test_a_torchscript_archive_is_named_as_such_not_called_corrupt(tmp_path, capsys):
+    import torch
+
+    from torch_reference import Net as TorchNet
+    with warnings.catch_warnings():          # torch.jit.script is deprecated; users still have such files
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(TorchNet()), tmp_path / "scripted.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "scripted.pt").read_bytes()[:300])
+    err = one_line_exit_2(capsys, "eval", tmp_path / "scripted.pt")
+    assert "found a TorchScript archive (torch.jit.save)" in err and "corrupt" not in err
+    err = one_line_exit_2(capsys, "eval", tmp_path / "cut.pt")       # the twin: a damaged file stays "corrupt"
+    assert "truncated or corrupt" in err and "TorchScript" not in err
+
+
+def test_a_sparse_tensor_in_a_state_dict_loads_as_its_dense_values(tmp_path):
+    import torch
+
+    from flax_lenet.app import checkpoint
+    from torch_reference import Net as TorchNet
+    torch.manual_seed(0)
+    state = TorchNet().state_dict()
+    sparse = {k: (v.to_sparse() if k == "fc1.weight" else v) for k, v in state.items()}
+    torch.save(sparse, tmp_path / "sparse.pt")
+    loaded = checkpoint.load_state(tmp_path / "sparse.pt")
+    assert np.array_equal(loaded["fc1.weight"], state["fc1.weight"].numpy())

@@ -36,6 +36,7 @@ import re
 import stat
 import struct
 import sys
+import warnings
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -224,7 +225,9 @@ def _load_torch_pickle(path: Path, notes: list | None = None) -> dict:
         raise _unreadable(path, e) from None
     _verify_pt(path, data, notes)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():         # torch warns about a TorchScript archive, then refuses it
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(e))
         if found is None:           # not a forbidden object: a damaged pickle stream
@@ -236,6 +239,10 @@ def _load_torch_pickle(path: Path, notes: list | None = None) -> dict:
     except OSError as e:
         raise _unreadable(path, e) from None
     except Exception as e:          # torch's zip and pickle readers fail in many ways on a damaged file
+        if "TorchScript" in str(e):
+            raise BadFile(f"{path}: expected {_describe('torch')} saved with torch.save(net.state_dict()), "
+                          "found a TorchScript archive (torch.jit.save); load it with torch.jit.load and "
+                          "save its state_dict()") from None
         raise BadFile(f"{path}: expected {_describe('torch')}, found a truncated or corrupt file "
                       f"({_first_line(e)})") from None
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
