@@ -11,7 +11,6 @@ import struct
 import subprocess
 import sys
 import warnings
-import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -271,7 +270,6 @@ def test_an_mnist_test_set_of_0_images_is_one_line_exit_2(tmp_path, capsys, comm
     argv = [command, "--data", "mnist", "--data-dir", tmp_path]
     if command == "eval":
         ckpt = tmp_path / "w.safetensors"
-        import torch
         from safetensors.torch import save_file
         from torch_reference import Net
         save_file(Net(3).state_dict(), str(ckpt))
