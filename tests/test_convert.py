@@ -106,10 +106,11 @@ def test_flax_params_with_wrong_shape_are_refused():
         convert.flax_to_torch(params)
 
 
-def test_unknown_kernel_size_is_refused():
+def test_layers_of_different_kernel_sizes_are_refused():
     state = state_numpy(torch_net(3, "float32"))
     state["conv1.weight"] = np.zeros((6, 1, 4, 4), np.float32)
-    with pytest.raises(BadWeights, match=r"conv1\.weight.*\(6, 1, 4, 4\)"):
+    match = r"kernel size 4\): conv2\.weight has shape \(16, 6, 3, 3\), expected \(16, 6, 4, 4\)"
+    with pytest.raises(BadWeights, match=match):
         convert.torch_to_flax(state)
 
 
@@ -118,3 +119,37 @@ def test_something_that_is_not_a_mapping_is_refused(to_flax):
     weights = [np.zeros((6, 1, 3, 3), np.float32)]
     with pytest.raises(BadWeights, match="found list"):
         convert.torch_to_flax(weights) if to_flax else convert.flax_to_torch(weights)
+
+
+@pytest.mark.x64
+@pytest.mark.parametrize("kernel_size", [1, 4, 10])
+def test_any_kernel_size_the_net_builds_with_converts_and_matches_torch(kernel_size):
+    """torch_reference.Net(k) builds for k = 1..10 (the map before fc1 keeps a pixel), and so does
+    flax_lenet.Net(k): the conversion takes any of them, the round trip is exact, and the logits
+    agree in float64; the wrong-flatten twin fails at the same k."""
+    import jax.numpy as jnp
+
+    from flax_lenet import functional, parity
+    from flax_lenet.tolerances import FLOAT64
+    from tests.helpers import assert_close
+    state = state_numpy(torch_net(kernel_size, "float64"))
+    params = convert.torch_to_flax(state)
+    back = convert.flax_to_torch(params)
+    assert all(np.array_equal(back[k], state[k]) for k in state)
+    x = np.random.default_rng(0).standard_normal((3, 1, 32, 32))
+    want = torch_net(kernel_size, "float64")(torch.from_numpy(x)).detach().numpy()
+    got = functional.forward(params, jnp.asarray(convert.nchw_to_nhwc(x)))
+    assert_close(got, want, FLOAT64, f"logits, k={kernel_size}")
+    model = flax_lenet.Net(kernel_size, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+    assert sorted(convert.flax_to_torch(nnx.state(model, nnx.Param))) == sorted(state)
+    parity.FAULTS["flatten"](state, params)
+    if kernel_size < 10:                       # at k=10 the map is 1x1: every flatten order is the same
+        bad = functional.forward(params, jnp.asarray(convert.nchw_to_nhwc(x)))
+        assert parity.diff(bad, want)[1] > FLOAT64.rtol
+
+
+def test_a_kernel_size_the_net_cannot_have_is_one_line():
+    state = {k: np.zeros(s, np.float32) for k, s in convert.torch_shapes(3).items()}
+    state["conv1.weight"] = np.zeros((6, 1, 11, 11), np.float32)
+    with pytest.raises(BadWeights, match=r"kernel size in 1\.\.10 .*found shape \(6, 1, 11, 11\)"):
+        convert.torch_to_flax(state)
