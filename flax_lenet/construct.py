@@ -1,9 +1,9 @@
 """Build a Net's parameters in one compiled call, so that a fresh process gets its Net at once.
 
 ``flax_lenet.Net(rngs=nnx.Rngs(0))`` runs ``model.Net.__init__``, which draws every kernel
-eagerly: JAX compiles each eager op for its shape, 46 small XLA compilations in all, and the
-five ``lecun_normal`` draws (``jax.random.truncated_normal``) take 0.15-0.45 s each on 2 CPU
-cores. A second ``Net()`` in the same process reuses them (0.01 s); a new process pays again.
+eagerly: JAX compiles each eager op for its shape, 23 small XLA compilations in all (the five
+``lecun_normal`` draws, ``jax.random.truncated_normal``, the costliest). A second ``Net()`` in
+the same process reuses them; a new process pays again.
 
 Here the same ``__init__`` runs once under ``jax.jit``, traced into one program and compiled
 with XLA's backend optimisation level 0: the program runs once per shape, so compile time is
@@ -64,7 +64,7 @@ def _hashable(values) -> bool:
     return True
 
 
-_GRAPHDEFS: dict = {}     # spec -> the built module's graphdef, recorded when _build_jit traces
+_GRAPHDEFS: dict = {}     # spec -> the built module's graphdef (``_structure``), once per spec
 
 
 @functools.partial(jax.jit, static_argnums=0, compiler_options=COMPILER_OPTIONS)
@@ -77,9 +77,7 @@ def _build_jit(spec, node_state):
     args, kwargs = jax.tree.unflatten(treedef, leaves)
     with plain():
         model = cls(*args, **kwargs)
-    graphdef, state = nnx.split(model)
-    _GRAPHDEFS[spec] = graphdef          # static structure: it cannot leave a jit as an output
-    return state, nnx.state(nodes)
+    return nnx.state(model), nnx.state(nodes)
 
 
 def _structure(spec, nodes):
@@ -107,7 +105,7 @@ def _build(cls, args, kwargs):
     if not _hashable(spec) or _traced(node_state) or _traced(static):
         return None
     state, node_state = _build_jit(spec, node_state)
-    if spec not in _GRAPHDEFS:      # jax reused a trace made for an equal spec: trace the structure
+    if spec not in _GRAPHDEFS:      # static structure cannot leave a jit as an output: trace it abstractly
         _GRAPHDEFS[spec] = _structure(spec, nodes)
     nnx.update(nodes, node_state)
     return nnx.merge(_GRAPHDEFS[spec], state)

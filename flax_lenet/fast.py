@@ -285,9 +285,9 @@ def _is_variable(x) -> bool:
 class jit_step:
     """``nnx.jit(step, static_argnames="loss_fn", graph=False)``, with less work per call.
 
-    At batch 1 a step computes for about 0.1 ms on 2 CPU cores, and ``nnx.jit``'s own work per
-    call (extracting the model's and optimizer's state, then updating every Variable through
-    ``nnx.update``) was as much again. Here each call flattens ``(model, optimizer)`` as the
+    At batch 1 a step computes briefly, and ``nnx.jit``'s own work per call (extracting the
+    model's and optimizer's state, then updating every Variable through ``nnx.update``) was a
+    large part of each call. Here each call flattens ``(model, optimizer)`` as the
     pytree it is with ``graph=False``, runs one ``jax.jit`` program on the arrays (keyed on the
     tree's structure: a changed layer, a hook or a new optimizer retraces, as with ``nnx.jit``),
     and writes the new arrays back into the Variables found by the same flatten, as

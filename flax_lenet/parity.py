@@ -207,10 +207,6 @@ def torch_run(net, x_nchw: np.ndarray, target: np.ndarray, lr: float) -> dict:
 
 # --- flax side -------------------------------------------------------------------------------
 
-def _jnp_tree(params, dtype):
-    return jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
-
-
 def _cross_entropy(logits, labels):
     """``nn.CrossEntropyLoss()``: the batch mean of ``-log_softmax(logits)[label]``."""
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))

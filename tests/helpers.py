@@ -28,3 +28,13 @@ def assert_tree_close(actual: dict, expected: dict, tol: Tolerance, what: str = 
     assert sorted(actual) == sorted(expected), f"{what}: keys differ: {sorted(actual)} vs {sorted(expected)}"
     for key in expected:
         assert_close(actual[key], expected[key], tol, f"{what} {key}")
+
+
+def one_line_exit_2(capsys, *argv) -> str:
+    """Run ``flax-lenet *argv`` in this process; it must exit 2 with one line on stderr, no traceback."""
+    from flax_lenet.app import cli
+    rc = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert rc == 2, (rc, out, err)
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err

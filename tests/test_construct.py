@@ -112,9 +112,10 @@ def test_a_fresh_process_compiles_one_program_per_net_not_one_per_parameter(comp
         assert compiles > 40         # the plain eager __init__ and Linen init: one per op and shape
 
 
-def test_a_reused_trace_without_its_recorded_structure_still_builds_the_plain_net(monkeypatch):
-    """jax can hand back a compiled build traced for an equal spec without running the trace
-    again (seen in a long test session): the structure is then traced abstractly instead."""
+def test_a_compiled_build_reused_without_its_structure_cached_still_builds_the_plain_net(monkeypatch):
+    """The module's structure is traced abstractly apart from the compiled build (jax may reuse a
+    build compiled for an equal spec without tracing it again): with that cache empty, the build
+    jax reuses still gives the plain Net."""
     flax_lenet.Net(5, rngs=nnx.Rngs(2))
     monkeypatch.setattr(construct, "_GRAPHDEFS", {})
     rngs = nnx.Rngs(2)

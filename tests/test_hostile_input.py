@@ -6,14 +6,7 @@ import stat
 import pytest
 
 from flax_lenet.app import cli
-
-
-def one_line_exit_2(capsys, *argv) -> str:
-    rc = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert rc == 2, (rc, out, err)
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err
+from helpers import one_line_exit_2
 
 
 @pytest.mark.parametrize("value", ["inf", "nan", "1e300", "-1"])

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flax_lenet.app import cli, data, training
+from flax_lenet.app import data, training
 from flax_lenet.errors import BadConfig, BadFile, BadImages
+from helpers import one_line_exit_2
 
 ROOT = Path(__file__).resolve().parents[1]
 PEAK_LIMIT_MIB = 1024
@@ -26,14 +27,6 @@ PEAK_LIMIT_MIB = 1024
 
 def idx_header(code: int, shape) -> bytes:
     return bytes([0, 0, code, len(shape)]) + struct.pack(f">{len(shape)}i", *shape)
-
-
-def one_line_exit_2(capsys, *argv) -> str:
-    rc = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert rc == 2, (rc, out, err)
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err
 
 
 @contextmanager

@@ -379,10 +379,15 @@ def load_state(path, *, kernel_size: int | None = None, notes: list | None = Non
     if kernel_size is not None and found != kernel_size:
         raise BadWeights(f"{path}: expected a checkpoint for kernel size {kernel_size}, "
                          f"found one for kernel size {found}")
-    for key, value in state.items():
-        if not np.all(np.isfinite(value)):
-            raise BadWeights(f"{path}: expected finite weights, found NaN or Inf in {key}")
+    bad = _nonfinite_key(state)
+    if bad is not None:
+        raise BadWeights(f"{path}: expected finite weights, found NaN or Inf in {bad}")
     return state
+
+
+def _nonfinite_key(state: dict) -> str | None:
+    """The first key whose tensor holds NaN or Inf (``load_state`` refuses them, so ``save`` never writes them)."""
+    return next((key for key, value in state.items() if not np.all(np.isfinite(value))), None)
 
 
 def load_flax_params(path, *, kernel_size: int | None = None) -> dict:
@@ -512,9 +517,9 @@ def save(path, state: dict[str, np.ndarray], *, overwrite: bool = False) -> None
     """
     state = _as_numpy(state)
     convert.torch_to_flax(state)                            # checks keys and shapes before any file
-    for key, value in state.items():                        # load_state refuses them: never write them
-        if not np.all(np.isfinite(np.asarray(value, np.float32 if value.dtype.itemsize == 2 else None))):
-            raise BadWeights(f"{path}: expected finite weights to save, found NaN or Inf in {key}; nothing was written")
+    bad = _nonfinite_key(state)
+    if bad is not None:
+        raise BadWeights(f"{path}: expected finite weights to save, found NaN or Inf in {bad}; nothing was written")
     fmt = checkpoint_format(path)
     atomic_write(path, lambda tmp: write_new(tmp, state, fmt), overwrite=overwrite, may_replace=replaceable)
 

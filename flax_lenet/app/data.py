@@ -19,7 +19,6 @@ an unknown data set ``BadConfig`` (``flax_lenet.errors``).
 """
 
 import gzip
-import io
 import math
 import struct
 import zlib
@@ -237,11 +236,6 @@ def _read_idx_stream(f, name: str, size: int | None = None) -> np.ndarray:
         raise BadFile(f"{name}: expected {expected} data bytes for shape {shape}, found more "
                       "(extra data after them: not an IDX file of this shape)")
     return buffer.view(dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=False)   # bytes: no copy
-
-
-def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
-    """Decode the bytes of an IDX file: magic ``0 0 type ndim``, ``ndim`` big-endian int32 sizes, data."""
-    return _read_idx_stream(io.BytesIO(data), name, len(data))
 
 
 def read_idx(path) -> np.ndarray:
