@@ -6,8 +6,9 @@ eagerly: JAX compiles each eager op for its shape, 23 small XLA compilations in 
 the same process reuses them; a new process pays again.
 
 Here the same ``__init__`` runs once under ``jax.jit``, traced into one program and compiled
-with XLA's backend optimisation level 0: the program runs once per shape, so compile time is
-what counts, and the draws are integer threefry rounds and a few float ops per element. The
+with XLA's backend optimisation level 1: the program runs once per shape, so compile time is
+what counts, and the draws are integer threefry rounds and a few float ops per element (level 0
+compiles faster still but fuses no multiply-adds, which leaves some values 1 ulp from eager). The
 values are the eager ``__init__``'s bit for bit, and the ``Rngs`` passed in advance exactly as
 they would (``tests/test_construct.py`` pins both against ``plain()``, which turns this off).
 ``benchmarks/startup.py`` measures a fresh-process ``Net()``.

@@ -15,14 +15,14 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from flax_lenet import port
+from flax_lenet import checks, port
 from flax_lenet.errors import BadWeights
 from flax_lenet.model import flat_side
 
 LAYERS = ("conv1", "conv2", "fc1", "fc2", "fc3")
 # Any kernel size the Net can be built with, as torch_reference.Net(k) can: the feature map before
 # fc1 keeps at least one pixel (1..10). The tutorial uses 3 (the seed's revision) and 5 (today's).
-KERNEL_SIZES = tuple(k for k in range(1, 33) if flat_side(k) >= 1)
+KERNEL_SIZES = tuple(checks.KERNEL_SIZES)
 
 
 def torch_shapes(kernel_size: int) -> dict[str, tuple[int, ...]]:

@@ -14,6 +14,8 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
+from flax_lenet.checks import check_kernel_size
+
 
 class Net(nn.Module):
     kernel_size: int = 3
@@ -21,7 +23,7 @@ class Net(nn.Module):
 
     @nn.compact
     def __call__(self, x):                                             # (N, 32, 32, 1)   k=3
-        k, dtype = self.kernel_size, self.param_dtype
+        k, dtype = check_kernel_size(self.kernel_size), self.param_dtype  # k: 1..10
         conv1 = nn.Conv(6, (k, k), padding="VALID", param_dtype=dtype, name="conv1")
         conv2 = nn.Conv(16, (k, k), padding="VALID", param_dtype=dtype, name="conv2")
         fc1 = nn.Dense(120, param_dtype=dtype, name="fc1")

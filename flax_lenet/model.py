@@ -19,6 +19,8 @@ import math
 import jax.numpy as jnp
 from flax import nnx
 
+from flax_lenet.checks import check_kernel_size
+
 
 def flat_side(kernel_size: int) -> int:
     """Height (= width) of the feature map before ``fc1``: 6 for 3x3 kernels, 5 for 5x5."""
@@ -28,7 +30,7 @@ def flat_side(kernel_size: int) -> int:
 class Net(nnx.Module):
 
     def __init__(self, kernel_size: int = 3, *, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        k, side, dtype = kernel_size, flat_side(kernel_size), param_dtype
+        k, side, dtype = check_kernel_size(kernel_size), flat_side(kernel_size), param_dtype  # k: 1..10
         # 1 input image channel, 6 output channels, k x k convolution; no padding, as torch
         self.conv1 = nnx.Conv(1, 6, (k, k), padding="VALID", param_dtype=dtype, rngs=rngs)
         self.conv2 = nnx.Conv(6, 16, (k, k), padding="VALID", param_dtype=dtype, rngs=rngs)

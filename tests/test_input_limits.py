@@ -420,3 +420,44 @@ def test_a_sparse_tensor_in_a_state_dict_loads_as_its_dense_values(tmp_path):
     torch.save(sparse, tmp_path / "sparse.pt")
     loaded = checkpoint.load_state(tmp_path / "sparse.pt")
     assert np.array_equal(loaded["fc1.weight"], state["fc1.weight"].numpy())
+
+
+# --- the Net's kernel size --------------------------------------------------------------------
+
+@pytest.mark.parametrize("kernel_size", [0, 11, 32, -3, 3.0, True, "3"])
+@pytest.mark.parametrize("flavour", ["nnx", "nnx plain", "linen", "linen plain"])
+def test_a_net_with_a_kernel_size_the_image_cannot_take_is_refused_in_one_line(flavour, kernel_size):
+    """Before: Net(kernel_size=0) raised ZeroDivisionError from Flax's initialiser (fan-in 0) and
+    Net(11) a reshape error; the plain eager path (``construct.plain``) is refused the same way."""
+    import contextlib
+
+    import jax
+    from flax import nnx
+
+    import flax_lenet
+    from flax_lenet import construct
+    build = ((lambda: flax_lenet.Net(kernel_size, rngs=nnx.Rngs(0))) if flavour.startswith("nnx") else
+             (lambda: flax_lenet.linen.Net(kernel_size).init(jax.random.key(0), np.zeros((1, 32, 32, 1), np.float32))))
+    with construct.plain() if "plain" in flavour else contextlib.nullcontext():
+        with pytest.raises(BadConfig) as e:
+            build()
+    message = str(e.value)               # what the CLI prints (JAX may add a note, never to the message)
+    assert "\n" not in message and message.startswith("kernel_size: expected an integer in 1..10 (")
+    assert message.endswith(f"found {kernel_size!r}")
+
+
+@pytest.mark.parametrize("kernel_size", [1, 10, np.int64(4)])
+def test_every_kernel_size_the_check_allows_builds_a_net_whose_logits_have_the_right_shape(kernel_size):
+    """The twin of the refusal: the range the check allows is exactly the range that works, as
+    ``model.flat_side`` computes it (10 leaves a 1x1 map, 11 none) and torch's Net runs."""
+    import torch
+    from flax import nnx
+
+    import flax_lenet
+    from flax_lenet.checks import KERNEL_SIZES
+    from flax_lenet.model import flat_side
+    from torch_reference import Net as TorchNet
+    assert [k for k in range(0, 40) if k >= 1 and flat_side(k) >= 1] == list(KERNEL_SIZES)
+    net = flax_lenet.Net(kernel_size, rngs=nnx.Rngs(0))
+    assert net(np.zeros((2, 32, 32, 1), np.float32)).shape == (2, 10)
+    assert TorchNet(int(kernel_size))(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
