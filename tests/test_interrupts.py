@@ -157,3 +157,52 @@ def test_ctrl_c_during_an_orbax_write_is_one_line_and_writes_nothing(tmp_path, e
                               env=dict(env, **{files.TEST_KILL_ENV: f"{point}:SIGINT"}))
         assert proc.returncode == 130 and proc.stderr == "flax-lenet convert: interrupted\n", (point, proc)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["in.safetensors"], point
+
+
+@pytest.mark.parametrize("sig, line, status", [(signal.SIGTERM, "terminated", 143), (signal.SIGHUP, "hung up", 129)])
+def test_sigterm_and_sighup_during_training_end_it_with_one_line_and_leave_nothing(tmp_path, env, sig, line, status):
+    """``kill PID`` (SIGTERM, what job schedulers and ``timeout`` send) and a closed terminal
+    (SIGHUP): before, Python's default action ended the process silently, leaving its temporary
+    run folder and lock file beside ``--out``."""
+    proc = subprocess.Popen([sys.executable, "-m", "flax_lenet", "train", "--out", str(tmp_path / "run"),
+                             "--epochs", "3", "--max-steps", "40", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    wait_for_jax_import(proc)
+    time.sleep(1.5)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == status and err == f"flax-lenet train: {line}\n", (out, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []                 # no temporary, no lock file
+
+
+def test_a_sighup_that_nohup_ignores_stays_ignored(env):
+    script = ("import signal, sys\nsignal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+              "from flax_lenet.app import cli\ncli.take_over_ctrl_c(['train'])\n"
+              "print(signal.getsignal(signal.SIGHUP) is signal.SIG_IGN, "
+              "signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN))")
+    assert python(env, script).stdout == "True True\n"
+
+
+def test_sigterm_during_a_swap_waits_for_its_rename_then_exits_143(tmp_path, env):
+    """SIGTERM on the rename itself (the event after the swap's own): the rename finishes first,
+    so the file is the new checkpoint, and nothing is left beside it. One event earlier, before
+    the rename, the old one stays. Either way, exit 143 and one line."""
+    state_old, state_new = state_numpy(torch_net(3, "float32", seed=0)), state_numpy(torch_net(3, "float32", seed=1))
+    checkpoint.save(tmp_path / "new.pt", state_new)
+    checkpoint.save(tmp_path / "w.safetensors", state_old)
+    count = tmp_path / "count"
+    argv = [sys.executable, "-m", "flax_lenet", "convert", str(tmp_path / "new.pt"), str(tmp_path / "w.safetensors"),
+            "--overwrite"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300,
+                          env=dict(env, **{files.TEST_KILL_ENV: f"count:{count}"}))
+    assert proc.returncode == 0, proc
+    total, swap = map(int, count.read_text().split())
+    count.unlink()
+    for point, expected in ((swap, state_old), (swap + 1, state_new)):
+        checkpoint.save(tmp_path / "w.safetensors", state_old, overwrite=True)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300,
+                              env=dict(env, **{files.TEST_KILL_ENV: f"{point}:SIGTERM"}))
+        assert proc.returncode == 143 and proc.stderr == "flax-lenet convert: terminated\n", (point, proc)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["new.pt", "w.safetensors"], point
+        loaded = checkpoint.load_state(tmp_path / "w.safetensors")
+        assert all((loaded[k] == expected[k]).all() for k in expected), point

@@ -11,7 +11,8 @@ its traceback (the console script then exits 1).
 Ctrl-C in the console command (``run``) is taken over before anything heavy is imported: at any
 moment -- importing jax, training, writing a checkpoint -- it removes this process's temporary
 files and lock files (``files.abandon``; a rename in progress is finished first), prints
-``flax-lenet COMMAND: interrupted`` and exits 130 at once. It never raises ``KeyboardInterrupt``
+``flax-lenet COMMAND: interrupted`` and exits 130 at once. SIGTERM and SIGHUP do the same
+(``terminated``, 143; ``hung up``, 129). It never raises ``KeyboardInterrupt``
 into jax, Orbax or tensorstore code, where it was swallowed ("Exception ignored in
 _xla_gc_callback") or printed asyncio tracebacks from Orbax's threads.
 """
@@ -102,22 +103,34 @@ def _command_name(argv) -> str:
     return f"flax-lenet {names[0]}" if names else "flax-lenet"
 
 
+# What ends a command from outside, what it prints and its exit status (128 + the signal number,
+# as a shell reports a process killed by it). SIGKILL cannot be caught; the next writer removes
+# what it leaves (``files``).
+SIGNALS = {signal.SIGINT: ("interrupted", 130), signal.SIGTERM: ("terminated", 143),
+           signal.SIGHUP: ("hung up", 129)}
+
+
 def take_over_ctrl_c(argv=None) -> None:
-    """SIGINT ends the command with one line and exit 130, having removed its temporaries (see above)."""
+    """SIGINT (Ctrl-C), SIGTERM (``kill``, a job scheduler) and SIGHUP (a closed terminal) end the
+    command with one line and exit 128 + the signal number, having removed its temporaries (see
+    above). A SIGHUP the parent set to be ignored (``nohup``) stays ignored."""
     prog = _command_name(sys.argv[1:] if argv is None else argv)
 
-    def interrupted(signum, frame):
-        if files.defer_interrupt():             # inside a swap's renames: handled right after them
+    def ended(signum, frame):
+        if files.defer_interrupt(signum):       # inside a swap's renames: handled right after them
             return
         try:
             files.abandon()
-            sys.stdout.flush()                  # what was printed before Ctrl-C stays printed
+            sys.stdout.flush()                  # what was printed before the signal stays printed
         except Exception:                       # interrupted in the middle of a print, or of a removal
             pass
-        os.write(2, f"{prog}: interrupted\n".encode())
-        os._exit(130)                           # no atexit handlers, no threads' tracebacks
+        what, status = SIGNALS[signum]
+        os.write(2, f"{prog}: {what}\n".encode())
+        os._exit(status)                        # no atexit handlers, no threads' tracebacks
 
-    signal.signal(signal.SIGINT, interrupted)
+    for signum in SIGNALS:
+        if signum != signal.SIGHUP or signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, ended)
 
 
 def run() -> None:

@@ -185,31 +185,31 @@ def clean_stale(path) -> None:
             _remove(path.parent / name)
 
 
-# --- Ctrl-C: never between the renames of a swap; the temporaries removed before exiting ----------
+# --- Ctrl-C and SIGTERM: never between the renames of a swap; the temporaries removed before exiting
 
 _swapping = 0
-_interrupt_pending = False
+_interrupt_pending: int | None = None    # the signal that arrived during a swap's renames
 
 
 @contextlib.contextmanager
 def _no_interrupt():
-    """While renaming: a SIGINT handler that asks ``defer_interrupt`` waits for the end of the block."""
+    """While renaming: a signal handler that asks ``defer_interrupt`` waits for the end of the block."""
     global _swapping, _interrupt_pending
     _swapping += 1
     try:
         yield
     finally:
         _swapping -= 1
-        if not _swapping and _interrupt_pending:
-            _interrupt_pending = False
-            signal.raise_signal(signal.SIGINT)      # the handler runs again, now outside the block
+        if not _swapping and _interrupt_pending is not None:
+            pending, _interrupt_pending = _interrupt_pending, None
+            signal.raise_signal(pending)            # the handler runs again, now outside the block
 
 
-def defer_interrupt() -> bool:
-    """For a SIGINT handler: True while a swap is renaming (the signal is raised again after it)."""
+def defer_interrupt(signum: int = signal.SIGINT) -> bool:
+    """For a SIGINT or SIGTERM handler: True while a swap is renaming (``signum`` is raised again after it)."""
     global _interrupt_pending
     if _swapping:
-        _interrupt_pending = True
+        _interrupt_pending = signum
         return True
     return False
 
