@@ -207,6 +207,18 @@ def test_docs_out_must_be_a_folder(tmp_path, capsys):
     assert err.count("\n") == 1 and "expected a folder" in err and target.read_text() == "keep me"
 
 
+
+def test_docs_without_keras_is_one_line_saying_how_to_install_it(tmp_path, capsys, monkeypatch):
+    """Before: an ImportError traceback from keras_reference. The Keras tabs need keras (the [test] extra)."""
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "keras" else real(name, *a))
+    assert cli.main(["docs", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == ("flax-lenet docs: error: expected keras installed (the Keras tabs are generated from "
+                   "keras_reference), found none: pip install -e '.[test]'\n")
+    assert list(tmp_path.iterdir()) == []
+
 # --- a real browser --------------------------------------------------------------------------------
 
 class Chromium:

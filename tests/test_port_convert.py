@@ -167,6 +167,19 @@ def test_convert_command_strips_wrapper_prefixes(tmp_path, prefix, dst):
     assert sorted(state) == sorted(net.state_dict())
 
 
+def test_eval_prints_a_stripped_prefix_as_one_note_line_not_a_python_warning(tmp_path):
+    """Before: Python's two-line ``StateDictNotice`` warning (file, line and source) on stderr."""
+    net = torch_net(3, "float32")
+    torch.save({"module." + k: v for k, v in net.state_dict().items()}, tmp_path / "wrapped.pt")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "flax_lenet", "eval", str(tmp_path / "wrapped.pt")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if "prefix" in line]
+    assert len(notes) == 1 and notes[0].startswith("flax-lenet eval: note: stripped the 'module.' prefix"), proc.stderr
+    assert "Warning" not in proc.stderr and "warnings.warn" not in proc.stderr
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_convert_command_takes_half_precision_checkpoints(tmp_path, dtype):
     net = torch_net(3, "float32")

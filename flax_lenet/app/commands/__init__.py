@@ -1,1 +1,22 @@
 """One module per ``flax-lenet`` subcommand: ``add_arguments(parser)`` and ``main(args)``."""
+
+import contextlib
+import warnings
+
+
+@contextlib.contextmanager
+def state_dict_notices():
+    """Collect each ``port.StateDictNotice`` (a stripped DataParallel/compile prefix) once, as one
+    line in the list this yields, for the command to print as one line on stderr instead of
+    Python's two-line warning; any other warning is passed on unchanged."""
+    from flax_lenet.port import StateDictNotice
+    seen: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", StateDictNotice)
+        yield seen
+    for w in caught:
+        if issubclass(w.category, StateDictNotice):
+            if str(w.message) not in seen:
+                seen.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

@@ -10,11 +10,10 @@ folder of other files, nor a folder named like a file. The weights of IN are ver
 SHA-256 they were written with; a checkpoint from another tool gets a note on stderr instead.
 """
 
-import contextlib
 import sys
-import warnings
 from pathlib import Path
 
+from flax_lenet.app.commands import state_dict_notices
 from flax_lenet.errors import BadFile
 
 
@@ -41,31 +40,16 @@ def refuse_existing(dst, overwrite: bool) -> None:
         raise BadFile(f"--overwrite: {reason}; nothing was changed")
 
 
-@contextlib.contextmanager
-def _notices():
-    """Print each ``StateDictNotice`` (a stripped DataParallel/compile prefix) once, as one line on stderr."""
-    from flax_lenet.port import StateDictNotice
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", StateDictNotice)
-        yield
-    seen = []
-    for w in caught:
-        if issubclass(w.category, StateDictNotice) and str(w.message) not in seen:
-            seen.append(str(w.message))
-        elif not issubclass(w.category, StateDictNotice):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    for line in seen:
-        print(f"notice: {line}", file=sys.stderr)
-
-
 def main(args) -> int:
     from flax_lenet import convert
     from flax_lenet.app import checkpoint
     refuse_existing(args.dst, args.overwrite)
     notes = []
-    with _notices():
+    with state_dict_notices() as notices:
         state = checkpoint.convert_checkpoint(args.src, args.dst, overwrite=args.overwrite,
                                               kernel_size=args.kernel_size, notes=notes)
+    for line in notices:
+        print(f"notice: {line}", file=sys.stderr)
     for note in notes:
         print(f"flax-lenet convert: note: {note}", file=sys.stderr)
     k = convert.kernel_size_of(convert.torch_to_flax(state))

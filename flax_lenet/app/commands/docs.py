@@ -1,6 +1,7 @@
 """``flax-lenet docs``: write (or ``--check``) the side-by-side tutorial generated from the source."""
 
 import difflib
+import importlib.util
 from pathlib import Path
 
 from flax_lenet.app.files import write_text
@@ -34,6 +35,9 @@ def main(args) -> int:
     out = args.out if args.out is not None else default_out()
     if out.exists() and not out.is_dir():
         raise BadFile(f"--out: expected a folder, found a file {out}")
+    if importlib.util.find_spec("keras") is None:     # the Keras tabs run keras_reference: the [test] extra
+        raise BadConfig("expected keras installed (the Keras tabs are generated from keras_reference), found "
+                        "none: pip install -e '.[test]'")
     from flax_lenet.app.sidebyside import render
     files = render.build()
     if args.check:

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 
+from flax_lenet.app.commands import state_dict_notices
 from flax_lenet.errors import BadConfig, BadWeights
 
 
@@ -38,7 +39,8 @@ def main(args) -> int:
     from flax_lenet import convert
     from flax_lenet.app import checkpoint, data, training
     notes = []
-    state = checkpoint.load_state(args.checkpoint, kernel_size=args.kernel_size, notes=notes)
+    with state_dict_notices() as notices:
+        state = checkpoint.load_state(args.checkpoint, kernel_size=args.kernel_size, notes=notes)
     for name, value in state.items():         # integer, boolean or complex weights are not the Net's
         if np.asarray(value).dtype.kind in "biuc":
             raise BadWeights(f"{args.checkpoint}: expected floating-point weights (float32 or float64), "
@@ -58,7 +60,7 @@ def main(args) -> int:
         report["flax"] = training.flax_accuracy(convert.torch_to_flax(state), x, dataset.y_test)
     if args.framework in ("both", "torch"):
         report["torch"] = training.torch_accuracy(state, x, dataset.y_test)
-    for note in notes + ([upcast] if upcast else []):   # after the work: a failure stays one line
+    for note in notices + notes + ([upcast] if upcast else []):   # after the work: a failure stays one line
         print(f"flax-lenet eval: note: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps(report, indent=2))
