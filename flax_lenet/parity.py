@@ -265,9 +265,8 @@ def _function_apply(fn):
     return lambda p, rest, xb: fn(p, xb)
 
 
-@functools.lru_cache(maxsize=None)
 def _tx(optimizer):
-    return optimizer.optax()
+    return optimizer.optax()       # one object per configuration (trajectory.Optimizer.optax caches it)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))

@@ -11,6 +11,8 @@ network and (Adam) divided by ``sqrt(v)``, so ``flax_lenet.tolerances`` has its 
 tiers, measured. Weights and batches travel through numpy, never through a shared seed.
 """
 
+import dataclasses
+import functools
 from dataclasses import dataclass
 
 import jax
@@ -20,7 +22,7 @@ import optax
 
 from flax_lenet import convert, no_dynamo, optim, parity, train
 from flax_lenet.errors import BadConfig
-from flax_lenet.tolerances import Tolerance, trajectory_tolerance
+from flax_lenet.tolerances import TRAJECTORY_FLOAT32_RATIO, Tolerance, trajectory_tolerance
 
 #: ``flax-lenet compare --optimizer NAME``: (function in flax_lenet.optim, its keyword arguments).
 PRESETS = {
@@ -52,11 +54,18 @@ class Optimizer:
         return getattr(torch.optim, TORCH_CLASSES[self.name])(parameters, **dict(self.kwargs))
 
     def optax(self) -> optax.GradientTransformation:
-        """``flax_lenet.optim.<name>(**kwargs)``."""
-        return getattr(optim, self.name)(**dict(self.kwargs))
+        """``flax_lenet.optim.<name>(**kwargs)``, one object per configuration: ``train_step``
+        compiles once per optimizer object, so runs of one configuration share a compiled step
+        instead of each adding one (thousands of runs in one process exhausted LLVM's memory)."""
+        return _optax_of(self)
 
     def __str__(self) -> str:
         return f"{self.name}(" + ", ".join(f"{k}={v}" for k, v in self.kwargs) + ")"
+
+
+@functools.lru_cache(maxsize=None)
+def _optax_of(opt: Optimizer) -> optax.GradientTransformation:
+    return getattr(optim, opt.name)(**dict(opt.kwargs))
 
 
 def preset(name: str, lr: float) -> Optimizer:
@@ -114,14 +123,30 @@ class Row:
     step: int            # the step (1-based) where max_rel happened
     rtol: float
     note: str = ""       # which side held NaN or Inf at that step, when one did
+    float64: tuple | None = None   # float32 rows over rtol: (torch's, Flax's) distance from a float64 run
+
+    @property
+    def within_rtol(self) -> bool:
+        return self.max_rel <= self.rtol       # False for inf and NaN
 
     @property
     def ok(self) -> bool:
-        return self.max_rel <= self.rtol       # False for inf and NaN
+        """Within ``rtol`` of torch; or, in float32, as close to a float64 run as torch's own run
+        is, to within ``TRAJECTORY_FLOAT32_RATIO`` (see ``with_float64_truth``)."""
+        if self.within_rtol:
+            return True
+        if self.float64 is None:
+            return False
+        torch_d, flax_d = self.float64
+        return bool(flax_d <= TRAJECTORY_FLOAT32_RATIO * torch_d)          # False for NaN
 
     def as_dict(self) -> dict:
-        return {"quantity": self.quantity, "max_abs": self.max_abs, "max_rel": self.max_rel,
-                "step": self.step, "rtol": self.rtol, "ok": self.ok, "note": self.note}
+        d = {"quantity": self.quantity, "max_abs": self.max_abs, "max_rel": self.max_rel,
+             "step": self.step, "rtol": self.rtol, "ok": self.ok, "note": self.note}
+        if self.float64 is not None:
+            d["from_float64"] = {"torch": self.float64[0], "flax": self.float64[1],
+                                 "ratio_bound": TRAJECTORY_FLOAT32_RATIO}
+        return d
 
 
 def diff_trajectories(torch_run, flax_run, rtol: float) -> list[Row]:
@@ -147,7 +172,8 @@ def compare(opt: Optimizer, *, steps: int = 100, dtype: str = "float64", kernel_
 
     Returns:
       ``(rows, tolerance)``: one ``Row`` per quantity with its largest difference over the run
-      and the step where it happened.
+      and the step where it happened. In float32 on CPU (without ``fault``), a row over the
+      tolerance is also measured against a float64 run (``with_float64_truth``): ``row.float64``.
     """
     import torch
 
@@ -158,10 +184,46 @@ def compare(opt: Optimizer, *, steps: int = 100, dtype: str = "float64", kernel_
     tol = trajectory_tolerance(dtype, "cpu" if dev.type == "cpu" else "gpu", tf32)
     torch.manual_seed(seed)
     net = TorchNet(kernel_size)
+    start = {n: np.array(v) for n, v in convert.state_to_numpy(net.state_dict()).items()}   # a copy
     xs, ys = batches(steps, batch, seed, dtype)
     model = parity._tutorial_model("nnx", kernel_size, jnp.dtype(dtype))
     report = parity.check(net, model, xs[0], target=ys[0], optimizer=opt, steps=steps, dtype=dtype, tf32=tf32,
                           tamper=parity.fault_tamper(fault), step_fn=train.train_step, batches=(xs, ys),
                           per_tensor_steps=True, rtol={"steps": tol})
     rows = [Row(r.quantity, r.max_abs, r.max_rel, r.step, r.rtol, r.note) for r in report.rows if r.step is not None]
+    if dtype == "float32" and dev.type == "cpu" and fault is None and not all(r.within_rtol for r in rows):
+        rows = with_float64_truth(rows, start, opt, xs, ys)
     return rows, tol
+
+
+def distances_from(run, truth) -> dict[str, float]:
+    """Per quantity (``'loss'``, ``'params NAME'``): the worst, over the steps, of a run's
+    relative distance from the ``truth`` run (both in torch layout)."""
+    worst: dict[str, float] = {}
+    for (loss, state), (true_loss, true_state) in zip(run, truth):
+        if "conv1.weight" not in state:
+            state = convert.flax_to_torch(state)
+        pairs = {"loss": (loss, true_loss), **{f"params {n}": (state[n], t) for n, t in true_state.items()}}
+        for name, (a, t) in pairs.items():
+            d = parity.diff(np.asarray(a, np.float64), np.asarray(t, np.float64))[1]
+            worst[name] = max(worst.get(name, 0.0), d) if d == d else float("nan")
+    return worst
+
+
+def with_float64_truth(rows: list[Row], state32: dict, opt: Optimizer, xs: np.ndarray, ys: np.ndarray) -> list[Row]:
+    """Judge float32 rows that are over ``rtol`` against a float64 run as truth.
+
+    Beyond a few steps float32 runs are chaotic: a relu or max-pool input within rounding of a
+    tie switches in one framework's run and not the other's, and the two runs part by 1e-3..1
+    (``flax_lenet.accuracy``). That is no port error, so a row over ``rtol`` is then measured
+    the way the float32 grid is: torch trains in float64 from the same start and batches (the
+    float32 values are exact in float64), and the row holds if Flax's float32 run is at most
+    ``TRAJECTORY_FLOAT32_RATIO`` times as far from it as torch's own float32 run. A port error
+    moves Flax's run alone and still fails.
+    """
+    state64 = {n: np.asarray(v, np.float64) for n, v in state32.items()}
+    truth = list(torch_steps(state64, opt, xs.astype(np.float64), ys.astype(np.float64)))
+    torch_d = distances_from(torch_steps(state32, opt, xs, ys), truth)
+    flax_d = distances_from(flax_steps(convert.torch_to_flax(state32), opt, convert.nchw_to_nhwc(xs), ys), truth)
+    return [r if r.within_rtol else dataclasses.replace(r, float64=(torch_d[r.quantity], flax_d[r.quantity]))
+            for r in rows]

@@ -109,6 +109,7 @@ def _print_notes(rows) -> None:
 def _main_steps(args, device) -> int:
     """``--steps N``: one row per quantity, its worst difference over the run and the step."""
     from flax_lenet import trajectory
+    from flax_lenet.tolerances import TRAJECTORY_FLOAT32_RATIO
     opt = trajectory.preset(args.optimizer or "sgd", args.lr)
     rows, tol = trajectory.compare(opt, steps=args.steps, dtype=args.dtype, kernel_size=args.kernel_size,
                                    batch=args.batch, seed=args.seed, tf32=args.tf32, fault=args.fault)
@@ -121,9 +122,16 @@ def _main_steps(args, device) -> int:
         return 0 if ok else 1
     print("flax-lenet compare: " + ", ".join(f"{k}={v}" for k, v in config.items() if v is not None))
     body = [[r.quantity, f"{r.max_abs:.3e}", f"{r.max_rel:.3e}", str(r.step), f"{r.rtol:.0e}",
-             "ok" if r.ok else "FAIL"] for r in rows]
+             ("ok" if r.ok else "FAIL") + ("*" if r.float64 else "")] for r in rows]
     print(format_table(["quantity", "max abs diff", "max rel diff", "at step", "tolerance", "ok"], body))
     _print_notes(rows)
+    for r in rows:
+        if r.float64:
+            torch_d, flax_d = r.float64
+            print(f"* {r.quantity}: over the tolerance, so measured against a float64 run from the same start: "
+                  f"torch's own float32 run is {torch_d:.1e} from it, Flax's {flax_d:.1e}: "
+                  + (f"within {TRAJECTORY_FLOAT32_RATIO:g}x torch's (float32 runs part where a relu or max-pool "
+                     "input is within rounding of a tie)" if r.ok else f"over {TRAJECTORY_FLOAT32_RATIO:g}x torch's"))
     print(f"largest difference over {args.steps} steps, compared after every step; relative = "
           f"max|flax - torch| / max|torch|; tolerance: {tol.reason}")
     bad = sum(not r.ok for r in rows)
