@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from flax_lenet import convert
-from flax_lenet.app.files import atomic_write, os_error, os_reason
+from flax_lenet.app.files import atomic_write, no_interrupt, os_error, os_reason
 from flax_lenet.errors import BadFile, BadWeights
 
 DIGEST_KEY = "flax_lenet.sha256"        # safetensors metadata key
@@ -454,8 +454,8 @@ def _write_orbax(target: Path, params: dict) -> None:
     import orbax.checkpoint as ocp
     _ignore_closed_loop_callbacks()     # a failed write (a full disk) reaches them too, while failing
     try:
-        with _quiet_orbax_logs(), ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(target.absolute(), params)
+        with no_interrupt(), _quiet_orbax_logs(), ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(target.absolute(), params)     # Ctrl-C: handled once Orbax's threads are done
             ckptr.wait_until_finished()
     except ValueError as e:         # tensorstore's write errors carry the OS error's number
         code = re.search(r"os_error_code='(\d+)'", str(e))

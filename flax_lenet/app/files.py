@@ -192,8 +192,12 @@ _interrupt_pending: int | None = None    # the signal that arrived during a swap
 
 
 @contextlib.contextmanager
-def _no_interrupt():
-    """While renaming: a signal handler that asks ``defer_interrupt`` waits for the end of the block."""
+def no_interrupt():
+    """Within: a signal handler that asks ``defer_interrupt`` waits for the end of the block.
+
+    Around a swap's renames (never half a swap), and around a write done by other threads
+    (Orbax's): a handler that removed the temporary while those threads were still writing into
+    it would see them create it again before the process exits."""
     global _swapping, _interrupt_pending
     _swapping += 1
     try:
@@ -324,7 +328,7 @@ def _write_and_swap(path: Path, write: Callable[[Path], None]) -> None:
         if tmp.is_file() and not tmp.is_symlink():      # some writers create files 0600
             os.chmod(tmp, 0o666 & ~_umask())
         sys.audit("flax_lenet.swap", str(path))
-        with _no_interrupt():
+        with no_interrupt():
             if path.is_dir() and not path.is_symlink():
                 _swap_folders(tmp, path)                    # tmp now holds the old folder
             else:
