@@ -164,9 +164,11 @@ def test_sigterm_and_sighup_during_training_end_it_with_one_line_and_leave_nothi
     """``kill PID`` (SIGTERM, what job schedulers and ``timeout`` send) and a closed terminal
     (SIGHUP): before, Python's default action ended the process silently, leaving its temporary
     run folder and lock file beside ``--out``."""
+    # as from a terminal: a test run under nohup would pass its ignored SIGHUP on, and that stays ignored
     proc = subprocess.Popen([sys.executable, "-m", "flax_lenet", "train", "--out", str(tmp_path / "run"),
                              "--epochs", "3", "--max-steps", "40", "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     wait_for_jax_import(proc)
     time.sleep(1.5)
     proc.send_signal(sig)
