@@ -25,6 +25,7 @@ eager ``__init__`` (the same values, built op by op):
 """
 
 import contextlib
+import dataclasses
 import functools
 import threading
 
@@ -72,7 +73,7 @@ _GRAPHDEFS: dict = {}     # spec -> the built module's graphdef (``_structure``)
 def _build_jit(spec, node_state):
     cls, treedef, static, where, node_def = spec
     nodes = nnx.merge(node_def, node_state)
-    leaves = list(static)
+    leaves = [value for _, value in static]
     for i, node in zip(where, nodes):
         leaves[i] = node
     args, kwargs = jax.tree.unflatten(treedef, leaves)
@@ -86,7 +87,7 @@ def _structure(spec, nodes):
     cls, treedef, static, where, _ = spec
 
     def build():
-        leaves = list(static)
+        leaves = [value for _, value in static]
         for i, node in zip(where, nodes):
             leaves[i] = nnx.clone(node)
         args, kwargs = jax.tree.unflatten(treedef, leaves)
@@ -99,11 +100,13 @@ def _build(cls, args, kwargs):
     """``cls(*args, **kwargs)`` in one compiled call, or ``None`` when it must be built plainly."""
     leaves, treedef = jax.tree.flatten((args, kwargs), is_leaf=graphlib.is_graph_node)
     where = tuple(i for i, leaf in enumerate(leaves) if graphlib.is_graph_node(leaf))
-    static = tuple(None if i in where else leaf for i, leaf in enumerate(leaves))
+    # (type, value): equal values of other types (3 and 3.0, 1 and True) are other builds, each
+    # checked by __init__ itself, never a cached build of the other
+    static = tuple((None, None) if i in where else (type(leaf), leaf) for i, leaf in enumerate(leaves))
     nodes = [leaves[i] for i in where]
     node_def, node_state = nnx.split(nodes)
     spec = (cls, treedef, static, where, node_def)
-    if not _hashable(spec) or _traced(node_state) or _traced(static):
+    if not _hashable(spec) or _traced(node_state) or _traced([value for _, value in static]):
         return None
     state, node_state = _build_jit(spec, node_state)
     if spec not in _GRAPHDEFS:      # static structure cannot leave a jit as an output: trace it abstractly
@@ -131,9 +134,15 @@ def compile_construction(cls) -> None:
 _PLAIN_INIT: dict = {}    # Linen class -> its plain ``init``
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1), compiler_options=COMPILER_OPTIONS)
-def _init_jit(module, kwargs, rngs, *args):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), compiler_options=COMPILER_OPTIONS)
+def _init_jit(module, field_types, kwargs, rngs, *args):
     return _PLAIN_INIT[type(module)](module, rngs, *args, **dict(kwargs))
+
+
+def _field_types(module) -> tuple:
+    """The types of a Linen module's fields: ``Net(3.0)`` equals ``Net(3)`` (and hashes alike),
+    so without them it would reuse the compiled init of ``Net(3)`` instead of being checked."""
+    return tuple(type(getattr(module, f.name, None)) for f in dataclasses.fields(module))
 
 
 def compile_init(cls) -> None:
@@ -149,7 +158,7 @@ def compile_init(cls) -> None:
         if (type(self) is not cls or _switch.plain or not arrays or not _hashable((self, kwargs_items))
                 or _traced((rngs, args))):
             return plain_init(self, rngs, *args, **kwargs)
-        return _init_jit(self, kwargs_items, rngs, *args)
+        return _init_jit(self, _field_types(self), kwargs_items, rngs, *args)
 
     cls.init = init
 

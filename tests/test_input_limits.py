@@ -461,3 +461,21 @@ def test_every_kernel_size_the_check_allows_builds_a_net_whose_logits_have_the_r
     net = flax_lenet.Net(kernel_size, rngs=nnx.Rngs(0))
     assert net(np.zeros((2, 32, 32, 1), np.float32)).shape == (2, 10)
     assert TorchNet(int(kernel_size))(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("built, equal", [(3, 3.0), (1, True)])
+def test_a_kernel_size_equal_to_one_already_built_is_still_checked(built, equal):
+    """3.0 == 3 and True == 1, with equal hashes: the compiled build (``construct``) keyed on the
+    values alone reused Net(3)'s build for Net(3.0), which then skipped the check and came out as a
+    kernel-size-3 Net (the refusal test above failed only when a Net(3) had been built before it)."""
+    import jax
+    from flax import nnx
+
+    import flax_lenet
+    x = np.zeros((1, 32, 32, 1), np.float32)
+    flax_lenet.Net(built, rngs=nnx.Rngs(0))
+    flax_lenet.linen.Net(built).init(jax.random.key(0), x)
+    with pytest.raises(BadConfig, match="kernel_size: expected an integer in 1..10"):
+        flax_lenet.Net(equal, rngs=nnx.Rngs(0))
+    with pytest.raises(BadConfig, match="kernel_size: expected an integer in 1..10"):
+        flax_lenet.linen.Net(equal).init(jax.random.key(0), x)
