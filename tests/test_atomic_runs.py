@@ -353,17 +353,23 @@ def test_every_file_convert_writes_gets_the_mode_the_umask_gives(tmp_path, capsy
 
 # --- killed anywhere in the write phase ------------------------------------------------------------
 
-def _kill_points(count_file: Path) -> list[tuple[int, str]]:
+def _kill_points(count_file: Path) -> list[tuple[str, str]]:
     """``KILL_POINTS`` or more file-system events of the write phase, each with its signal (SIGKILL
-    and Ctrl-C in turn): spread over all of it, and the swap's own event with its neighbours (the
-    rename that makes the new content visible)."""
+    and Ctrl-C in turn): spread over all of it, and each swap's own event with its neighbours (the
+    rename that makes the new content visible). Events from a swap on are named relative to it
+    (``swapI+K``): Orbax's threads add a varying number of events before it, so an absolute number
+    from the counting run could land before the swap in a killed run, every time."""
     total, *swaps = map(int, count_file.read_text().split())
+    assert total > 3 * KILL_POINTS and swaps, (total, swaps)
+
+    def name(p: int) -> str:
+        i = max((n for n, s in enumerate(swaps, start=1) if s <= p), default=0)
+        return f"swap{i}+{p - swaps[i - 1]}" if i else str(p)
     near = {p for s in swaps for p in (s - 1, s, s + 1, s + 2)}
     spread = KILL_POINTS - len(near)
     while len(points := sorted(near | set(np.linspace(1, total, spread).round().astype(int).tolist()))) < KILL_POINTS:
         spread += 1
-    assert total > 3 * KILL_POINTS and swaps, (total, swaps)
-    return [(p, "SIGKILL" if i % 2 == 0 else "SIGINT") for i, p in enumerate(points)]
+    return [(name(p), "SIGKILL" if i % 2 == 0 else "SIGINT") for i, p in enumerate(points)]
 
 
 def _check_kill(proc, sig, command: str) -> None:

@@ -15,8 +15,11 @@ Test hook (``tests/test_atomic_runs.py``): ``FLAX_LENET_TEST_KILL_AT=N:SIGKILL``
 makes the process send itself that signal at the N-th file-system event (Python audit events:
 open, mkdir, rename, remove, ...) counted from the start of its first ``atomic_write``;
 ``FLAX_LENET_TEST_KILL_AT=count:FILE`` writes the number of such events to FILE at exit, then the
-number of each swap's own event (``flax_lenet.swap``, just before its rename). Unset, as
-for every user, nothing is installed and nothing is counted.
+number of each swap's own event (``flax_lenet.swap``, just before its rename);
+``FLAX_LENET_TEST_KILL_AT=swapI+K:SIGKILL`` sends it K events after the I-th swap's own event.
+Orbax's threads add a varying number of events before a swap (their own polling), so points
+after a swap are given relative to it. Unset, as for every user, nothing is installed and
+nothing is counted.
 """
 
 import contextlib
@@ -249,14 +252,20 @@ def _start_test_hook() -> None:
         import atexit
         atexit.register(lambda: Path(what).write_text(" ".join(map(str, [count[0], *swaps])) + "\n"))
         stop, sig = 0, None
+    elif at.startswith("swap"):             # swapI+K: K events after the I-th swap's own event
+        which, _, after = at[4:].partition("+")
+        stop, sig, relative = None, getattr(signal, what), (int(which), int(after))
     else:
         stop, sig = int(at), getattr(signal, what)
 
     def hook(event, args):
+        nonlocal stop
         if event in _AUDITED:
             count[0] += 1
             if event == "flax_lenet.swap":
                 swaps.append(count[0])
+                if at.startswith("swap") and len(swaps) == relative[0]:
+                    stop = count[0] + relative[1]
             if count[0] == stop:
                 os.kill(os.getpid(), sig)
 
