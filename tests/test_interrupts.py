@@ -164,11 +164,14 @@ def test_sigterm_and_sighup_during_training_end_it_with_one_line_and_leave_nothi
     """``kill PID`` (SIGTERM, what job schedulers and ``timeout`` send) and a closed terminal
     (SIGHUP): before, Python's default action ended the process silently, leaving its temporary
     run folder and lock file beside ``--out``."""
-    # as from a terminal: a test run under nohup would pass its ignored SIGHUP on, and that stays ignored
-    proc = subprocess.Popen([sys.executable, "-m", "flax_lenet", "train", "--out", str(tmp_path / "run"),
+    # as from a terminal: a test run under nohup would pass its ignored SIGHUP on, and that stays
+    # ignored; so SIGHUP is set back to its default first (not by preexec_fn: a fork of this process,
+    # which has jax's threads, warns)
+    as_from_a_terminal = ("import runpy, signal, sys; signal.signal(signal.SIGHUP, signal.SIG_DFL); "
+                          "sys.argv[0] = 'flax-lenet'; runpy.run_module('flax_lenet', run_name='__main__')")
+    proc = subprocess.Popen([sys.executable, "-c", as_from_a_terminal, "train", "--out", str(tmp_path / "run"),
                              "--epochs", "3", "--max-steps", "40", "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     wait_for_jax_import(proc)
     time.sleep(1.5)
     proc.send_signal(sig)
