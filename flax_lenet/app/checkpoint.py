@@ -461,8 +461,29 @@ def _write_orbax(target: Path, params: dict) -> None:
         code = re.search(r"os_error_code='(\d+)'", str(e))
         if code is None:
             raise
+        _drop_reported_task_errors()
         raise os_error(int(code.group(1))) from None
     _write_sidecar(target)
+
+
+class _ReportedTaskErrors(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for a failed tensorstore write.
+
+    Orbax writes each array in an asyncio task; on a full disk each task fails, and asyncio logs
+    it (the message, the task, a traceback) when the task is collected, which can be after this
+    process printed its one-line error. The error was re-raised in this thread and reported once,
+    so exactly those records are dropped; every other asyncio record passes."""
+
+    def filter(self, record):
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (record.getMessage().startswith("Task exception was never retrieved")
+                    and isinstance(exc, ValueError) and "os_error_code=" in str(exc))
+
+
+def _drop_reported_task_errors() -> None:
+    logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _ReportedTaskErrors) for f in logger.filters):
+        logger.addFilter(_ReportedTaskErrors())
 
 
 def _to_torch(array):
