@@ -47,7 +47,9 @@ def main(argv=None) -> int:
     steps = args.steps or accuracy.STEPS
     members = args.members or accuracy.MEMBERS
     start = time.perf_counter()
-    points = list(accuracy.grid(steps=steps, members=members))
+    def progress(p):                     # on stderr, one line per point: the grid takes minutes
+        print(f"  {p}: ratio {p.ratio:.3g}", file=sys.stderr, flush=True)
+    points = list(accuracy.grid(steps=steps, members=members, progress=progress))
     twin = list(accuracy.grid(["adam"], steps=steps, members=members, flax_tx=lambda lr: optax.adam(lr, eps=1e-8)))
 
     print(f"{len(points)} points, {steps} steps, {members} float32 copies each; Flax's error / torch's "

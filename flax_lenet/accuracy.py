@@ -145,7 +145,8 @@ def point(setting: str, kernel_size: int, batch: int, lr: float, seed: int, *, s
 
 
 def grid(settings=tuple(SETTINGS), *, steps: int = STEPS, members: int = MEMBERS, flax_tx=None, progress=None):
-    """Every point of ``POINTS`` for each setting; ``flax_tx(lr)`` builds a replacement for Flax."""
+    """Every point of ``POINTS`` for each setting; ``flax_tx(lr)`` builds a replacement for Flax;
+    ``progress(point)`` is called as each point is measured."""
     for setting in settings:
         for k, b, lr, seed in POINTS:
             p = point(setting, k, b, lr, seed, steps=steps, members=members, flax_tx=flax_tx(lr) if flax_tx else None)
