@@ -1,4 +1,4 @@
-"""How far float32 training runs drift from float64, Flax beside torch: the grid of ``flax_lenet.accuracy``.
+"""How far float32 training runs drift from float64, Flax beside torch: the grid of ``benchmarks/accuracy.py``.
 
     python benchmarks/float32_grid.py [--steps 30] [--members 5] [--json benchmarks/results/float32-grid-30.json]
 
@@ -41,8 +41,8 @@ def main(argv=None) -> int:
     import optax
     import torch
 
-    from flax_lenet import accuracy
-    from flax_lenet.tolerances import TRAJECTORY_FLOAT32_RATIO as RATIO
+    from benchmarks import accuracy
+    from flax_lenet.porting.tolerances import TRAJECTORY_FLOAT32_RATIO as RATIO
     torch.set_num_threads(1)
     steps = args.steps or accuracy.STEPS
     members = args.members or accuracy.MEMBERS

@@ -15,7 +15,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from flax_lenet import checks, port
+from flax_lenet import checks
+from flax_lenet.porting import port
 from flax_lenet.errors import BadWeights
 from flax_lenet.model import flat_side
 

@@ -178,7 +178,7 @@ def applies_to(model, x) -> bool:
 
     The model's structure (classes, layer settings, dtypes) must equal that of a Net built with
     kernel size 3 or 5 and ``param_dtype=x.dtype``; a subclass, a hooked or swapped layer
-    (``flax_lenet.hooks.nnx_hooks``), a changed padding or another dtype all differ.
+    (``flax_lenet.porting.hooks.nnx_hooks``), a changed padding or another dtype all differ.
     """
     if type(model) is not Net or Net.__call__ is not _NET_CALL or tuple(x.shape[1:]) != (32, 32, 1):
         return False

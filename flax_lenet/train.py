@@ -9,7 +9,7 @@ optimizer.step()                              optimizer.update(model, grads)
 f.data.sub_(f.grad.data * learning_rate)      jax.tree.map(lambda p, g: p - learning_rate * g, params, grads)
 
 ``train_step`` is the one training step of the project: ``flax-lenet train``, the N-step
-comparison (``flax_lenet.trajectory``), the benchmark and the data-parallel step all run it.
+comparison (``flax_lenet.porting.trajectory``), the benchmark and the data-parallel step all run it.
 ``train_steps`` runs K of them in one compiled call, for loops over many small batches.
 """
 

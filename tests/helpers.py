@@ -2,8 +2,9 @@
 
 import torch
 
-from flax_lenet import convert, parity
-from flax_lenet.tolerances import Tolerance
+from flax_lenet import convert
+from flax_lenet.porting import parity
+from flax_lenet.porting.tolerances import Tolerance
 
 
 def torch_net(kernel_size: int, dtype: str, seed: int = 0):
@@ -18,7 +19,7 @@ def state_numpy(net) -> dict:
 
 
 def assert_close(actual, expected, tol: Tolerance, what: str = "") -> None:
-    """``max|a - e| <= tol.rtol * max|e|`` over the whole array (see flax_lenet.tolerances)."""
+    """``max|a - e| <= tol.rtol * max|e|`` over the whole array (see flax_lenet.porting.tolerances)."""
     max_abs, max_rel = parity.diff(actual, expected)
     assert max_rel <= tol.rtol, f"{what}: max rel diff {max_rel:.3e} > {tol.rtol:.0e} (max abs {max_abs:.3e})"
 

@@ -8,9 +8,10 @@ import optax
 import pytest
 import torch
 
-from flax_lenet import convert, functional, optim, parity
+from flax_lenet import convert, functional, optim
+from flax_lenet.porting import parity
 from flax_lenet.accumulate import accumulate
-from flax_lenet.tolerances import FLOAT64
+from flax_lenet.porting.tolerances import FLOAT64
 from helpers import assert_close, torch_net
 
 K = 3               # micro-batches per optimizer step

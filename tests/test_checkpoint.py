@@ -11,7 +11,7 @@ from safetensors.torch import load_file as load_safetensors_torch
 from flax_lenet import convert
 from flax_lenet.app import checkpoint, runs
 from flax_lenet.errors import BadFile, BadWeights
-from flax_lenet.tolerances import FLOAT32_CPU
+from flax_lenet.porting.tolerances import FLOAT32_CPU
 from tests.helpers import assert_close, state_numpy, torch_net
 
 NAMES = ("w.pt", "w.pth", "w.safetensors", "w.orbax")

@@ -129,8 +129,9 @@ def test_any_kernel_size_the_net_builds_with_converts_and_matches_torch(kernel_s
     agree in float64; the wrong-flatten twin fails at the same k."""
     import jax.numpy as jnp
 
-    from flax_lenet import functional, parity
-    from flax_lenet.tolerances import FLOAT64
+    from flax_lenet import functional
+    from flax_lenet.porting import parity
+    from flax_lenet.porting.tolerances import FLOAT64
     from tests.helpers import assert_close
     state = state_numpy(torch_net(kernel_size, "float64"))
     params = convert.torch_to_flax(state)

@@ -27,7 +27,8 @@ def record(steps: int, device: str) -> dict:
     import jax
     from flax import nnx
 
-    from flax_lenet import Net, convert, trajectory
+    from flax_lenet import Net, convert
+    from flax_lenet.porting import trajectory
     if device == "gpu":
         import torch
         torch.use_deterministic_algorithms(True)

@@ -78,7 +78,7 @@ def test_docs_check_fails_after_a_line_outside_the_shown_code_changes(generated,
 
 def inputs(generated):
     """The (cached) figures and graph that produced ``generated``."""
-    from flax_lenet import graph
+    from flax_lenet.porting import graph
     return render.measure(), graph.net_graphs(3)
 
 

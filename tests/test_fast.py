@@ -14,8 +14,9 @@ import pytest
 from flax import nnx
 
 import flax_lenet
-from flax_lenet import convert, fast, functional, hooks, parity, train
-from flax_lenet.tolerances import FLOAT32_CPU, FLOAT64
+from flax_lenet import convert, fast, functional, train
+from flax_lenet.porting import hooks, parity
+from flax_lenet.porting.tolerances import FLOAT32_CPU, FLOAT64
 from helpers import assert_close, assert_tree_close, state_numpy, torch_net
 
 TOL = {"float32": FLOAT32_CPU, "float64": FLOAT64}

@@ -1,6 +1,6 @@
 """float32 training runs are as accurate as torch's own, measured against a float64 run as truth.
 
-The grid and its judgement are ``flax_lenet.accuracy``: 12 optimizer settings (SGD with each of
+The grid and its judgement are ``benchmarks/accuracy.py``: 12 optimizer settings (SGD with each of
 its options, Adam with and without AMSGrad, AdamW) x kernel 3/5 x batch 1/16 x lr 1e-2/1e-3,
 seeds 0 and 1; at each point 5 float32 copies of the start, 30 steps each, in both frameworks;
 Flax's error (geometric mean over the copies) at most ``TRAJECTORY_FLOAT32_RATIO`` times torch's
@@ -17,8 +17,9 @@ import numpy as np
 import optax
 import pytest
 
-from flax_lenet import accuracy, trajectory
-from flax_lenet.tolerances import TRAJECTORY_FLOAT32_RATIO
+from benchmarks import accuracy
+from flax_lenet.porting import trajectory
+from flax_lenet.porting.tolerances import TRAJECTORY_FLOAT32_RATIO
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -18,9 +18,9 @@ from jax import lax
 
 from flax_lenet import convert, functional, train
 from flax_lenet.convert import nchw_to_nhwc
-from flax_lenet.parity import tutorial_data
+from flax_lenet.porting.parity import tutorial_data
 from flax_lenet.app.sidebyside import examples
-from flax_lenet.tolerances import FLOAT64
+from flax_lenet.porting.tolerances import FLOAT64
 from tests.helpers import assert_close, state_numpy, torch_net
 
 pytestmark = pytest.mark.x64     # the float64 tier throughout (see conftest.py)
@@ -289,7 +289,7 @@ def test_linen_and_keras_loss_equal_torch_mse(tutorial):
 
 
 def test_linen_and_keras_jaxprs_have_the_nets_layers(tutorial):
-    from flax_lenet import graph
+    from flax_lenet.porting import graph
     net = torch_net(3, "float64")
     (lnet, variables), kmodel = linen_copy(net), keras_copy(net)
     params = variables["params"]

@@ -7,8 +7,9 @@ import pytest
 import torch
 from flax import nnx
 
-from flax_lenet import convert, functional, graph, linen
-from flax_lenet.graph import LAYER_OPS
+from flax_lenet import convert, functional, linen
+from flax_lenet.porting import graph
+from flax_lenet.porting.graph import LAYER_OPS
 from flax_lenet.model import Net
 from tests.helpers import state_numpy, torch_net
 

@@ -15,11 +15,11 @@ import torch
 from flax import nnx
 
 from flax_lenet import convert, functional, linen
-from flax_lenet.hooks import (linen_hooks, linen_output_grads, nnx_hooks, nnx_output_grads,
+from flax_lenet.porting.hooks import (linen_hooks, linen_output_grads, nnx_hooks, nnx_output_grads,
                               torch_hooks, torch_output_grads)
 from flax_lenet.convert import nchw_to_nhwc
-from flax_lenet.parity import tutorial_data
-from flax_lenet.tolerances import FLOAT64
+from flax_lenet.porting.parity import tutorial_data
+from flax_lenet.porting.tolerances import FLOAT64
 from tests.helpers import assert_close, state_numpy, torch_net
 
 pytestmark = pytest.mark.x64     # the float64 tier throughout (see conftest.py)

@@ -15,7 +15,7 @@ from flax import nnx
 
 import flax_lenet
 from flax_lenet import functional, linen
-from flax_lenet.tolerances import tolerance
+from flax_lenet.porting.tolerances import tolerance
 from tests.helpers import assert_close
 
 SIDE = {3: 6, 5: 5}

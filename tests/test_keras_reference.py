@@ -10,8 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from flax_lenet import convert, parity
-from flax_lenet.tolerances import tolerance
+from flax_lenet import convert
+from flax_lenet.porting import parity
+from flax_lenet.porting.tolerances import tolerance
 from tests.helpers import assert_close, assert_tree_close, state_numpy, torch_net
 
 import keras_reference  # noqa: E402  (keras is a test dependency; this sets KERAS_BACKEND=jax first)
@@ -113,7 +114,7 @@ def test_keras_direct_call_skips_build_and_the_training_handling():
 
 
 def test_the_library_does_not_import_keras():
-    code = "import sys, flax_lenet, flax_lenet.train, flax_lenet.parity; print('keras' in sys.modules)"
+    code = "import sys, flax_lenet, flax_lenet.train, flax_lenet.porting.parity; print('keras' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "False"
 

@@ -12,9 +12,10 @@ import math
 import numpy as np
 import pytest
 
-from flax_lenet import convert, parity, trajectory
+from flax_lenet import convert
+from flax_lenet.porting import parity, trajectory
 from flax_lenet.app import cli
-from flax_lenet.tolerances import EXACT, FLOAT32_CPU, TRAJECTORY_FLOAT32_CPU
+from flax_lenet.porting.tolerances import EXACT, FLOAT32_CPU, TRAJECTORY_FLOAT32_CPU
 from helpers import assert_close, state_numpy, torch_net
 
 LR = 0.01

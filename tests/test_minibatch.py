@@ -16,9 +16,9 @@ from flax import nnx
 
 from flax_lenet import convert, functional, linen
 from flax_lenet.convert import nchw_to_nhwc
-from flax_lenet.parity import tutorial_data
+from flax_lenet.porting.parity import tutorial_data
 from flax_lenet.app.sidebyside import examples
-from flax_lenet.tolerances import FLOAT64
+from flax_lenet.porting.tolerances import FLOAT64
 from tests.helpers import assert_close, state_numpy, torch_net
 
 pytestmark = pytest.mark.x64     # the float64 tier throughout (see conftest.py)
@@ -101,7 +101,8 @@ def test_vmap_over_single_images_equals_the_batch(setup):
 
 def _entry_points(setup):
     """The public entry points that take an image batch, each as ``f(x)``."""
-    from flax_lenet import parity, train
+    from flax_lenet import train
+    from flax_lenet.porting import parity
     from flax_lenet.app import training
     model, target = setup["model"], jnp.zeros((2, 10))
     optimizer = nnx.Optimizer(model, optax.sgd(0.01), wrt=nnx.Param)

@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from flax_lenet.tolerances import SHARDED_FLOAT32, SHARDED_FLOAT64
+from flax_lenet.porting.tolerances import SHARDED_FLOAT32, SHARDED_FLOAT64
 
 PROCESSES = 2
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -16,7 +16,8 @@ import pytest
 from flax import nnx
 
 import flax_lenet
-from flax_lenet import fast, functional, parallel, train, trajectory
+from flax_lenet import fast, functional, parallel, train
+from flax_lenet.porting import trajectory
 from flax_lenet.app import bench, cli, data, training
 
 HEAVY = ("torch", "sklearn", "matplotlib", "orbax", "tqdm", "pygments")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from flax_lenet import convert, optim
-from flax_lenet.tolerances import FLOAT64
+from flax_lenet.porting.tolerances import FLOAT64
 from helpers import assert_close
 
 TORCH = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from flax_lenet.tolerances import SHARDED_FLOAT32, SHARDED_FLOAT64
+from flax_lenet.porting.tolerances import SHARDED_FLOAT32, SHARDED_FLOAT64
 
 DEVICES = 8
 BATCH = 16          # two rows per device

@@ -6,8 +6,8 @@ and travel to Flax through numpy (``torch_to_flax``); inputs and targets are dra
 
 import pytest
 
-from flax_lenet import parity
-from flax_lenet.tolerances import tolerance
+from flax_lenet.porting import parity
+from flax_lenet.porting.tolerances import tolerance
 from tests.helpers import assert_close, assert_tree_close, state_numpy, torch_net
 
 FLAVOURS = parity.FLAVOURS

@@ -1,8 +1,8 @@
-"""The porting pitfalls table (``flax_lenet.pitfalls``), one twin test per row.
+"""The porting pitfalls table (``flax_lenet.porting.pitfalls``), one twin test per row.
 
 Each test shows the default Flax port differing from torch by more than the project's tolerance
 and the row's fix bringing it within. Weights and data travel through numpy
-(``flax_lenet.port``); float64 rows run with x64 on (``@pytest.mark.x64``).
+(``flax_lenet.porting.port``); float64 rows run with x64 on (``@pytest.mark.x64``).
 """
 
 import math
@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from flax import nnx
 
 import port_models
-from flax_lenet import optim, parity, pitfalls, port, trajectory
-from flax_lenet.tolerances import FLOAT32_CPU, FLOAT64
+from flax_lenet import optim
+from flax_lenet.porting import parity, pitfalls, port, trajectory
+from flax_lenet.porting.tolerances import FLOAT32_CPU, FLOAT64
 
 RNG = np.random.default_rng(0)
 

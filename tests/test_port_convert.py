@@ -1,4 +1,4 @@
-"""``flax_lenet.port``: conversion by module path and layer type, exact, with state-dict hygiene.
+"""``flax_lenet.porting.port``: conversion by module path and layer type, exact, with state-dict hygiene.
 
 Also the tutorial's ``convert.torch_to_flax`` and ``flax-lenet convert`` on checkpoints saved from
 ``nn.DataParallel`` (``module.``) and ``torch.compile`` (``_orig_mod.``), and in bfloat16/float16.
@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 
 import port_models
-from flax_lenet import convert, port
+from flax_lenet import convert
+from flax_lenet.porting import port
 from flax_lenet.errors import BadWeights
 from helpers import state_numpy, torch_net
 
@@ -237,7 +238,7 @@ def _layer_pairs():
 @pytest.mark.parametrize("name", ["conv3d", "conv_transpose1d", "batchnorm1d", "groupnorm"])
 def test_single_layer_rules_compute_what_torch_computes(name):
     import jax.numpy as jnp
-    from flax_lenet.tolerances import FLOAT64
+    from flax_lenet.porting.tolerances import FLOAT64
     torch.manual_seed(0)
     layer, flax_layer, shape = _layer_pairs()[name]
     layer = layer.double()
@@ -252,5 +253,5 @@ def test_single_layer_rules_compute_what_torch_computes(name):
 
 
 def parity_rel(a, e):
-    from flax_lenet import parity
+    from flax_lenet.porting import parity
     return parity.diff(a, e)[1]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from flax_lenet import pitfalls
+from flax_lenet.porting import pitfalls
 from flax_lenet.app import portguide
 
 ROOT = Path(__file__).resolve().parents[1]

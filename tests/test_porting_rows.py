@@ -19,7 +19,7 @@ import keras  # noqa: E402
 import flax_lenet  # noqa: E402
 from flax_lenet import convert, linen  # noqa: E402
 from flax_lenet.app.sidebyside import porting  # noqa: E402
-from flax_lenet.tolerances import FLOAT32_CPU  # noqa: E402
+from flax_lenet.porting.tolerances import FLOAT32_CPU  # noqa: E402
 from keras_reference import train as keras_train  # noqa: E402
 from tests.helpers import assert_close, assert_tree_close, state_numpy, torch_net  # noqa: E402
 from torch_reference import Net as TorchNet  # noqa: E402
@@ -316,7 +316,7 @@ def test_the_direct_call_skips_what_the_module_call_adds(shared):
 
 
 def test_a_linen_function_first_traced_inside_intercept_methods_keeps_the_interceptor(shared):
-    from flax_lenet.hooks import linen_hooks
+    from flax_lenet.porting.hooks import linen_hooks
     _, _, _, x_nhwc, _ = shared
     _, _, (lnet, variables), _ = nets(shared)
     inside, after, plain = porting.linen_jit_traced_inside_interceptor(

@@ -17,8 +17,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flax_lenet import convert, functional, parity
-from flax_lenet.tolerances import FLOAT64
+from flax_lenet import convert, functional
+from flax_lenet.porting import parity
+from flax_lenet.porting.tolerances import FLOAT64
 from helpers import assert_close, torch_net
 
 N = 4

@@ -1,6 +1,6 @@
 """Every tolerance tier, guarded by what the comparison computes, and a one-element fault caught.
 
-For each tier in ``flax_lenet/tolerances.py``: one element of one tensor moved by twice the tier's
+For each tier in ``flax_lenet/porting/tolerances.py``: one element of one tensor moved by twice the tier's
 intended bound (relative to the tensor's largest magnitude) must fail the comparison the tier is
 used in, and half of it must pass. ``INTENDED`` below is the specification each tier was set to
 (its reason in tolerances.py and the README table): loosening or tightening a tier in
@@ -13,7 +13,8 @@ import json
 import numpy as np
 import pytest
 
-from flax_lenet import convert, parity, tolerances, trajectory
+from flax_lenet import convert
+from flax_lenet.porting import parity, tolerances, trajectory
 from flax_lenet.app import cli
 from flax_lenet.app.training import FrameworkRun, TrainConfig, TrainResult, step_loss_diff
 from helpers import assert_close, state_numpy, torch_net

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from flax_lenet.app import data, training
-from flax_lenet.tolerances import TRAIN_FLOAT32_FIRST_STEPS, TRAIN_FLOAT64
+from flax_lenet.porting.tolerances import TRAIN_FLOAT32_FIRST_STEPS, TRAIN_FLOAT64
 
 # A small slice of the digits keeps every run to a few seconds: 2 epochs x 4 batches of 16,
 # with the learning-rate drop after epoch 1 and the random shifts on.

@@ -12,8 +12,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from flax_lenet import convert, trajectory
-from flax_lenet.tolerances import TRAJECTORY_FLOAT32_CPU, TRAJECTORY_FLOAT64, trajectory_tolerance
+from flax_lenet import convert
+from flax_lenet.porting import trajectory
+from flax_lenet.porting.tolerances import TRAJECTORY_FLOAT32_CPU, TRAJECTORY_FLOAT64, trajectory_tolerance
 from helpers import assert_close
 
 STEPS = 100          # float64 within TRAJECTORY_FLOAT64 after every one of 100 steps

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 
 
-from flax_lenet import parity
+from flax_lenet.porting import parity
 from flax_lenet.app import files
 from flax_lenet.table import format_table
 

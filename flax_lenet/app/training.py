@@ -29,7 +29,7 @@ from flax_lenet import convert, fast, train as flax_train
 from flax_lenet.checks import check_finite, check_images, check_labels
 from flax_lenet.errors import BadConfig, BadImages, BadInput
 from flax_lenet.app.data import NUM_CLASSES, Dataset, Shifts
-from flax_lenet.tolerances import ACCURACY_POINTS
+from flax_lenet.porting.tolerances import ACCURACY_POINTS
 
 LOSSES = ("ce", "mse")
 

@@ -41,9 +41,9 @@ TIMEOUT_S = 300
 
 #: module -> (file, functions whose bodies are mutated, test files run against its mutants)
 TARGETS = {
-    "parity": ("flax_lenet/parity.py", ["diff", "_count", "nonfinite", "row", "Row.ok", "compare_results"],
+    "parity": ("flax_lenet/porting/parity.py", ["diff", "_count", "nonfinite", "row", "Row.ok", "compare_results"],
                ["tests/test_metric.py", "tests/test_tolerance_guards.py"]),
-    "tolerances": ("flax_lenet/tolerances.py", ["tolerance", "trajectory_tolerance"],
+    "tolerances": ("flax_lenet/porting/tolerances.py", ["tolerance", "trajectory_tolerance"],
                    ["tests/test_tolerance_guards.py"]),
     "convert": ("flax_lenet/convert.py",
                 ["_fc1_to_flax", "_fc1_to_torch", "_move_kernel", "_to_numpy", "torch_to_flax", "flax_to_torch",

@@ -9,7 +9,7 @@ def state_dict_notices():
     """Collect each ``port.StateDictNotice`` (a stripped DataParallel/compile prefix) once, as one
     line in the list this yields, for the command to print as one line on stderr instead of
     Python's two-line warning; any other warning is passed on unchanged."""
-    from flax_lenet.port import StateDictNotice
+    from flax_lenet.porting.port import StateDictNotice
     seen: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", StateDictNotice)

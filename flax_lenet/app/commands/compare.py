@@ -1,18 +1,18 @@
 """``flax-lenet compare``: the tutorial end to end in torch and Flax, one table of differences.
 
 With ``--steps N [--optimizer sgd|momentum|nesterov|adam|adamw]`` it trains N steps in both
-frameworks instead (``flax_lenet.trajectory``) and reports, per quantity, the largest difference
+frameworks instead (``flax_lenet.porting.trajectory``) and reports, per quantity, the largest difference
 over the run and the step where it happened.
 
 With ``--torch pkg.module:TorchNet --flax pkg.module:FlaxNet --input-shape 8,3,32,32`` it checks
-your own port instead, through the same harness (``flax_lenet.parity.check``); ``pkg.module``
+your own port instead, through the same harness (``flax_lenet.porting.parity.check``); ``pkg.module``
 may be a path to a ``.py`` file.
 """
 
 import json
 import sys
 
-from flax_lenet import parity
+from flax_lenet.porting import parity
 from flax_lenet.app.cli import positive_int
 from flax_lenet.checks import check_batch_size
 from flax_lenet.errors import BadConfig
@@ -42,7 +42,7 @@ def add_arguments(p):
     p.add_argument("--optimizer", choices=("sgd", "momentum", "nesterov", "adam", "adamw"), default=None,
                    help="with --steps: torch.optim.SGD / SGD(momentum=0.9) / SGD(momentum=0.9, nesterov=True) / "
                         "Adam / AdamW (torch's defaults, --lr) against flax_lenet.optim (default: sgd)")
-    own = p.add_argument_group("your own port (flax_lenet.parity.check)")
+    own = p.add_argument_group("your own port (flax_lenet.porting.parity.check)")
     own.add_argument("--torch", metavar="MODULE:NAME",
                      help="a torch nn.Module class built with no arguments, or a zero-argument factory; MODULE is "
                           "pkg.module or a path to a .py file")
@@ -108,8 +108,8 @@ def _print_notes(rows) -> None:
 
 def _main_steps(args, device) -> int:
     """``--steps N``: one row per quantity, its worst difference over the run and the step."""
-    from flax_lenet import trajectory
-    from flax_lenet.tolerances import TRAJECTORY_FLOAT32_RATIO
+    from flax_lenet.porting import trajectory
+    from flax_lenet.porting.tolerances import TRAJECTORY_FLOAT32_RATIO
     opt = trajectory.preset(args.optimizer or "sgd", args.lr)
     rows, tol = trajectory.compare(opt, steps=args.steps, dtype=args.dtype, kernel_size=args.kernel_size,
                                    batch=args.batch, seed=args.seed, tf32=args.tf32, fault=args.fault)
@@ -211,7 +211,7 @@ def _main_port(args) -> int:
     import torch
     from flax import nnx
 
-    from flax_lenet import trajectory
+    from flax_lenet.porting import trajectory
     torch.manual_seed(args.seed)
     torch_model = _build(torch_obj, "--torch", lambda o: o())
     if not isinstance(torch_model, torch.nn.Module):

@@ -5,7 +5,8 @@ A section names Python objects, never code text; ``render`` reads their source a
 
 from dataclasses import dataclass
 
-from flax_lenet import checks, functional, graph, hooks, linen, model, train
+from flax_lenet import checks, functional, linen, model, train
+from flax_lenet.porting import graph, hooks
 from flax_lenet.app.sidebyside import examples, porting
 from keras_reference import model as keras_model
 from keras_reference import train as keras_train
@@ -16,7 +17,7 @@ KT = "tests/test_keras_reference.py::"
 PT = "tests/test_porting_rows.py::"
 FT = "tests/test_functional_mapping.py::"
 
-#: How exact a row is, in the words the page uses (the tolerances are flax_lenet.tolerances').
+#: How exact a row is, in the words the page uses (the tolerances are flax_lenet.porting.tolerances').
 BITS = "same bits"
 F64 = "same values within FLOAT64 (rtol 1e-12), float64"
 F32 = "same values within FLOAT32_CPU (rtol 1e-5), float32"
@@ -282,7 +283,7 @@ SECTIONS = (
         "Following loss.grad_fn backwards through next_functions gives torch's graph of the forward "
         "pass. JAX records nothing on the arrays: jax.make_jaxpr(loss_fn) traces the function into "
         "primitives, printed below as JAX prints them (relu is a custom_jvp_call, each bias enters "
-        "through broadcast_in_dim). flax_lenet.graph then groups those primitives into layers: the "
+        "through broadcast_in_dim). flax_lenet.porting.graph then groups those primitives into layers: the "
         "table after it, where both frameworks reduce to the same layers, in the same order.",
         torch=(graph.torch_graph,),
         flax={"NNX": (graph.jax_graph,), "Linen": (examples.linen_graph,), "functional": (graph.jax_graph,),

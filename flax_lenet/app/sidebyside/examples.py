@@ -12,7 +12,8 @@ from flax import nnx
 
 from keras_reference import train as keras_train  # first: the package sets KERAS_BACKEND=jax
 import keras  # noqa: E402,I001
-from flax_lenet import functional, graph
+from flax_lenet import functional
+from flax_lenet.porting import graph
 from flax_lenet.train import loss_fn, mse_loss
 
 

@@ -20,7 +20,7 @@ CONCEPTS = (
     Row("nn.Module; net(x) → Module.__call__ → hooks + forward(x)",
         "nnx.Module: model(x) → __call__(x); Linen: net.apply(variables, x) → __call__(x)",
         "Keras: Model.__call__ → call(). Flax has no hook registry: Linen intercepts with "
-        "nn.intercept_methods, NNX swaps the layer's class (flax_lenet.hooks)",
+        "nn.intercept_methods, NNX swaps the layer's class (flax_lenet.porting.hooks)",
         "tests/test_hooks.py::test_torch_forward_called_directly_skips_that_modules_hooks",
         keras="model(x) → Model.__call__ (build, training) → call(x); no hook API",
         keras_test="tests/test_keras_reference.py::"

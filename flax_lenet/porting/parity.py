@@ -1,7 +1,7 @@
 """Run a torch model and its Flax port from the same weights, and diff every quantity.
 
 ``check(torch_model, flax_model, inputs, ...)`` is the harness: weights converted by module path
-and layer type (``flax_lenet.port``), then the outputs (eval and train mode where they differ),
+and layer type (``flax_lenet.porting.port``), then the outputs (eval and train mode where they differ),
 the loss, the gradient of every parameter (compared in torch layout), the parameters after the
 tutorial's manual update ``w - lr * g`` (on request) and after N ``torch.optim`` /
 ``flax_lenet.optim`` steps, each within its tolerance tier. ``compare`` is the tutorial's Net
@@ -19,10 +19,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from flax_lenet import convert, functional, linen, no_dynamo, port, train
+from flax_lenet import convert, functional, linen, no_dynamo, train
+from flax_lenet.porting import port
 from flax_lenet.checks import check_images
 from flax_lenet.errors import BadConfig
-from flax_lenet.tolerances import EXACT, Tolerance, tolerance
+from flax_lenet.porting.tolerances import EXACT, Tolerance, tolerance
 
 FLAVOURS = ("nnx", "linen", "functional")
 DTYPES = ("float32", "float64")
@@ -198,7 +199,7 @@ def torch_side(net, x, target, *, criterion, optimizer=None, steps: int = 1, man
 
 def torch_run(net, x_nchw: np.ndarray, target: np.ndarray, lr: float) -> dict:
     """The tutorial in torch on ``net`` (left unchanged): logits, loss, grads, both updates."""
-    from flax_lenet import trajectory
+    from flax_lenet.porting import trajectory
     got = torch_side(net, x_nchw, target, criterion=_torch_losses()["mse"], manual_lr=lr,
                      optimizer=trajectory.Optimizer.of("sgd", lr=lr))
     return {"logits": got["output"]["-"], "loss": got["loss"], "grads": got["grads"], "manual": got["manual"],
@@ -369,7 +370,7 @@ def flax_side(flax_model, variables: dict, x, y, *, loss=functional.mse_loss, op
 
 @functools.lru_cache(maxsize=None)
 def _no_step():
-    from flax_lenet import trajectory
+    from flax_lenet.porting import trajectory
     return trajectory.Optimizer.of("sgd", lr=0.0)
 
 
@@ -398,7 +399,7 @@ def _tutorial_model(flavour: str, kernel_size: int, dtype):
 
 def flax_run(flavour: str, params: dict, x_nhwc: np.ndarray, target: np.ndarray, lr: float) -> dict:
     """The tutorial in one Flax flavour from the converted ``params``; results in torch layout."""
-    from flax_lenet import trajectory
+    from flax_lenet.porting import trajectory
     check_images(x_nhwc)
     dtype = jnp.dtype(x_nhwc.dtype)
     model = _tutorial_model(flavour, convert.kernel_size_of(params), dtype)
@@ -481,7 +482,7 @@ def compare(*, flavours=FLAVOURS, dtype="float32", kernel_size=3, batch=1, seed=
     """Run the tutorial in torch and each Flax flavour through ``check``; return the rows and the tier."""
     import torch
 
-    from flax_lenet import trajectory
+    from flax_lenet.porting import trajectory
     from torch_reference import Net as TorchNet
     for flavour in flavours:
         if flavour not in FLAVOURS:
@@ -578,7 +579,7 @@ def check(torch_model, flax_model, inputs, *, target=None, loss="mse", optimizer
           per_tensor_steps: bool = False) -> Report:
     """Check a Flax port against its torch model: converted weights, outputs, loss, every gradient, N steps.
 
-    Weights go torch -> Flax through ``flax_lenet.port`` (by module path and layer type); inputs
+    Weights go torch -> Flax through ``flax_lenet.porting.port`` (by module path and layer type); inputs
     and targets through numpy. Both sides run in train mode with Dropout off for the loss, the
     gradients and the optimizer steps (RNG streams never match); outputs are compared in eval mode
     too when the model has layers whose behaviour depends on it (BatchNorm, Dropout).
@@ -593,13 +594,13 @@ def check(torch_model, flax_model, inputs, *, target=None, loss="mse", optimizer
       target: the loss target in torch's layout; default a standard-normal array shaped like the
         output (``loss='mse'``) or integer classes (``'cross_entropy'``), drawn with ``seed``.
       loss: 'mse' | 'cross_entropy' | ``(torch_criterion, flax_loss(output, target))``.
-      optimizer: a ``flax_lenet.trajectory.Optimizer`` (default SGD, lr 0.01); ``steps`` of it
+      optimizer: a ``flax_lenet.porting.trajectory.Optimizer`` (default SGD, lr 0.01); ``steps`` of it
         run on both sides through ``torch.optim`` and ``flax_lenet.optim``.
       dtype: 'float32' or 'float64' (needs ``jax_enable_x64``); ``tf32`` on a GPU keeps TF32 on.
       manual_lr: also compare the tutorial's manual update ``w - manual_lr * g``.
       rtol: per-quantity overrides ``{quantity: float | Tolerance}``, quantities in ``QUANTITIES``.
       flatten: 'auto' (``port.record_flattens``), or ``{linear path: (C, *S)}``, or ``None``.
-      name_map: torch module path prefix -> Flax module path prefix (``flax_lenet.port``).
+      name_map: torch module path prefix -> Flax module path prefix (``flax_lenet.porting.port``).
       output_name: the name of the output row. tamper: ``tamper(state, variables)`` edits the
         converted weights in place before the Flax side runs (to show a broken port failing).
       step_fn: the NNX training step, ``step_fn(model, optimizer, x, y, loss_fn=...)`` (default
@@ -616,7 +617,7 @@ def check(torch_model, flax_model, inputs, *, target=None, loss="mse", optimizer
 
     import torch
 
-    from flax_lenet import trajectory
+    from flax_lenet.porting import trajectory
     if dtype not in DTYPES:
         raise BadConfig(f"dtype must be one of {DTYPES}, found {dtype!r}")
     if dtype == "float64" and not jax.config.jax_enable_x64:

@@ -7,7 +7,7 @@
     opt.step()
 
 One step's error is the rounding of one update; over many steps it is fed back through the
-network and (Adam) divided by ``sqrt(v)``, so ``flax_lenet.tolerances`` has its own trajectory
+network and (Adam) divided by ``sqrt(v)``, so ``flax_lenet.porting.tolerances`` has its own trajectory
 tiers, measured. Weights and batches travel through numpy, never through a shared seed.
 """
 
@@ -20,9 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flax_lenet import convert, no_dynamo, optim, parity, train
+from flax_lenet import convert, no_dynamo, optim, train
+from flax_lenet.porting import parity
 from flax_lenet.errors import BadConfig
-from flax_lenet.tolerances import TRAJECTORY_FLOAT32_RATIO, Tolerance, trajectory_tolerance
+from flax_lenet.porting.tolerances import TRAJECTORY_FLOAT32_RATIO, Tolerance, trajectory_tolerance
 
 #: ``flax-lenet compare --optimizer NAME``: (function in flax_lenet.optim, its keyword arguments).
 PRESETS = {
@@ -215,7 +216,7 @@ def with_float64_truth(rows: list[Row], state32: dict, opt: Optimizer, xs: np.nd
 
     Beyond a few steps float32 runs are chaotic: a relu or max-pool input within rounding of a
     tie switches in one framework's run and not the other's, and the two runs part by 1e-3..1
-    (``flax_lenet.accuracy``). That is no port error, so a row over ``rtol`` is then measured
+    (``benchmarks/accuracy.py``). That is no port error, so a row over ``rtol`` is then measured
     the way the float32 grid is: torch trains in float64 from the same start and batches (the
     float32 values are exact in float64), and the row holds if Flax's float32 run is at most
     ``TRAJECTORY_FLOAT32_RATIO`` times as far from it as torch's own float32 run. A port error

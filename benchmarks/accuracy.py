@@ -41,8 +41,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flax_lenet import convert, trajectory
-from flax_lenet.tolerances import TRAJECTORY_FLOAT32_RATIO
+from flax_lenet import convert
+from flax_lenet.porting import trajectory
+from flax_lenet.porting.tolerances import TRAJECTORY_FLOAT32_RATIO
 
 STEPS = 30
 MEMBERS = 5

@@ -350,7 +350,7 @@ def torch_to_flax(model, state_dict=None, *, flatten=None, name_map=None, cast=N
             absent = [k for k in expected if k not in state]
             raise BadWeights(f"unexpected key {key!r} with shape {state[key].shape}{nearest(key, absent or expected)}")
         raise BadWeights(f"{key}: no conversion rule for {type(model.get_submodule(key.rpartition('.')[0])).__name__}; "
-                         "add one with flax_lenet.port.register(torch_class, Rule(...))")
+                         "add one with flax_lenet.porting.port.register(torch_class, Rule(...))")
     return out
 
 

@@ -1,7 +1,7 @@
 """The porting pitfalls table: where a PyTorch -> Flax port goes wrong by default, and the fix.
 
 Each row names the test that proves it (``tests/test_pitfalls.py``): the default port differs
-from torch by more than the project's tolerance (``flax_lenet.tolerances``) and the stated fix
+from torch by more than the project's tolerance (``flax_lenet.porting.tolerances``) and the stated fix
 brings it within. docs/port_your_model.md prints this table; ``tests/test_pitfalls.py`` checks
 that every row has its test.
 
@@ -69,7 +69,7 @@ PITFALLS = (
     Pitfall("conv_transpose_flip", "ConvTranspose2d",
             "weight [I, O, kH, kW], applied as the gradient of a convolution (the kernel flipped in space)",
             "nnx.ConvTranspose (transpose_kernel=False) correlates with its kernel as stored, [kH, kW, I, O]",
-            "flip the kernel's spatial axes in the conversion (flax_lenet.port does) and pad k - 1 - p per side"),
+            "flip the kernel's spatial axes in the conversion (flax_lenet.porting.port does) and pad k - 1 - p per side"),
     Pitfall("adam_bias_correction_float32", "Adam",
             "bias corrections 1 - beta**t in Python floats (double)",
             "computed in float32, 1 - 0.999**1 loses 1.3e-5 of its value to cancellation",

@@ -5,8 +5,8 @@ A difference is measured as ``max|flax - torch| / max|torch|`` over a whole tens
 gradients, and still O(1) for a missing transpose or a wrong flatten order (which moves whole
 weights to other positions), so no tolerance below can hide one.
 
-Every "measured" figure below comes from this project's own code (``flax_lenet.parity``,
-``flax_lenet.trajectory``, ``flax-lenet train``), on CPU unless it says otherwise. Facts about
+Every "measured" figure below comes from this project's own code (``flax_lenet.porting.parity``,
+``flax_lenet.porting.trajectory``, ``flax-lenet train``), on CPU unless it says otherwise. Facts about
 the frameworks come from their documentation, cited beside the tier that relies on them.
 """
 
@@ -74,9 +74,9 @@ def tolerance(dtype: str, platform: str = "cpu", tf32: bool = False) -> Toleranc
     return TF32_GPU if tf32 else FLOAT32_GPU
 
 
-# --- whole training runs (flax_lenet.trajectory) ----------------------------------------------
+# --- whole training runs (flax_lenet.porting.trajectory) ----------------------------------------------
 # A run's difference is the worst, over every step and every parameter tensor, of the relative
-# measure above. Measured with `flax_lenet.trajectory.compare` (batch 4, kernel 3, 100 steps).
+# measure above. Measured with `flax_lenet.porting.trajectory.compare` (batch 4, kernel 3, 100 steps).
 # The optimizer defaults the mismatches below rely on: torch.optim.AdamW's weight_decay is 1e-2,
 # optax.adamw's 1e-4; torch.optim.SGD's dampening scales the gradient added to the momentum
 # buffer, optax.sgd has no dampening:
@@ -98,9 +98,9 @@ TRAJECTORY_FLOAT32_CPU = Tolerance(3e-3, _text("""
     3e-3 is 50x the worst, and a wrong flatten gives 2.0. Beyond those flags a relu or max-pool
     input within rounding of a tie switches in one run and not the other, and the runs part by up
     to 1: a row over 3e-3 is then judged against a float64 run, by TRAJECTORY_FLOAT32_RATIO, the
-    ratio the float32 grid (flax_lenet.accuracy) holds at every point"""))
+    ratio the float32 grid (benchmarks/accuracy.py) holds at every point"""))
 
-# The grid of flax_lenet.accuracy: 12 optimizer settings (SGD plain, momentum, dampening + weight
+# The grid of benchmarks/accuracy.py: 12 optimizer settings (SGD plain, momentum, dampening + weight
 # decay, nesterov + weight decay, maximize; Adam plain, weight decay, AMSGrad, AMSGrad + weight
 # decay + maximize; AdamW 1e-2, 0.1, AMSGrad) x kernel 3, 5 x batch 1, 16 x lr 1e-2, 1e-3, seeds 0
 # and 1: 96 points, each 5 float32 copies of the start trained 30 steps in both frameworks.
