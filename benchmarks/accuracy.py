@@ -41,8 +41,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flax_lenet import convert
-from flax_lenet.porting import trajectory
+from flax_lenet import convert, optim
+from flax_lenet.porting import parity, trajectory
 from flax_lenet.porting.tolerances import TRAJECTORY_FLOAT32_RATIO
 
 STEPS = 30
@@ -131,10 +131,10 @@ def point(setting: str, kernel_size: int, batch: int, lr: float, seed: int, *, s
 
     from torch_reference import Net as TorchNet
     name, kwargs, scale = SETTINGS[setting]
-    opt = trajectory.Optimizer.of(name, lr=lr * scale, **kwargs)
+    opt = optim.Optimizer.of(name, lr=lr * scale, **kwargs)
     torch.manual_seed(seed)
     state64 = convert.state_to_numpy(TorchNet(kernel_size).double().state_dict())
-    xs, ys = trajectory.batches(steps, batch, seed, "float64")
+    xs, ys = parity.tutorial_data(batch, seed, "float64", steps=steps)
     truth = list(trajectory.torch_steps(state64, opt, xs, ys))
     xs32, ys32 = xs.astype(np.float32), ys.astype(np.float32)
     xs32_nhwc = convert.nchw_to_nhwc(xs32)

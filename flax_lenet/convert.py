@@ -1,29 +1,37 @@
-"""Exact weight conversion between the torch ``state_dict`` and the Flax parameter tree.
+"""Exact weight conversion between the torch ``state_dict`` and the Flax parameter tree of the Net.
 
-Every layout change is a pure permutation (no arithmetic), so a round trip is bit-identical.
+This is ``flax_lenet.porting.port`` (one rule per layer type) with the Net's layers and its one
+flatten declared, so it needs no torch model: every layout change is a pure permutation (no
+arithmetic), and a round trip is bit-identical.
 
     torch key        torch shape              flax path          flax shape
-    conv{1,2}.weight [O, I, kH, kW]   ->      conv*/kernel       [kH, kW, I, O]   transpose(2, 3, 1, 0)
-    fc{1,2,3}.weight [out, in]        ->      fc*/kernel         [in, out]        .T  (+ fc1 flatten order)
+    conv{1,2}.weight [O, I, kH, kW]   ->      conv*/kernel       [kH, kW, I, O]   port's Conv2d rule
+    fc{1,2,3}.weight [out, in]        ->      fc*/kernel         [in, out]        port's Linear rule
     *.bias           [O]              ->      */bias             [O]              as is
 
-The flatten before ``fc1`` is the one place the two networks differ beyond a transpose; it is
-handled here and nowhere else (see ``_fc1_to_flax``).
+The flatten before ``fc1`` is the one place the two networks differ beyond a transpose: torch
+flattens the NCHW map ``(N, 16, side, side)`` in (C, H, W) order, Flax the NHWC map in (H, W, C)
+order, so fc1's input axis is permuted (``port``'s Linear rule with ``flatten=(16, side, side)``).
 """
 
 from typing import Any, Mapping
 
 import numpy as np
 
-from flax_lenet import checks
-from flax_lenet.porting import port
+from flax_lenet.checks import KERNEL_SIZES
 from flax_lenet.errors import BadWeights
 from flax_lenet.model import flat_side
+from flax_lenet.porting import port
 
 LAYERS = ("conv1", "conv2", "fc1", "fc2", "fc3")
-# Any kernel size the Net can be built with, as torch_reference.Net(k) can: the feature map before
-# fc1 keeps at least one pixel (1..10). The tutorial uses 3 (the seed's revision) and 5 (today's).
-KERNEL_SIZES = tuple(checks.KERNEL_SIZES)
+
+
+def _rule(layer: str, kernel_size: int) -> tuple[port.Rule, dict]:
+    """``port``'s rule for one of the Net's layers, and its info: fc1 is fed by the flatten."""
+    if layer.startswith("conv"):
+        return port.RULES["Conv2d"], {}
+    side = flat_side(kernel_size)
+    return port.RULES["Linear"], ({"flatten": (16, side, side)} if layer == "fc1" else {})
 
 
 def torch_shapes(kernel_size: int) -> dict[str, tuple[int, ...]]:
@@ -50,39 +58,6 @@ def flax_shapes(kernel_size: int) -> dict[str, tuple[int, ...]]:
         else:
             out[f"{layer}/kernel"] = (shape[1], shape[0])
     return out
-
-
-def _fc1_to_flax(weight: np.ndarray, side: int) -> np.ndarray:
-    """torch ``fc1.weight`` ``[120, C*H*W]`` -> Flax ``fc1/kernel`` ``[H*W*C, 120]``.
-
-    torch flattens the NCHW feature map ``(N, 16, side, side)`` channel-major (C, H, W);
-    Flax flattens the NHWC map ``(N, side, side, 16)`` channel-minor (H, W, C). The same
-    feature sits at a different column, so fc1's input axis is permuted once, here:
-    ``[120, C, H, W] -> [H, W, C, 120]``. Only a 1x1 spatial size would need no permutation.
-    """
-    out_features = weight.shape[0]
-    w = weight.reshape(out_features, 16, side, side)       # [120, C, H, W]
-    w = w.transpose(2, 3, 1, 0)                             # [H, W, C, 120]
-    return w.reshape(side * side * 16, out_features)        # [H*W*C, 120]
-
-
-def _fc1_to_torch(kernel: np.ndarray, side: int) -> np.ndarray:
-    """The inverse of ``_fc1_to_flax``: ``[H*W*C, 120] -> [120, C*H*W]``."""
-    out_features = kernel.shape[1]
-    k = kernel.reshape(side, side, 16, out_features)        # [H, W, C, 120]
-    k = k.transpose(3, 2, 0, 1)                             # [120, C, H, W]
-    return k.reshape(out_features, 16 * side * side)        # [120, C*H*W]
-
-
-def _move_kernel(layer: str, a: np.ndarray, side: int, *, to_flax: bool) -> np.ndarray:
-    """One layer's weight from torch's layout to Flax's (``to_flax``) or back, as a fresh array."""
-    if layer.startswith("conv"):                            # [O, I, kH, kW] <-> [kH, kW, I, O]
-        moved = a.transpose(2, 3, 1, 0) if to_flax else a.transpose(3, 2, 0, 1)
-    elif layer == "fc1":                                    # [120, C*H*W] <-> [H*W*C, 120]
-        moved = _fc1_to_flax(a, side) if to_flax else _fc1_to_torch(a, side)
-    else:                                                   # [out, in] <-> [in, out]
-        moved = a.T
-    return np.array(moved, order="C")
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -155,9 +130,12 @@ def torch_to_flax(state_dict: Mapping[str, Any]) -> dict[str, dict[str, np.ndarr
     shapes = {k: a.shape for k, a in arrays.items()}
     k = _infer_kernel_size(shapes, "conv1.weight", 3, f"keys {sorted(shapes)}")
     _check(shapes, torch_shapes(k), f"torch state_dict (kernel size {k})")
-    side = flat_side(k)
-    return {layer: {"kernel": _move_kernel(layer, arrays[f"{layer}.weight"], side, to_flax=True),
-                    "bias": np.array(arrays[f"{layer}.bias"])} for layer in LAYERS}
+    out = {}
+    for layer in LAYERS:
+        rule, info = _rule(layer, k)
+        out[layer] = {"kernel": np.array(rule.to_flax("weight", arrays[f"{layer}.weight"], info), order="C"),
+                      "bias": np.array(arrays[f"{layer}.bias"])}
+    return out
 
 
 def _flax_tree(params: Any) -> Mapping[str, Any]:
@@ -198,10 +176,10 @@ def flax_to_torch(params: Any) -> dict[str, np.ndarray]:
     shapes = {k: a.shape for k, a in flat.items()}
     k = _infer_kernel_size(shapes, "conv1/kernel", 0, f"keys {sorted(shapes)}")
     _check(shapes, flax_shapes(k), f"flax params (kernel size {k})")
-    side = flat_side(k)
     state = {}
     for layer in LAYERS:
-        state[f"{layer}.weight"] = _move_kernel(layer, flat[f"{layer}/kernel"], side, to_flax=False)
+        rule, info = _rule(layer, k)
+        state[f"{layer}.weight"] = np.array(rule.to_torch("weight", flat[f"{layer}/kernel"], info), order="C")
         state[f"{layer}.bias"] = np.array(flat[f"{layer}/bias"])
     return state
 

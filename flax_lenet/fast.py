@@ -1,4 +1,16 @@
-"""Speed, in one place: the Net's forward for ``train_step`` on CPU, one matmul per conv block.
+"""Speed, in one place and opt-in: ``fast.train_step`` is ``train.train_step``, faster on CPU.
+
+``flax-lenet train``, its benchmark, the N-step comparison and the data-parallel step choose it;
+``tests/test_fast.py`` pins it to the plain step (float64 to 1e-12, float32 to its tier, with a
+broken twin). It is faster in three ways, each with public JAX/Flax means only:
+
+* the Net's forward on CPU, one matrix product per conv block (below);
+* a large batch's gradient on CPU in chunks that stay in cache (``value_and_grad``);
+* less Python work per call: ``nnx.jit(..., graph=False)`` treats the model and optimizer as
+  plain pytrees, and ``bound_step`` binds them once with ``nnx.jit_partial``.
+
+The forward
+-----------
 
 Layer by layer (``Net.__call__``), XLA:CPU spends most of a training step moving data: shifted
 copies of the input for each of the ``k * k`` kernel offsets, the pool's windows gathered
@@ -33,7 +45,6 @@ a subclass or another dtype, runs ``model(x)``.
 """
 
 import functools
-import inspect
 import itertools
 import math
 
@@ -43,8 +54,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from flax_lenet import construct  # noqa: F401  (a Net built by the callers of fast: one compiled call)
-from flax_lenet import functional
+from flax_lenet import convert, functional, train
 from flax_lenet.model import Net, flat_side
 
 _NET_CALL = Net.__call__  # if the class's __call__ is replaced, model(x) is no longer this forward
@@ -74,7 +84,7 @@ window_max.__doc__ = "Max over ``axis``; the gradient goes to the first maximum 
 # --- space to depth -----------------------------------------------------------------------
 
 
-def _patch_offsets(d, r, channels):
+def patch_offsets(d, r, channels):
     """(row, col, channel) of each column of ``patches``, in the order ``patches`` makes them."""
     cols = []
     for s, t in itertools.product(range(math.ceil(d / r)), repeat=2):
@@ -93,7 +103,7 @@ def patches(blocks, out, d):
       out: blocks of output per side. d: patch side, ``r + k - 1``.
 
     Returns:
-      ``(N, out, out, d * d * C)``; column order as ``_patch_offsets``.
+      ``(N, out, out, d * d * C)``; column order as ``patch_offsets``.
     """
     n, r = blocks.shape[0], blocks.shape[3]
     parts = []
@@ -114,7 +124,7 @@ def block_kernel(kernel, r):
       ``(2*e + di, 2*f + dj)`` of the block, channel ``o``.
     """
     k, _, c, o = kernel.shape
-    offsets = _patch_offsets(r + k - 1, r, c)                     # (F, 3): row, col, channel
+    offsets = patch_offsets(r + k - 1, r, c)                     # (F, 3): row, col, channel
     g = r // 2
     pos = np.array([(2 * e + di, 2 * f + dj)
                     for e, f, di, dj in itertools.product(range(g), range(g), range(2), range(2))])
@@ -197,26 +207,13 @@ class _Blockwise(nnx.Module):
 
     def __call__(self, x):
         params = {name: {"kernel": getattr(self, name).kernel[...], "bias": getattr(self, name).bias[...]}
-                  for name in _LAYERS}
+                  for name in convert.LAYERS}
         return lax.platform_dependent(x, cpu=lambda x: forward(params, x), default=lambda x: _NET_CALL(self, x))
-
-
-_LAYERS = ("conv1", "conv2", "fc1", "fc2", "fc3")
 
 
 # --- large batches: the gradient in chunks ------------------------------------------------
 
 CHUNK = 128   # samples per chunk: a chunk's patch matrices and their gradients stay in cache
-
-_BATCH_MEANS = set()
-
-
-def batch_mean(loss_fn):
-    """Declare that ``loss_fn(model, x, target)`` is a mean of per-sample terms over the batch
-    (``nn.MSELoss()``, ``F.cross_entropy``): its value and gradient on a batch are then the
-    size-weighted mean of those on chunks of it, which ``value_and_grad`` uses on CPU."""
-    _BATCH_MEANS.add(loss_fn)
-    return loss_fn
 
 
 def _in_chunks(loss, params, x, target):
@@ -245,17 +242,18 @@ def _in_chunks(loss, params, x, target):
     return total
 
 
-def value_and_grad(loss_fn, model, x, target):
+def value_and_grad(loss_fn, model, x, target, *, batch_mean: bool = False):
     """``nnx.value_and_grad(loss_fn)(model, x, target)``, computed faster on CPU.
 
-    The forward is ``view(model, x)``'s. For a ``batch_mean`` loss on a batch of more than
-    ``CHUNK`` samples, CPU computes the value and gradient chunk by chunk and adds them,
-    weighted by chunk size: the same sum in another order. Past a few hundred samples the
-    whole batch's intermediates no longer fit in the CPU's caches and a step's time grew
-    faster than the batch. GPUs and TPUs take the whole batch at once.
+    The forward is ``view(model, x)``'s. With ``batch_mean`` (``loss_fn`` is a mean of
+    per-sample terms over the batch, as ``nn.MSELoss()`` and ``F.cross_entropy`` are) and a batch
+    of more than ``CHUNK`` samples, CPU computes the value and gradient chunk by chunk and adds
+    them, weighted by chunk size: the same sum in another order. Past a few hundred samples the
+    whole batch's intermediates no longer fit in the CPU's caches and a step's time grew faster
+    than the batch. GPUs and TPUs take the whole batch at once.
     """
     net = view(model, x)
-    if net is model or loss_fn not in _BATCH_MEANS or x.shape[0] <= CHUNK:
+    if net is model or not batch_mean or x.shape[0] <= CHUNK:
         return nnx.value_and_grad(loss_fn)(net, x, target)
     graphdef, params, rest = nnx.split(net, nnx.Param, ...)
 
@@ -275,48 +273,41 @@ def view(model, x):
     return _Blockwise(model) if applies_to(model, x) else model
 
 
-# --- small batches: less work per call ------------------------------------------------------
+# --- the step -------------------------------------------------------------------------------
 
 
-def _is_variable(x) -> bool:
-    return isinstance(x, nnx.Variable)
+def _step(model, optimizer, x, target, loss_fn, batch_mean):
+    loss, grads = value_and_grad(loss_fn, model, x, target, batch_mean=batch_mean)
+    optimizer.update(model, grads)
+    return loss
 
 
-class jit_step:
-    """``nnx.jit(step, static_argnames="loss_fn", graph=False)``, with less work per call.
+_jit_step = nnx.jit(_step, static_argnames=("loss_fn", "batch_mean"), graph=False)
 
-    At batch 1 a step computes briefly, and ``nnx.jit``'s own work per call (extracting the
-    model's and optimizer's state, then updating every Variable through ``nnx.update``) was a
-    large part of each call. Here each call flattens ``(model, optimizer)`` as the
-    pytree it is with ``graph=False``, runs one ``jax.jit`` program on the arrays (keyed on the
-    tree's structure: a changed layer, a hook or a new optimizer retraces, as with ``nnx.jit``),
-    and writes the new arrays back into the Variables found by the same flatten, as
-    ``nnx.update`` does (``set_raw_value``). Anything else (called inside a transform, leaves
-    that are not arrays, other arguments) goes through ``nnx.jit`` itself, which is also what
-    ``.lower`` and ``.plain`` are. ``tests/test_fast.py`` pins the two to the same bits.
+
+def train_step(model, optimizer, x, target, loss_fn=train.loss_fn):
+    """``train.train_step(model, optimizer, x, target, loss_fn)``, faster on CPU (module doc).
+
+    The same arguments, the same result up to float rounding, the same updates in place. A large
+    batch is taken in chunks only for the tutorial's loss, ``train.loss_fn``; for another loss
+    that is a batch mean, use ``bound_step(..., batch_mean=True)``.
     """
+    return _jit_step(model, optimizer, x, target, loss_fn=loss_fn, batch_mean=loss_fn is train.loss_fn)
 
-    def __init__(self, step):
-        functools.update_wrapper(self, step)
-        self.plain = nnx.jit(step, static_argnames="loss_fn", graph=False)
-        self.lower = self.plain.lower
-        self._default_loss = inspect.signature(step).parameters["loss_fn"].default
 
-        def on_arrays(treedef, loss_fn, arrays, x, target):
-            model, optimizer = jax.tree.unflatten(treedef, arrays)
-            loss = step(model, optimizer, x, target, loss_fn=loss_fn)
-            return loss, jax.tree.leaves((model, optimizer))
-        self._on_arrays = jax.jit(on_arrays, static_argnums=(0, 1))
+def bound_step(model, optimizer, loss_fn=train.loss_fn, *, batch_mean: bool | None = None):
+    """``step(x, target)`` = ``train_step(model, optimizer, x, target, loss_fn)``, for a training loop.
 
-    def __call__(self, model, optimizer, x, target, loss_fn=None):
-        loss_fn = self._default_loss if loss_fn is None else loss_fn
-        arrays, treedef = jax.tree.flatten((model, optimizer))
-        variables = jax.tree.leaves((model, optimizer), is_leaf=_is_variable)
-        concrete = all(isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer) for a in arrays)
-        inputs = all(isinstance(a, (jax.Array, np.ndarray)) and not isinstance(a, jax.core.Tracer) for a in (x, target))
-        if not (concrete and inputs) or len(variables) != len(arrays):
-            return self.plain(model, optimizer, x, target, loss_fn=loss_fn)
-        loss, new = self._on_arrays(treedef, loss_fn, arrays, x, target)
-        for variable, value in zip(variables, new):
-            variable.set_raw_value(value)
-        return loss
+    ``model`` and ``optimizer`` are flattened once (``nnx.jit_partial``), not at every call: at
+    batch 1 that per-call work is much of a step. Their values may change between calls (they
+    are updated in place, as by ``train_step``), their structure may not: a layer replaced or
+    a hook installed after binding is not seen; bind again.
+
+    Args:
+      model, optimizer, loss_fn: as ``train_step``.
+      batch_mean: ``loss_fn`` is a mean over the batch, so a large batch may be taken in chunks
+        (``value_and_grad``); default: only for ``train.loss_fn``.
+    """
+    batch_mean = loss_fn is train.loss_fn if batch_mean is None else batch_mean
+    step = nnx.jit_partial(_step, model, optimizer, static_argnames=("loss_fn", "batch_mean"), graph=False)
+    return functools.partial(step, loss_fn=loss_fn, batch_mean=batch_mean)

@@ -16,7 +16,9 @@ where torch uses double).
 Arguments torch refuses raise ``BadConfig`` (a ``ValueError``) with torch's own message.
 """
 
+import functools
 import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import jax
@@ -239,3 +241,56 @@ def adamw(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=Fals
     _check_adam(lr, betas, eps, weight_decay)
     b1, b2 = betas
     return _chain(_prefix(maximize, False) + [_torch_adam(lr, b1, b2, eps, amsgrad, weight_decay)])
+
+
+# --- one configuration, built the same way in both frameworks ----------------------------------
+
+#: ``flax-lenet compare --optimizer NAME``: (function of this module, its keyword arguments).
+PRESETS = {
+    "sgd": ("sgd", {}),
+    "momentum": ("sgd", {"momentum": 0.9}),
+    "nesterov": ("sgd", {"momentum": 0.9, "nesterov": True}),
+    "adam": ("adam", {}),
+    "adamw": ("adamw", {}),
+}
+TORCH_CLASSES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """One optimizer configuration: ``torch.optim.<Class>(**kwargs)`` and this module's ``<name>(**kwargs)``."""
+    name: str            # 'sgd' | 'adam' | 'adamw'
+    kwargs: tuple = ()   # sorted (argument, value) pairs, torch's names
+
+    @classmethod
+    def of(cls, name: str, **kwargs) -> "Optimizer":
+        """``Optimizer.of('sgd', lr=0.01, momentum=0.9)``."""
+        if name not in TORCH_CLASSES:
+            raise BadConfig(f"optimizer must be one of {sorted(TORCH_CLASSES)}, found {name!r}")
+        return cls(name, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items())))
+
+    def torch(self, parameters):
+        """``torch.optim.<Class>(parameters, **kwargs)``."""
+        import torch
+        return getattr(torch.optim, TORCH_CLASSES[self.name])(parameters, **dict(self.kwargs))
+
+    def optax(self) -> optax.GradientTransformation:
+        """This module's ``<name>(**kwargs)``, one object per configuration: a jitted step compiles
+        once per optimizer object, so runs of one configuration share a compiled step."""
+        return _optax_of(self)
+
+    def __str__(self) -> str:
+        return f"{self.name}(" + ", ".join(f"{k}={v}" for k, v in self.kwargs) + ")"
+
+
+@functools.lru_cache(maxsize=None)
+def _optax_of(opt: Optimizer) -> optax.GradientTransformation:
+    return globals()[opt.name](**dict(opt.kwargs))
+
+
+def preset(name: str, lr: float) -> Optimizer:
+    """The ``--optimizer`` preset ``name`` with learning rate ``lr``."""
+    if name not in PRESETS:
+        raise BadConfig(f"optimizer must be one of {list(PRESETS)}, found {name!r}")
+    function, kwargs = PRESETS[name]
+    return Optimizer.of(function, lr=lr, **kwargs)

@@ -27,8 +27,8 @@ def record(steps: int, device: str) -> dict:
     import jax
     from flax import nnx
 
-    from flax_lenet import Net, convert
-    from flax_lenet.porting import trajectory
+    from flax_lenet import Net, convert, optim
+    from flax_lenet.porting import parity, trajectory
     if device == "gpu":
         import torch
         torch.use_deterministic_algorithms(True)
@@ -39,9 +39,9 @@ def record(steps: int, device: str) -> dict:
 
     params = nnx.to_pure_dict(nnx.state(Net(rngs=nnx.Rngs(0)), nnx.Param))
     saved = {f"init {k}": np.asarray(v) for k, v in convert.flatten_flax(params).items()}
-    xs, ys = trajectory.batches(steps, 4, 0, "float32")
+    xs, ys = parity.tutorial_data(4, 0, "float32", steps=steps)
     xs_nhwc = np.ascontiguousarray(xs.transpose(0, 1, 3, 4, 2))   # (T, N, 1, 32, 32) -> (T, N, 32, 32, 1)
-    opt = trajectory.preset("adamw", 1e-3)          # as test_trajectory.py: one compile serves both
+    opt = optim.preset("adamw", 1e-3)          # as test_trajectory.py: one compile serves both
     run = list(trajectory.flax_steps(params, opt, xs_nhwc, ys))
     saved["flax losses"] = np.array([loss for loss, _ in run])
     saved["flax steps"] = np.array([digest(p) for _, p in run])

@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 import flax_lenet
-from flax_lenet import fast, functional, parallel, train
+from flax_lenet import fast, functional, optim, parallel, train
 from flax_lenet.porting import trajectory
 from flax_lenet.app import bench, cli, data, training
 
@@ -52,7 +52,7 @@ def test_side_by_side_training_runs_train_step(traced_batches):
 
 
 def test_trajectory_runs_train_step(traced_batches):
-    trajectory.compare(trajectory.preset("adam", 1e-3), steps=2, batch=5, dtype="float32")
+    trajectory.compare(optim.preset("adam", 1e-3), steps=2, batch=5, dtype="float32")
     assert 5 in traced_batches
 
 

@@ -1,11 +1,15 @@
 """The core parity suite: every Flax flavour against the torch reference, from one set of weights.
 
-Parameterised over flavour x kernel size x dtype x batch. Weights come from torch's own init
-and travel to Flax through numpy (``torch_to_flax``); inputs and targets are drawn in numpy.
+Everything goes through ``parity.compare`` (the tutorial through ``parity.check``, the one
+comparison): converted weights, logits, loss, every gradient, the manual update ``w - lr * g``
+and one SGD step, per flavour. Parameterised over kernel size x dtype x batch. Weights come from
+torch's own init and travel to Flax through numpy; inputs and targets are drawn in numpy.
 """
 
+import numpy as np
 import pytest
 
+from flax_lenet import convert
 from flax_lenet.porting import parity
 from flax_lenet.porting.tolerances import tolerance
 from tests.helpers import assert_close, assert_tree_close, state_numpy, torch_net
@@ -17,90 +21,89 @@ KERNEL_SIZES = (3, pytest.param(5, marks=pytest.mark.slow))
 DTYPES = ("float64", "float32")
 BATCHES = (1, 5)
 LR = 0.01
+TENSORS = [f"{layer}.{kind}" for layer in convert.LAYERS for kind in ("weight", "bias")]
+QUANTITIES = {"logits", "loss", *(f"grad {t}" for t in TENSORS), "params after w - lr*g", "params after SGD step"}
 
 
-@pytest.fixture(scope="module")
-def torch_results():
-    """torch's logits, loss, gradients and updated parameters, cached per configuration."""
-    cache = {}
-
-    def get(kernel_size, dtype, batch, seed=0):
-        key = (kernel_size, dtype, batch, seed)
-        if key not in cache:
-            net = torch_net(kernel_size, dtype, seed)
-            x, target = parity.tutorial_data(batch, seed, dtype)
-            cache[key] = (state_numpy(net), x, target, parity.torch_run(net, x, target, LR))
-        return cache[key]
-
-    return get
+def _by_flavour(rows) -> dict:
+    out: dict = {}
+    for r in rows:
+        out.setdefault(r.flavour, {})[r.quantity] = r
+    return out
 
 
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kernel_size", KERNEL_SIZES)
-@pytest.mark.parametrize("flavour", FLAVOURS)
-def test_flavour_matches_torch(torch_results, flavour, kernel_size, dtype, batch):
-    state, x, target, ref = torch_results(kernel_size, dtype, batch)
-    got = parity.flax_run(flavour, parity.convert.torch_to_flax(state), parity.convert.nchw_to_nhwc(x), target, LR)
-    tol = tolerance(dtype)
-    assert_close(got["logits"], ref["logits"], tol, "logits")
-    assert_close(got["loss"], ref["loss"], tol, "loss")
-    assert_tree_close(got["grads"], ref["grads"], tol, "grad")             # forward pass went well
-    assert_tree_close(got["manual"], ref["manual"], tol, "after w - lr*g")  # backward pass went well
-    assert_tree_close(got["sgd"], ref["sgd"], tol, "after SGD step")
+def test_every_flavour_matches_torch(kernel_size, dtype, batch):
+    rows, tol = parity.compare(dtype=dtype, kernel_size=kernel_size, batch=batch, lr=LR)
+    assert tol == tolerance(dtype)
+    found = _by_flavour(rows)
+    assert found.pop("-")["params round trip"].ok
+    assert sorted(found) == sorted(FLAVOURS)
+    for flavour, quantities in found.items():
+        assert set(quantities) == QUANTITIES, flavour          # nothing left out
+        bad = [r for r in quantities.values() if not r.ok]
+        assert not bad, bad                                     # forward and backward pass went well
 
 
 @pytest.mark.slow
-def test_large_batch_matches_torch(torch_results):
-    state, x, target, ref = torch_results(3, "float32", 64, seed=7)
-    got = parity.flax_run("nnx", parity.convert.torch_to_flax(state), parity.convert.nchw_to_nhwc(x), target, LR)
-    tol = tolerance("float32")
-    assert_close(got["logits"], ref["logits"], tol, "logits")
-    assert_tree_close(got["grads"], ref["grads"], tol, "grad")
+def test_large_batch_matches_torch():
+    rows, _ = parity.compare(flavours=("nnx",), dtype="float32", batch=64, seed=7)
+    assert all(r.ok for r in rows), [r for r in rows if not r.ok]
 
 
 @pytest.mark.x64
 @pytest.mark.parametrize("fault", sorted(parity.FAULTS))
-@pytest.mark.parametrize("flavour", FLAVOURS)
-def test_suite_catches_a_broken_conversion(torch_results, flavour, fault):
-    """A wrong fc1 flatten order or a conv kernel reshaped instead of transposed must fail the suite."""
-    state, x, target, ref = torch_results(3, "float64", 5)
-    params = parity.convert.torch_to_flax(state)
-    parity.FAULTS[fault](state, params)
-    got = parity.flax_run(flavour, params, parity.convert.nchw_to_nhwc(x), target, LR)
-    with pytest.raises(AssertionError):
-        assert_close(got["logits"], ref["logits"], tolerance("float32"), "logits")
-    with pytest.raises(AssertionError):
-        assert_tree_close(got["grads"], ref["grads"], tolerance("float32"), "grad")
+def test_suite_catches_a_broken_conversion(fault):
+    """A wrong fc1 flatten order, a conv kernel reshaped instead of transposed or one element off
+    fails every flavour's logits and gradients, while the conversion's round trip still holds."""
+    rows, _ = parity.compare(dtype="float64", batch=5, fault=fault)
+    found = _by_flavour(rows)
+    assert found.pop("-")["params round trip"].ok              # the fault comes after the conversion
+    for flavour, quantities in found.items():
+        assert not quantities["logits"].ok, flavour
+        assert not quantities["grad fc1.weight"].ok, flavour
 
 
 @pytest.mark.x64
-def test_swapped_image_axes_are_caught(torch_results):
+def test_swapped_image_axes_are_caught():
     """NCHW -> NHWC must keep H and W in place: an image with H and W swapped gives other logits."""
-    state, x, target, ref = torch_results(3, "float64", 1)
-    x_swapped = x.transpose(0, 1, 3, 2).copy()                   # (N, C, W, H): the wrong permutation
-    got = parity.flax_run("functional", parity.convert.torch_to_flax(state),
-                          parity.convert.nchw_to_nhwc(x_swapped), target, LR)
-    with pytest.raises(AssertionError):
-        assert_close(got["logits"], ref["logits"], tolerance("float32"), "logits")
+    net = torch_net(3, "float64")
+    x, target = parity.tutorial_data(1, 0, "float64")
+    model = parity.tutorial_model("functional", 3, np.float64)
+    swapped = parity.check(net, model, x, target=target, dtype="float64", output_name="logits",
+                           flax_input=lambda a: convert.nchw_to_nhwc(a.transpose(0, 1, 3, 2)))
+    assert not {r.quantity: r for r in swapped.rows}["logits"].ok
+    right = parity.check(net, model, x, target=target, dtype="float64", output_name="logits")
+    assert right.ok, right.table()
 
 
 @pytest.mark.x64
-def test_train_step_returns_torch_loss_and_updates_like_sgd(torch_results):
+def test_train_step_returns_torch_loss_and_updates_like_sgd():
     """``flax_lenet.train_step`` returns the loss before the step, as ``loss`` in the torch loop."""
     import jax.numpy as jnp
     import optax
+    import torch
     from flax import nnx
 
     import flax_lenet
-    state, x, target, ref = torch_results(3, "float64", 5)
+    net = torch_net(3, "float64")
+    state = state_numpy(net)
+    x, target = parity.tutorial_data(5, 0, "float64")
+    opt = torch.optim.SGD(net.parameters(), lr=LR)
+    opt.zero_grad()
+    loss = torch.nn.MSELoss()(net(torch.from_numpy(x)), torch.from_numpy(target))
+    loss.backward()
+    opt.step()
+
     model = nnx.eval_shape(lambda: flax_lenet.Net(3, param_dtype=jnp.float64, rngs=nnx.Rngs(0)))
-    nnx.update(model, parity.convert.torch_to_flax(state))
+    nnx.update(model, convert.torch_to_flax(state))
     optimizer = nnx.Optimizer(model, optax.sgd(LR), wrt=nnx.Param)
-    loss = flax_lenet.train_step(model, optimizer, jnp.asarray(parity.convert.nchw_to_nhwc(x)), jnp.asarray(target))
-    assert_close(loss, ref["loss"], tolerance("float64"), "loss")
+    got = flax_lenet.train_step(model, optimizer, jnp.asarray(convert.nchw_to_nhwc(x)), jnp.asarray(target))
+    assert_close(got, loss.item(), tolerance("float64"), "loss")
     after = flax_lenet.flax_to_torch(nnx.state(model, nnx.Param))
-    assert_tree_close(after, ref["sgd"], tolerance("float64"), "after train_step")
+    assert_tree_close(after, state_numpy(net), tolerance("float64"), "after train_step")
 
 
 @pytest.mark.gpu

@@ -206,7 +206,7 @@ def test_adam_bias_correction_float32():
         assert rel(stable, exact) <= FLOAT32_CPU.rtol
     assert rel(np.float32(1) - np.float32(0.999), 1 - 0.999) > FLOAT32_CPU.rtol
     torch_model, flax_model, x, options = port_models.make_conv1d()
-    report = parity.check(torch_model, flax_model, x, steps=10, optimizer=trajectory.Optimizer.of("adam", lr=1e-3),
+    report = parity.check(torch_model, flax_model, x, steps=10, optimizer=optim.Optimizer.of("adam", lr=1e-3),
                           **options)
     report.assert_ok()
 

@@ -13,14 +13,14 @@ import torch
 from flax import nnx
 
 import port_models
-from flax_lenet import linen
+from flax_lenet import linen, optim
 from flax_lenet.porting import parity, trajectory
 from flax_lenet.errors import BadConfig
 from flax_lenet.model import Net
 from flax_lenet.porting.tolerances import FLOAT32_CPU, FLOAT64
 
 STEPS = 10
-MOMENTUM = trajectory.Optimizer.of("sgd", lr=0.05, momentum=0.9)
+MOMENTUM = optim.Optimizer.of("sgd", lr=0.05, momentum=0.9)
 SLOW_FLOAT32 = pytest.param("float32", marks=pytest.mark.slow)
 SLOW_FLOAT64 = pytest.param("float64", marks=pytest.mark.slow)
 

@@ -7,8 +7,8 @@ loss and optimizer. The torch side is the tutorial's loop::
     for input, target in batches:
         optimizer.zero_grad(); loss = criterion(net(input), target); loss.backward(); optimizer.step()
 
-The Flax side is the same loop over ``flax_lenet.train_step``, the library's one training
-step (block-wise on CPU, ``flax_lenet.fast``). The random shifts are drawn in numpy, once per
+The Flax side is the same loop over ``flax_lenet.fast``'s step: ``train_step``, faster on CPU
+(``fast.bound_step``, pinned to the plain step by ``tests/test_fast.py``). The random shifts are drawn in numpy, once per
 epoch, and each batch is gathered and shifted from the data set's one copy
 (``flax_lenet.app.data.Shifts``), so both frameworks see the same pixels. Each side's one-time start-up (Flax: tracing and compiling the
 step and the evaluation; torch: its first step and evaluation) runs on copies of the models
@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from flax_lenet import convert, fast, train as flax_train
+from flax_lenet import convert, fast
 from flax_lenet.checks import check_finite, check_images, check_labels
 from flax_lenet.errors import BadConfig, BadImages, BadInput
 from flax_lenet.app.data import NUM_CLASSES, Dataset, Shifts
@@ -230,13 +230,11 @@ def initial_state(cfg: TrainConfig) -> dict:
 
 # --- Flax -------------------------------------------------------------------------------------
 
-@fast.batch_mean   # means over the batch: train_step may add a large batch up in chunks
 def ce_loss(model, x, labels):
     """``F.cross_entropy(net(x), labels)``: the mean softmax cross-entropy on class labels."""
     return optax.softmax_cross_entropy_with_integer_labels(model(x), labels).mean()
 
 
-@fast.batch_mean
 def mse_onehot_loss(model, x, labels):
     """``nn.MSELoss()(net(x), F.one_hot(labels))``: the tutorial's loss on one-hot targets."""
     logits = model(x)
@@ -395,7 +393,7 @@ def train(dataset: Dataset, cfg: TrainConfig = TrainConfig(), *,
     criterion = torch_criterion(cfg.loss)
     torch_y_train = torch.from_numpy(dataset.y_train.astype(np.int64))
 
-    # Flax: the NNX Net and an nnx.Optimizer, trained with flax_lenet.train_step.
+    # Flax: the NNX Net and an nnx.Optimizer, trained with flax_lenet.fast's step.
     model = convert.to_nnx(convert.torch_to_flax(state0))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     flax_loss = FLAX_LOSSES[cfg.loss]
@@ -411,10 +409,11 @@ def train(dataset: Dataset, cfg: TrainConfig = TrainConfig(), *,
     tr.compile_seconds = time.perf_counter() - start
     start = time.perf_counter()
     warm_model, warm_opt = nnx.clone(model), nnx.clone(optimizer)
-    flax_train.train_step(warm_model, warm_opt, first[0], first[1], loss_fn=flax_loss).block_until_ready()
+    fast.bound_step(warm_model, warm_opt, flax_loss, batch_mean=True)(first[0], first[1]).block_until_ready()
     _correct(warm_model, **evaluate)
     fr.compile_seconds = time.perf_counter() - start
 
+    step = fast.bound_step(model, optimizer, flax_loss, batch_mean=True)   # both losses are batch means
     shift_rng = np.random.default_rng([cfg.seed, 1])
     result = TrainResult(cfg, fr, tr, _numpy_tree(nnx.state(model, nnx.Param)), state0)
     for epoch, epoch_order in enumerate(order):
@@ -437,8 +436,7 @@ def train(dataset: Dataset, cfg: TrainConfig = TrainConfig(), *,
         losses = []
         for idx in epoch_order:                     # the same loop, through the library's step
             x = dataset.to_float(shifts[idx]).astype(dtype, copy=False)
-            losses.append(flax_train.train_step(model, optimizer, x, dataset.y_train[idx],
-                                                loss_fn=flax_loss))
+            losses.append(step(x, dataset.y_train[idx]))
             tick()
         f_losses = np.asarray(jax.device_get(losses), np.float64)   # no jnp.stack: it compiles per length
         f_acc = _correct(model, **evaluate) / len(dataset.y_test)

@@ -19,11 +19,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from flax_lenet import convert, functional, linen, no_dynamo, train
-from flax_lenet.porting import port
-from flax_lenet.checks import check_images
+from flax_lenet import convert, functional, linen, optim, train
 from flax_lenet.errors import BadConfig
-from flax_lenet.porting.tolerances import EXACT, Tolerance, tolerance
+from flax_lenet.porting import port
+from flax_lenet.porting.tolerances import EXACT, TRAJECTORY_FLOAT32_RATIO, Tolerance, tolerance
 
 FLAVOURS = ("nnx", "linen", "functional")
 DTYPES = ("float32", "float64")
@@ -31,6 +30,7 @@ DTYPES = ("float32", "float64")
 
 @dataclass(frozen=True)
 class Row:
+    """One compared quantity: its largest difference, where it was, and its tolerance."""
     quantity: str
     flavour: str
     max_abs: float
@@ -39,13 +39,29 @@ class Row:
     note: str = ""       # which tensor held NaN or Inf, when one did ("" otherwise)
     tensor: str = ""     # the tensor (torch name) with the largest relative difference
     step: int | None = None   # for a quantity over several optimizer steps: the step of that difference
+    float64: tuple | None = None   # float32 rows over rtol: (torch's, Flax's) distance from a float64 run
+
+    @property
+    def within_rtol(self) -> bool:
+        return self.max_rel <= self.rtol       # False for inf and NaN
 
     @property
     def ok(self) -> bool:
-        return self.max_rel <= self.rtol       # False for inf and NaN
+        """Within ``rtol`` of torch; or, in float32, as close to a float64 run as torch's own run
+        is, to within ``TRAJECTORY_FLOAT32_RATIO`` (``trajectory.with_float64_truth``)."""
+        if self.within_rtol:
+            return True
+        if self.float64 is None:
+            return False
+        torch_d, flax_d = self.float64
+        return bool(flax_d <= TRAJECTORY_FLOAT32_RATIO * torch_d)          # False for NaN
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "ok": self.ok}
+        d = {**asdict(self), "ok": self.ok}
+        float64 = d.pop("float64")
+        if float64 is not None:
+            d["from_float64"] = {"torch": float64[0], "flax": float64[1], "ratio_bound": TRAJECTORY_FLOAT32_RATIO}
+        return d
 
 
 def diff(actual, expected) -> tuple[float, float]:
@@ -183,27 +199,17 @@ def torch_side(net, x, target, *, criterion, optimizer=None, steps: int = 1, man
     stepped = []
     if optimizer is not None:
         work = _torch_train_mode(copy.deepcopy(net))
-        with no_dynamo.eager_optim():      # torch.optim, without importing torch._dynamo (~1 s)
-            opt = optimizer.torch(work.parameters())
-            for t in range(steps):
-                xt, yt = (x, y) if batches is None else (torch.as_tensor(batches[0][t]).to(dev),
-                                                         torch.as_tensor(batches[1][t]).to(dev))
-                opt.zero_grad()
-                step_loss = criterion(work(xt), yt)
-                step_loss.backward()
-                no_dynamo.step(opt)        # optimizer.step()
-                stepped.append((step_loss.item(), convert.state_to_numpy(work.state_dict())))
+        opt = optimizer.torch(work.parameters())
+        for t in range(steps):
+            xt, yt = (x, y) if batches is None else (torch.as_tensor(batches[0][t]).to(dev),
+                                                     torch.as_tensor(batches[1][t]).to(dev))
+            opt.zero_grad()
+            step_loss = criterion(work(xt), yt)
+            step_loss.backward()
+            opt.step()
+            stepped.append((step_loss.item(), convert.state_to_numpy(work.state_dict())))
     return {"output": outputs, "loss": loss.detach().cpu().numpy(), "grads": grads, "manual": manual,
             "steps": stepped}
-
-
-def torch_run(net, x_nchw: np.ndarray, target: np.ndarray, lr: float) -> dict:
-    """The tutorial in torch on ``net`` (left unchanged): logits, loss, grads, both updates."""
-    from flax_lenet.porting import trajectory
-    got = torch_side(net, x_nchw, target, criterion=_torch_losses()["mse"], manual_lr=lr,
-                     optimizer=trajectory.Optimizer.of("sgd", lr=lr))
-    return {"logits": got["output"]["-"], "loss": got["loss"], "grads": got["grads"], "manual": got["manual"],
-            "sgd": got["steps"][0][1]}
 
 
 # --- flax side -------------------------------------------------------------------------------
@@ -267,7 +273,7 @@ def _function_apply(fn):
 
 
 def _tx(optimizer):
-    return optimizer.optax()       # one object per configuration (trajectory.Optimizer.optax caches it)
+    return optimizer.optax()       # one object per configuration (optim.Optimizer.optax caches it)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
@@ -370,8 +376,7 @@ def flax_side(flax_model, variables: dict, x, y, *, loss=functional.mse_loss, op
 
 @functools.lru_cache(maxsize=None)
 def _no_step():
-    from flax_lenet.porting import trajectory
-    return trajectory.Optimizer.of("sgd", lr=0.0)
+    return optim.Optimizer.of("sgd", lr=0.0)
 
 
 def port_stats(rest: dict) -> dict:
@@ -385,7 +390,7 @@ def variables_dtype(variables: dict):
     return floats[-1] if len(floats) == 1 else None
 
 
-def _tutorial_model(flavour: str, kernel_size: int, dtype):
+def tutorial_model(flavour: str, kernel_size: int, dtype):
     """The tutorial Net in one flavour, with shapes only (``port.load`` fills in the weights)."""
     from flax_lenet.model import Net
     if flavour == "nnx":
@@ -395,32 +400,6 @@ def _tutorial_model(flavour: str, kernel_size: int, dtype):
     module = linen.Net(kernel_size, param_dtype=dtype)
     variables = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 32, 32, 1), dtype))
     return (module, variables) if flavour == "linen" else (functional.forward, variables["params"])
-
-
-def flax_run(flavour: str, params: dict, x_nhwc: np.ndarray, target: np.ndarray, lr: float) -> dict:
-    """The tutorial in one Flax flavour from the converted ``params``; results in torch layout."""
-    from flax_lenet.porting import trajectory
-    check_images(x_nhwc)
-    dtype = jnp.dtype(x_nhwc.dtype)
-    model = _tutorial_model(flavour, convert.kernel_size_of(params), dtype)
-    variables = {port.PARAMS: {f"{layer}/{leaf}": a for layer, leaves in params.items() for leaf, a in leaves.items()}}
-    got = flax_side(model, variables, jnp.asarray(x_nhwc, dtype), jnp.asarray(target, dtype), manual_lr=lr,
-                    optimizer=trajectory.Optimizer.of("sgd", lr=lr),
-                    step_fn=train.train_step if flavour == "nnx" else None)
-
-    def torch_layout(flat):
-        return convert.flax_to_torch(_nested(flat[port.PARAMS]))
-    return {"logits": got["output"]["-"], "loss": got["loss"], "grads": torch_layout(got["grads"]),
-            "manual": torch_layout(got["manual"]), "sgd": torch_layout(got["steps"][0][1])}
-
-
-def _nested(flat: dict) -> dict:
-    """``{'conv1/kernel': a}`` -> ``{'conv1': {'kernel': a}}`` (one level, as the tutorial's tree)."""
-    out: dict = {}
-    for key, a in flat.items():
-        module, _, leaf = key.rpartition("/")
-        out.setdefault(module, {})[leaf] = np.asarray(a)
-    return out
 
 
 # --- deliberate faults, to show that the comparison can fail --------------------------------
@@ -452,17 +431,6 @@ def precision(tf32: bool):
         yield
 
 
-def compare_results(flavour: str, ref: dict, got: dict, tol: Tolerance) -> list[Row]:
-    """Rows for logits, loss, every gradient and the parameters after both updates."""
-    rows = [row(q, flavour, {q: (got[q], ref[q])}, tol.rtol) for q in ("logits", "loss")]
-    for name in ref["grads"]:
-        rows.append(row(f"grad {name}", flavour, {f"grad {name}": (got["grads"][name], ref["grads"][name])},
-                        tol.rtol))
-    for key, label in (("manual", "params after w - lr*g"), ("sgd", "params after SGD step")):
-        rows.append(row(label, flavour, {f"{label}: {n}": (got[key][n], ref[key][n]) for n in ref[key]}, tol.rtol))
-    return rows
-
-
 def fault_tamper(fault):
     """``FAULTS[fault]`` as ``check``'s ``tamper(state, variables)``, or ``None``."""
     if fault is None:
@@ -471,7 +439,10 @@ def fault_tamper(fault):
         raise BadConfig(f"fault must be one of {sorted(FAULTS)}, found {fault!r}")
 
     def tamper(state, variables):
-        nested = _nested(variables[port.PARAMS])
+        nested: dict = {}
+        for key, a in variables[port.PARAMS].items():       # {'conv1/kernel': a} -> {'conv1': {'kernel': a}}
+            layer, _, leaf = key.rpartition("/")
+            nested.setdefault(layer, {})[leaf] = np.asarray(a)
         FAULTS[fault](state, nested)
         variables[port.PARAMS] = {f"{m}/{leaf}": a for m, leaves in nested.items() for leaf, a in leaves.items()}
     return tamper
@@ -482,7 +453,6 @@ def compare(*, flavours=FLAVOURS, dtype="float32", kernel_size=3, batch=1, seed=
     """Run the tutorial in torch and each Flax flavour through ``check``; return the rows and the tier."""
     import torch
 
-    from flax_lenet.porting import trajectory
     from torch_reference import Net as TorchNet
     for flavour in flavours:
         if flavour not in FLAVOURS:
@@ -490,8 +460,8 @@ def compare(*, flavours=FLAVOURS, dtype="float32", kernel_size=3, batch=1, seed=
     torch.manual_seed(seed)
     net = TorchNet(kernel_size)
     x, target = tutorial_data(batch, seed, dtype)
-    models = {f: _tutorial_model(f, kernel_size, jnp.dtype(dtype)) for f in flavours}
-    report = check(net, models, x, target=target, optimizer=trajectory.Optimizer.of("sgd", lr=lr), steps=1,
+    models = {f: tutorial_model(f, kernel_size, jnp.dtype(dtype)) for f in flavours}
+    report = check(net, models, x, target=target, optimizer=optim.Optimizer.of("sgd", lr=lr), steps=1,
                    dtype=dtype, manual_lr=lr, output_name="logits", tf32=tf32, tamper=fault_tamper(fault),
                    step_fn={"nnx": train.train_step})
     return report.rows, report.tolerance
@@ -594,7 +564,7 @@ def check(torch_model, flax_model, inputs, *, target=None, loss="mse", optimizer
       target: the loss target in torch's layout; default a standard-normal array shaped like the
         output (``loss='mse'``) or integer classes (``'cross_entropy'``), drawn with ``seed``.
       loss: 'mse' | 'cross_entropy' | ``(torch_criterion, flax_loss(output, target))``.
-      optimizer: a ``flax_lenet.porting.trajectory.Optimizer`` (default SGD, lr 0.01); ``steps`` of it
+      optimizer: a ``flax_lenet.optim.Optimizer`` (default SGD, lr 0.01); ``steps`` of it
         run on both sides through ``torch.optim`` and ``flax_lenet.optim``.
       dtype: 'float32' or 'float64' (needs ``jax_enable_x64``); ``tf32`` on a GPU keeps TF32 on.
       manual_lr: also compare the tutorial's manual update ``w - manual_lr * g``.
@@ -617,7 +587,6 @@ def check(torch_model, flax_model, inputs, *, target=None, loss="mse", optimizer
 
     import torch
 
-    from flax_lenet.porting import trajectory
     if dtype not in DTYPES:
         raise BadConfig(f"dtype must be one of {DTYPES}, found {dtype!r}")
     if dtype == "float64" and not jax.config.jax_enable_x64:
@@ -626,7 +595,7 @@ def check(torch_model, flax_model, inputs, *, target=None, loss="mse", optimizer
     if unknown:
         raise BadConfig(f"rtol: expected quantities among {QUANTITIES}, found {unknown}")
     models = flax_model if isinstance(flax_model, dict) else {flax_kind(flax_model): flax_model}
-    optimizer = optimizer if optimizer is not None else trajectory.Optimizer.of("sgd", lr=0.01)
+    optimizer = optimizer if optimizer is not None else optim.Optimizer.of("sgd", lr=0.01)
     dev = torch_device()
     tol = tolerance(dtype, "cpu" if dev.type == "cpu" else "gpu", tf32)
     net = copy.deepcopy(torch_model).to(getattr(torch, dtype)).to(dev)
@@ -660,7 +629,7 @@ def check(torch_model, flax_model, inputs, *, target=None, loss="mse", optimizer
         tamper(state, variables)
     to_flax = flax_input or default_flax_input
     x_flax, y_flax = _jax_array(to_flax(x)), _jax_array(_flax_target(target, to_flax))
-    step_label = f"params after {trajectory.TORCH_CLASSES[optimizer.name]} step" + (f"s ({steps})" if steps > 1 else "")
+    step_label = f"params after {optim.TORCH_CLASSES[optimizer.name]} step" + (f"s ({steps})" if steps > 1 else "")
     flax_batches = None
     if batches is not None:
         xs, ys = (np.asarray(b) for b in batches)

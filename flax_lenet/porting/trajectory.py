@@ -1,85 +1,29 @@
-"""N training steps in torch and in Flax from the same weights and batches, compared after every step.
+"""N training steps of the tutorial's Net in torch and in Flax from the same weights and batches.
 
     torch (torch_steps)                               flax (flax_steps)
     opt = torch.optim.SGD(net.parameters(), **kw)     opt = nnx.Optimizer(model, optim.sgd(**kw), wrt=nnx.Param)
     opt.zero_grad()                                   (nothing: jax.grad returns fresh gradients)
-    loss = MSELoss()(net(x_t), y_t); loss.backward()  loss = train_step(model, opt, x_t, y_t)
+    loss = MSELoss()(net(x_t), y_t); loss.backward()  loss = fast.train_step(model, opt, x_t, y_t)
     opt.step()
 
-One step's error is the rounding of one update; over many steps it is fed back through the
-network and (Adam) divided by ``sqrt(v)``, so ``flax_lenet.porting.tolerances`` has its own trajectory
-tiers, measured. Weights and batches travel through numpy, never through a shared seed.
+``compare`` runs them through ``parity.check`` (one batch per step, one row per tensor with its
+worst step). One step's error is the rounding of one update; over many steps it is fed back
+through the network and (Adam) divided by ``sqrt(v)``, so ``flax_lenet.porting.tolerances`` has
+its own trajectory tiers, measured. Weights and batches travel through numpy, never a shared seed.
 """
 
 import dataclasses
-import functools
-from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from flax_lenet import convert, no_dynamo, optim, train
-from flax_lenet.porting import parity
+from flax_lenet import convert, fast
 from flax_lenet.errors import BadConfig
-from flax_lenet.porting.tolerances import TRAJECTORY_FLOAT32_RATIO, Tolerance, trajectory_tolerance
-
-#: ``flax-lenet compare --optimizer NAME``: (function in flax_lenet.optim, its keyword arguments).
-PRESETS = {
-    "sgd": ("sgd", {}),
-    "momentum": ("sgd", {"momentum": 0.9}),
-    "nesterov": ("sgd", {"momentum": 0.9, "nesterov": True}),
-    "adam": ("adam", {}),
-    "adamw": ("adamw", {}),
-}
-TORCH_CLASSES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
-
-
-@dataclass(frozen=True)
-class Optimizer:
-    """One optimizer configuration, built the same way in both frameworks."""
-    name: str            # 'sgd' | 'adam' | 'adamw'
-    kwargs: tuple = ()   # sorted (argument, value) pairs, torch's names
-
-    @classmethod
-    def of(cls, name: str, **kwargs) -> "Optimizer":
-        """``Optimizer.of('sgd', lr=0.01, momentum=0.9)``."""
-        if name not in TORCH_CLASSES:
-            raise BadConfig(f"optimizer must be one of {sorted(TORCH_CLASSES)}, found {name!r}")
-        return cls(name, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items())))
-
-    def torch(self, parameters):
-        """``torch.optim.<Class>(parameters, **kwargs)``."""
-        import torch
-        return getattr(torch.optim, TORCH_CLASSES[self.name])(parameters, **dict(self.kwargs))
-
-    def optax(self) -> optax.GradientTransformation:
-        """``flax_lenet.optim.<name>(**kwargs)``, one object per configuration: ``train_step``
-        compiles once per optimizer object, so runs of one configuration share a compiled step
-        instead of each adding one (thousands of runs in one process exhausted LLVM's memory)."""
-        return _optax_of(self)
-
-    def __str__(self) -> str:
-        return f"{self.name}(" + ", ".join(f"{k}={v}" for k, v in self.kwargs) + ")"
-
-
-@functools.lru_cache(maxsize=None)
-def _optax_of(opt: Optimizer) -> optax.GradientTransformation:
-    return getattr(optim, opt.name)(**dict(opt.kwargs))
-
-
-def preset(name: str, lr: float) -> Optimizer:
-    """The ``--optimizer`` preset ``name`` with learning rate ``lr``."""
-    if name not in PRESETS:
-        raise BadConfig(f"optimizer must be one of {list(PRESETS)}, found {name!r}")
-    function, kwargs = PRESETS[name]
-    return Optimizer.of(function, lr=lr, **kwargs)
-
-
-def batches(steps: int, batch: int, seed: int, dtype: str):
-    """``steps`` fixed batches, NCHW inputs ``(steps, N, 1, 32, 32)`` and targets ``(steps, N, 10)``."""
-    return parity.tutorial_data(batch, seed, dtype, steps=steps)
+from flax_lenet.optim import Optimizer
+from flax_lenet.porting import parity
+from flax_lenet.porting.parity import Row
+from flax_lenet.porting.tolerances import Tolerance, trajectory_tolerance
 
 
 def torch_steps(state: dict, opt: Optimizer, xs: np.ndarray, ys: np.ndarray):
@@ -93,18 +37,17 @@ def torch_steps(state: dict, opt: Optimizer, xs: np.ndarray, ys: np.ndarray):
     net.load_state_dict(weights)
     net = net.to(dev)
     criterion = torch.nn.MSELoss()
-    with no_dynamo.eager_optim():      # torch.optim, without importing torch._dynamo (~1 s)
-        optimizer = opt.torch(net.parameters())
-        for x, y in zip(xs, ys):
-            optimizer.zero_grad()
-            loss = criterion(net(torch.from_numpy(x).to(dev)), torch.from_numpy(y).to(dev))
-            loss.backward()
-            no_dynamo.step(optimizer)  # optimizer.step()
-            yield loss.item(), convert.state_to_numpy(net.state_dict())
+    optimizer = opt.torch(net.parameters())
+    for x, y in zip(xs, ys):
+        optimizer.zero_grad()
+        loss = criterion(net(torch.from_numpy(x).to(dev)), torch.from_numpy(y).to(dev))
+        loss.backward()
+        optimizer.step()
+        yield loss.item(), convert.state_to_numpy(net.state_dict())
 
 
 def flax_steps(params: dict, opt, xs_nhwc: np.ndarray, ys: np.ndarray):
-    """Train the NNX Net from ``params`` with ``flax_lenet.train_step`` and ``opt`` (an ``Optimizer``
+    """Train the NNX Net from ``params`` with ``fast.train_step`` and ``opt`` (an ``Optimizer``
     or any optax transformation); yield ``(loss, params)`` after each step."""
     from flax import nnx
     tx = opt.optax() if isinstance(opt, Optimizer) else opt
@@ -112,49 +55,8 @@ def flax_steps(params: dict, opt, xs_nhwc: np.ndarray, ys: np.ndarray):
     model = convert.to_nnx(jax.tree.map(lambda a: jnp.asarray(a, dtype), params))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     for x, y in zip(xs_nhwc, ys):
-        loss = train.train_step(model, optimizer, jnp.asarray(x), jnp.asarray(y))
+        loss = fast.train_step(model, optimizer, jnp.asarray(x), jnp.asarray(y))
         yield float(loss), nnx.to_pure_dict(nnx.state(model, nnx.Param))
-
-
-@dataclass(frozen=True)
-class Row:
-    quantity: str
-    max_abs: float
-    max_rel: float
-    step: int            # the step (1-based) where max_rel happened
-    rtol: float
-    note: str = ""       # which side held NaN or Inf at that step, when one did
-    float64: tuple | None = None   # float32 rows over rtol: (torch's, Flax's) distance from a float64 run
-
-    @property
-    def within_rtol(self) -> bool:
-        return self.max_rel <= self.rtol       # False for inf and NaN
-
-    @property
-    def ok(self) -> bool:
-        """Within ``rtol`` of torch; or, in float32, as close to a float64 run as torch's own run
-        is, to within ``TRAJECTORY_FLOAT32_RATIO`` (see ``with_float64_truth``)."""
-        if self.within_rtol:
-            return True
-        if self.float64 is None:
-            return False
-        torch_d, flax_d = self.float64
-        return bool(flax_d <= TRAJECTORY_FLOAT32_RATIO * torch_d)          # False for NaN
-
-    def as_dict(self) -> dict:
-        d = {"quantity": self.quantity, "max_abs": self.max_abs, "max_rel": self.max_rel,
-             "step": self.step, "rtol": self.rtol, "ok": self.ok, "note": self.note}
-        if self.float64 is not None:
-            d["from_float64"] = {"torch": self.float64[0], "flax": self.float64[1],
-                                 "ratio_bound": TRAJECTORY_FLOAT32_RATIO}
-        return d
-
-
-def diff_trajectories(torch_run, flax_run, rtol: float) -> list[Row]:
-    """Per quantity (loss, then every parameter in torch layout): the worst step of the two runs."""
-    in_torch_layout = ((loss, convert.flax_to_torch(params)) for loss, params in flax_run)
-    return [Row(r.quantity, r.max_abs, r.max_rel, r.step, rtol, r.note)
-            for r in parity.diff_steps("-", torch_run, in_torch_layout, rtol)]
 
 
 def compare(opt: Optimizer, *, steps: int = 100, dtype: str = "float64", kernel_size: int = 3,
@@ -162,10 +64,10 @@ def compare(opt: Optimizer, *, steps: int = 100, dtype: str = "float64", kernel_
     """Train torch and Flax side by side for ``steps`` steps and diff them after every step.
 
     The run is ``parity.check`` with one batch per step and one row per tensor: the NNX Net
-    trained by ``flax_lenet.train_step`` against ``torch_reference.Net`` and ``torch.optim``.
+    trained by ``flax_lenet.fast.train_step`` against ``torch_reference.Net`` and ``torch.optim``.
 
     Args:
-      opt: the optimizer, e.g. ``Optimizer.of('adam', lr=1e-3)`` or ``preset('nesterov', 0.01)``.
+      opt: the optimizer, e.g. ``Optimizer.of('adam', lr=1e-3)`` or ``optim.preset('nesterov', 0.01)``.
       steps: number of training steps; one fresh batch per step.
       dtype: 'float32' or 'float64' (needs ``jax_enable_x64``).
       kernel_size, batch, seed: the Net (3 or 5), batch size, seed of torch's init and the data.
@@ -186,12 +88,12 @@ def compare(opt: Optimizer, *, steps: int = 100, dtype: str = "float64", kernel_
     torch.manual_seed(seed)
     net = TorchNet(kernel_size)
     start = {n: np.array(v) for n, v in convert.state_to_numpy(net.state_dict()).items()}   # a copy
-    xs, ys = batches(steps, batch, seed, dtype)
-    model = parity._tutorial_model("nnx", kernel_size, jnp.dtype(dtype))
+    xs, ys = parity.tutorial_data(batch, seed, dtype, steps=steps)
+    model = parity.tutorial_model("nnx", kernel_size, jnp.dtype(dtype))
     report = parity.check(net, model, xs[0], target=ys[0], optimizer=opt, steps=steps, dtype=dtype, tf32=tf32,
-                          tamper=parity.fault_tamper(fault), step_fn=train.train_step, batches=(xs, ys),
+                          tamper=parity.fault_tamper(fault), step_fn=fast.train_step, batches=(xs, ys),
                           per_tensor_steps=True, rtol={"steps": tol})
-    rows = [Row(r.quantity, r.max_abs, r.max_rel, r.step, r.rtol, r.note) for r in report.rows if r.step is not None]
+    rows = [r for r in report.rows if r.step is not None]
     if dtype == "float32" and dev.type == "cpu" and fault is None and not all(r.within_rtol for r in rows):
         rows = with_float64_truth(rows, start, opt, xs, ys)
     return rows, tol

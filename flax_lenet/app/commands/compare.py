@@ -12,6 +12,7 @@ may be a path to a ``.py`` file.
 import json
 import sys
 
+from flax_lenet import optim
 from flax_lenet.porting import parity
 from flax_lenet.app.cli import positive_int
 from flax_lenet.checks import check_batch_size
@@ -110,7 +111,7 @@ def _main_steps(args, device) -> int:
     """``--steps N``: one row per quantity, its worst difference over the run and the step."""
     from flax_lenet.porting import trajectory
     from flax_lenet.porting.tolerances import TRAJECTORY_FLOAT32_RATIO
-    opt = trajectory.preset(args.optimizer or "sgd", args.lr)
+    opt = optim.preset(args.optimizer or "sgd", args.lr)
     rows, tol = trajectory.compare(opt, steps=args.steps, dtype=args.dtype, kernel_size=args.kernel_size,
                                    batch=args.batch, seed=args.seed, tf32=args.tf32, fault=args.fault)
     ok = all(r.ok for r in rows)
@@ -224,7 +225,7 @@ def _main_port(args) -> int:
     x = (rng.integers(0, args.input_high, shape) if args.input_dtype == "int64"
          else rng.standard_normal(shape).astype(args.dtype))
     steps = args.steps or 1
-    opt = trajectory.preset(args.optimizer or "sgd", args.lr)
+    opt = optim.preset(args.optimizer or "sgd", args.lr)
     report = parity.check(torch_model, flax_model, x, loss=args.loss, optimizer=opt, steps=steps,
                           dtype=args.dtype, seed=args.seed, tf32=args.tf32)
     if args.json:
