@@ -6,14 +6,13 @@ reference, second argument). A NaN or Inf on either side fails the comparison, a
 the tensor and the side that held it.
 """
 
-import copy
 import math
 
 import numpy as np
 import pytest
 
 from flax_lenet import convert
-from flax_lenet.porting import parity, trajectory
+from flax_lenet.porting import parity
 from flax_lenet.app import cli
 from flax_lenet.porting.tolerances import EXACT, FLOAT32_CPU, TRAJECTORY_FLOAT32_CPU
 from helpers import assert_close, state_numpy, torch_net
@@ -87,7 +86,7 @@ def test_nan_in_both_at_the_same_place_is_not_agreement():
 @pytest.mark.parametrize("max_rel", [math.nan, math.inf])
 def test_a_row_with_a_nan_or_inf_difference_is_not_ok(max_rel):
     assert not parity.Row("loss", "nnx", max_rel, max_rel, 1.0).ok
-    assert not trajectory.Row("loss", max_rel, max_rel, 1, 1.0).ok
+    assert not parity.Row("loss", "-", max_rel, max_rel, 1.0, step=1).ok
 
 
 def test_nonfinite_names_the_side_and_counts():
@@ -98,19 +97,26 @@ def test_nonfinite_names_the_side_and_counts():
     assert (parity.nonfinite(clean, both[:2], "loss") == "torch loss holds 1 NaN and 1 Inf")
 
 
-@pytest.fixture(scope="module")
-def torch_float32():
-    """torch's logits, loss, gradients and updates for the tutorial (float32, batch 2)."""
-    net = torch_net(3, "float32")
-    x, target = parity.tutorial_data(2, 0, "float32")
-    return parity.torch_run(net, x, target, LR)
+def _tutorial_rows(monkeypatch, side: str, edit) -> dict:
+    """``parity.compare`` (functional flavour, float32, batch 2) with ``edit`` applied to what one
+    side (``'torch'`` or ``'flax'``) returned; rows by quantity."""
+    real = getattr(parity, f"{side}_side")
+
+    def edited(*args, **kwargs):
+        out = real(*args, **kwargs)
+        edit(out)
+        return out
+
+    monkeypatch.setattr(parity, f"{side}_side", edited)
+    rows, _ = parity.compare(flavours=("functional",), dtype="float32", batch=2, lr=LR)
+    return {r.quantity: r for r in rows if r.flavour != "-"}
 
 
-def test_compare_results_reports_which_tensor_held_a_nan(torch_float32):
-    ref = torch_float32
-    got = copy.deepcopy(ref)
-    got["grads"]["fc1.bias"][7] = np.nan
-    rows = {r.quantity: r for r in parity.compare_results("nnx", ref, got, FLOAT32_CPU)}
+def test_a_row_reports_which_tensor_held_a_nan(monkeypatch):
+    def nan(out):
+        out["grads"]["params"]["fc1/bias"] = np.asarray(out["grads"]["params"]["fc1/bias"]).copy()
+        out["grads"]["params"]["fc1/bias"][7] = np.nan
+    rows = _tutorial_rows(monkeypatch, "flax", nan)
     bad = rows.pop("grad fc1.bias")
     assert not bad.ok and bad.max_rel == math.inf
     assert bad.note == "flax grad fc1.bias holds 1 NaN"
@@ -118,10 +124,11 @@ def test_compare_results_reports_which_tensor_held_a_nan(torch_float32):
     assert all(r.ok and r.note == "" for r in rows.values())     # the clean tensors still agree
 
 
-def test_a_parameter_row_names_the_tensor_among_ten(torch_float32):
-    ref = copy.deepcopy(torch_float32)
-    ref["sgd"]["fc2.weight"][3, 4] = np.inf                       # the reference side this time
-    rows = {r.quantity: r for r in parity.compare_results("linen", ref, torch_float32, FLOAT32_CPU)}
+def test_a_parameter_row_names_the_tensor_among_ten(monkeypatch):
+    def inf(out):
+        loss, state = out["steps"][0]
+        state["fc2.weight"][3, 4] = np.inf                        # the reference side this time
+    rows = _tutorial_rows(monkeypatch, "torch", inf)
     bad = rows["params after SGD step"]
     assert not bad.ok
     assert bad.note == "torch params after SGD step: fc2.weight holds 1 Inf"
@@ -132,12 +139,12 @@ def test_trajectory_rows_fail_and_name_the_step_of_a_nan():
     state = state_numpy(torch_net(3, "float32"))
     flax_run = []
     for step in (1, 2, 3):
-        params = convert.torch_to_flax(state)
+        params = convert.flax_to_torch(convert.torch_to_flax(state))
         if step == 2:
-            params["fc3"]["kernel"][5, 1] = np.nan
+            params["fc3.weight"][1, 5] = np.nan
         flax_run.append((0.5, params))
     torch_run = [(0.5, state)] * 3
-    rows = {r.quantity: r for r in trajectory.diff_trajectories(torch_run, flax_run, TRAJECTORY_FLOAT32_CPU.rtol)}
+    rows = {r.quantity: r for r in parity.diff_steps("-", torch_run, flax_run, TRAJECTORY_FLOAT32_CPU.rtol)}
     bad = rows.pop("params fc3.weight")
     assert not bad.ok and bad.step == 2 and bad.max_rel == math.inf
     assert bad.note == "flax params fc3.weight at step 2 holds 1 NaN"

@@ -12,9 +12,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from flax_lenet import convert
-from flax_lenet.porting import parity, tolerances, trajectory
+from flax_lenet.porting import parity, tolerances
 from flax_lenet.app import cli
 from flax_lenet.app.training import FrameworkRun, TrainConfig, TrainResult, step_loss_diff
 from helpers import assert_close, state_numpy, torch_net
@@ -71,7 +72,7 @@ def torch_results():
         if dtype not in cache:
             net = torch_net(3, dtype)
             x, target = parity.tutorial_data(2, 0, dtype)
-            cache[dtype] = (state_numpy(net), parity.torch_run(net, x, target, LR))
+            cache[dtype] = (state_numpy(net), parity.torch_side(net, x, target, criterion=torch.nn.MSELoss()))
         return cache[dtype]
 
     return get
@@ -92,18 +93,20 @@ def moved(reference: np.ndarray, bound: float, multiple: float) -> np.ndarray:
 
 
 def _step_rows(ref, tol, bound, multiple):
-    """compare_results with one gradient element of the Flax side moved; rows by quantity."""
-    got = copy.deepcopy(ref)
-    got["grads"]["conv2.weight"] = moved(ref["grads"]["conv2.weight"], bound, multiple)
-    return {r.quantity: r for r in parity.compare_results("nnx", ref, got, tol)}
+    """The gradient rows ``parity.check`` makes, with one element of the Flax side's conv2 kernel
+    gradient moved; rows by quantity."""
+    got = dict(ref["grads"], **{"conv2.weight": moved(ref["grads"]["conv2.weight"], bound, multiple)})
+    return {f"grad {n}": parity.row(f"grad {n}", "nnx", {f"grad {n}": (got[n], ref["grads"][n])}, tol.rtol)
+            for n in ref["grads"]}
 
 
 def _trajectory_row(state, tol, bound, multiple):
-    """diff_trajectories over 2 steps, one parameter element of the Flax side off at step 2."""
+    """``parity.diff_steps`` (the N-step rows) over 2 steps, one parameter element of the Flax side
+    off at step 2, after a round trip through the Flax layout."""
     off = dict(state, **{"fc1.weight": moved(state["fc1.weight"], bound, multiple)})
     torch_run = [(1.0, state), (1.0, state)]
-    flax_run = [(1.0, convert.torch_to_flax(state)), (1.0, convert.torch_to_flax(off))]
-    rows = {r.quantity: r for r in trajectory.diff_trajectories(torch_run, flax_run, tol.rtol)}
+    flax_run = [(1.0, convert.flax_to_torch(convert.torch_to_flax(s))) for s in (state, off)]
+    rows = {r.quantity: r for r in parity.diff_steps("-", torch_run, flax_run, tol.rtol)}
     assert all(r.ok for q, r in rows.items() if q != "params fc1.weight")
     return rows["params fc1.weight"]
 
