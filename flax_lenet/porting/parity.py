@@ -245,14 +245,6 @@ def _nnx_eval(model, x):
     return model(x)
 
 
-@nnx.jit(static_argnames="loss_fn")
-def nnx_train_step(model, optimizer, x, y, loss_fn=train.loss_fn):
-    """``zero_grad(); loss = loss_fn(model, x, y); loss.backward(); optimizer.step()`` for any NNX module."""
-    loss, grads = nnx.value_and_grad(loss_fn)(model, x, y)
-    optimizer.update(model, grads)
-    return loss
-
-
 def _nnx_train_mode(model):
     """``model.train()`` with every ``nnx.Dropout`` deterministic (see ``_torch_train_mode``)."""
     model.train()
@@ -340,7 +332,7 @@ def flax_side(flax_model, variables: dict, x, y, *, loss=functional.mse_loss, op
             opt = nnx.Optimizer(work, _tx(optimizer), wrt=nnx.Param)
             for t in range(steps):
                 xt, yt = (x, y) if batches is None else (batches[0][t], batches[1][t])
-                step_loss = (step_fn or nnx_train_step)(work, opt, xt, yt, loss_fn=loss_fn)
+                step_loss = (step_fn or train.train_step)(work, opt, xt, yt, loss_fn=loss_fn)
                 stepped.append((float(step_loss), port.flax_variables(work)))
         stats = port.flax_variables(model)[port.BATCH_STATS]
     else:
@@ -462,8 +454,7 @@ def compare(*, flavours=FLAVOURS, dtype="float32", kernel_size=3, batch=1, seed=
     x, target = tutorial_data(batch, seed, dtype)
     models = {f: tutorial_model(f, kernel_size, jnp.dtype(dtype)) for f in flavours}
     report = check(net, models, x, target=target, optimizer=optim.Optimizer.of("sgd", lr=lr), steps=1,
-                   dtype=dtype, manual_lr=lr, output_name="logits", tf32=tf32, tamper=fault_tamper(fault),
-                   step_fn={"nnx": train.train_step})
+                   dtype=dtype, manual_lr=lr, output_name="logits", tf32=tf32, tamper=fault_tamper(fault))
     return report.rows, report.tolerance
 
 
@@ -574,7 +565,7 @@ def check(torch_model, flax_model, inputs, *, target=None, loss="mse", optimizer
       output_name: the name of the output row. tamper: ``tamper(state, variables)`` edits the
         converted weights in place before the Flax side runs (to show a broken port failing).
       step_fn: the NNX training step, ``step_fn(model, optimizer, x, y, loss_fn=...)`` (default
-        ``nnx_train_step``), or ``{label: step_fn}``.
+        ``flax_lenet.train.train_step``, which takes any NNX module), or ``{label: step_fn}``.
       batches: ``(xs, ys)`` in torch's layout, one batch per optimizer step (default: ``inputs``
         and ``target`` at every step).
       per_tensor_steps: one row per tensor (``'params <name>'``) and one for the loss over the
