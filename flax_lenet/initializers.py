@@ -10,7 +10,7 @@ Flax's defaults differ (``lecun_normal`` kernels, zero biases), and a Flax bias 
 only sees the bias's shape ``(out,)``, not the layer's fan_in. So instead of an initialiser
 per layer, ``torch_init`` redraws a built model: every ``kernel`` (Flax's HWIO conv kernel or
 ``(in, out)`` dense kernel, so fan_in is the product of all axes but the last) and the
-``bias`` beside it, all in one compiled call.
+``bias`` beside it, under one ``jax.jit``.
 
     model = flax_lenet.Net(rngs=nnx.Rngs(0))
     torch_init(model, nnx.Rngs(0))                   # NNX: in place

@@ -5,8 +5,7 @@ parameter tree is ``{'params': {'conv1': {'kernel', 'bias'}, ..., 'fc3': {...}}}
 tree ``flax_lenet.convert.torch_to_flax`` returns. The differences from torch are the NNX
 Net's (``flax_lenet.model``): NHWC input, ``padding='VALID'``, ``strides=(2, 2)`` and the H*W*C
 flatten. Linen's ``Conv`` and ``Dense`` infer their input size, so a wrong flatten order would
-not raise here: only a value test catches it. Importing ``flax_lenet`` makes ``Net(...).init``
-one compiled call, with the same values: ``flax_lenet.construct`` (start-up time only).
+not raise here: only a value test catches it.
 """
 
 import math

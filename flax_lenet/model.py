@@ -10,8 +10,6 @@ The differences from torch, each marked where it happens:
 Flax's default initialisers are not torch's (lecun-normal kernels and zero biases against
 U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for both): ``flax_lenet.initializers.torch_init(model, rngs)``
 redraws the weights as torch does.
-Importing ``flax_lenet`` makes ``Net(...)`` run this ``__init__`` inside one compiled call,
-with the same values: ``flax_lenet.construct`` (start-up time only).
 """
 
 import math
