@@ -28,3 +28,12 @@ def test_every_command_has_its_own_help(capsys, command):
     text = _help(capsys, command)
     assert text.startswith(f"usage: flax-lenet {command}")
     assert cli.COMMANDS[command].split(" (")[0][:40] in " ".join(text.split())
+
+
+def test_the_docs_generator_is_not_a_command(capsys):
+    """It needs the repository (tests/port_models.py, keras, pygments): ``python -m docs.build`` runs it."""
+    assert "docs" not in cli.COMMANDS
+    assert "docs" not in _help(capsys).split("commands:")[1].split()
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["docs"])
+    assert exit_.value.code == 2 and "invalid choice: 'docs'" in capsys.readouterr().err

@@ -1,4 +1,9 @@
-"""The side-by-side tutorial cannot drift from the code, and it renders in a real browser."""
+"""The generated docs cannot drift from the code, and the side-by-side page renders in a real browser.
+
+The generator is ``docs/build/`` (``python -m docs.build``, not installed); the tests run it from
+the repository root, in a subprocess or by importing ``docs.build`` (the root is on ``sys.path``
+under ``python -m pytest``).
+"""
 
 import ast
 import base64
@@ -8,14 +13,15 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from flax_lenet.app import cli
-from flax_lenet.app.sidebyside import content, mapping, render
+import docs.build
+from docs.build import content, mapping, render
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -27,8 +33,8 @@ BROWSER_TIMEOUT_S = 60
 
 @pytest.fixture(scope="module")
 def generated():
-    """The docs as the code generates them now (figures measured once per process)."""
-    return render.build()
+    """The docs as the code generates them now (figures and parity runs made once per process)."""
+    return docs.build.build()
 
 
 def all_test_links():
@@ -40,8 +46,21 @@ def all_test_links():
 # --- it cannot drift -----------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_docs_check_passes_on_the_committed_docs(capsys):
-    assert cli.main(["docs", "--check"]) == 0, capsys.readouterr().out
+def test_docs_check_passes_on_the_committed_docs():
+    """``python -m docs.build --check`` as a person runs it: a fresh process in the repository root."""
+    done = subprocess.run([sys.executable, "-m", "docs.build", "--check"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("\n") == 1 and "up to date" in done.stdout, done.stdout
+
+
+def test_generating_leaves_jax_config_as_it_found_it():
+    """The float64 figures are measured inside ``jax.enable_x64(True)``, not with a global switch."""
+    import jax
+    before = jax.config.jax_enable_x64
+    numbers = render.measure.__wrapped__()                    # measured again, not the cached figures
+    assert jax.config.jax_enable_x64 == before
+    assert all(r.ok for d in render.DTYPES for r in numbers[d])
 
 
 def write_docs(generated, folder: Path) -> Path:
@@ -55,7 +74,7 @@ def write_docs(generated, folder: Path) -> Path:
                          ids=["torch", "nnx", "linen", "keras"])
 def test_docs_check_fails_after_a_model_source_line_changes(generated, tmp_path, monkeypatch, capsys, obj):
     out = str(write_docs(generated, tmp_path))
-    assert cli.main(["docs", "--check", "--out", out]) == 0            # figures are cached: cheap
+    assert docs.build.main(["--check", "--out", out]) == 0             # figures are cached: cheap
     original = render.source_of
 
     def edited(o):
@@ -63,7 +82,7 @@ def test_docs_check_fails_after_a_model_source_line_changes(generated, tmp_path,
         return (label, code.replace("relu", "gelu", 1)) if o is obj else (label, code)
 
     monkeypatch.setattr(render, "source_of", edited)
-    assert cli.main(["docs", "--check", "--out", out]) == 1
+    assert docs.build.main(["--check", "--out", out]) == 1
     printed = capsys.readouterr().out
     assert "side_by_side.md differs at line" in printed and "side_by_side.html differs at line" in printed
 
@@ -73,7 +92,7 @@ def test_docs_check_fails_after_a_line_outside_the_shown_code_changes(generated,
     original = render.file_text
     monkeypatch.setattr(render, "file_text", lambda path: original(path) + (
         "# a new comment\n" if path.name == "model.py" and path.parent.name == "flax_lenet" else ""))
-    assert cli.main(["docs", "--check", "--out", out]) == 1
+    assert docs.build.main(["--check", "--out", out]) == 1
 
 
 def inputs(generated):
@@ -186,8 +205,8 @@ def test_html_is_one_self_contained_file(generated):
 
 def test_docs_writes_both_files_whole_and_leaves_no_temporary_files(generated, tmp_path):
     out = tmp_path / "new" / "docs"
-    assert cli.main(["docs", "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted(render.FILES)
+    assert docs.build.main(["--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(docs.build.FILES)
     for name, text in generated.items():
         assert (out / name).read_text(encoding="utf-8") == text
         assert (out / name).stat().st_mode & 0o044 == 0o044 & ~current_umask()     # not mkstemp's 0600
@@ -202,21 +221,24 @@ def current_umask() -> int:
 def test_docs_out_must_be_a_folder(tmp_path, capsys):
     target = tmp_path / "file.txt"
     target.write_text("keep me")
-    assert cli.main(["docs", "--out", str(target)]) == 2
+    assert docs.build.main(["--out", str(target)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "expected a folder" in err and target.read_text() == "keep me"
 
 
 
-def test_docs_without_keras_is_one_line_saying_how_to_install_it(tmp_path, capsys, monkeypatch):
-    """Before: an ImportError traceback from keras_reference. The Keras tabs need keras (the [test] extra)."""
+@pytest.mark.parametrize("missing, why", [("keras", "the Keras tabs are generated from keras_reference"),
+                                           ("pygments", "the HTML page's code is highlighted by pygments")])
+def test_docs_without_keras_or_pygments_is_one_line_saying_how_to_install_it(tmp_path, capsys, monkeypatch,
+                                                                             missing, why):
+    """Before: an ImportError traceback. keras and pygments are the generator's, not the package's (the [docs] extra)."""
     import importlib.util
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "keras" else real(name, *a))
-    assert cli.main(["docs", "--out", str(tmp_path)]) == 2
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == missing else real(name, *a))
+    assert docs.build.main(["--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err == ("flax-lenet docs: error: expected keras installed (the Keras tabs are generated from "
-                   "keras_reference), found none: pip install -e '.[test]'\n")
+    assert err == f"python -m docs.build: error: expected {missing} installed ({why}), found none: " \
+                  "pip install -e '.[docs]'\n"
     assert list(tmp_path.iterdir()) == []
 
 # --- a real browser --------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """``nn.Xxx`` vs ``nn.functional.xxx`` and their Flax / JAX rows, plus the gradient and update rows.
 
-Each row of ``flax_lenet.app.sidebyside.mapping`` is backed here: every way of writing the op gives
+Each row of ``docs/build/mapping.py`` is backed here: every way of writing the op gives
 the same values on the same inputs (float64), and the tempting wrong variant does not.
 """
 
@@ -19,7 +19,7 @@ from jax import lax
 from flax_lenet import convert, functional, train
 from flax_lenet.convert import nchw_to_nhwc
 from flax_lenet.porting.parity import tutorial_data
-from flax_lenet.app.sidebyside import examples
+from docs.build import examples
 from flax_lenet.porting.tolerances import FLOAT64
 from tests.helpers import assert_close, state_numpy, torch_net
 

@@ -17,7 +17,7 @@ from flax import nnx
 from flax_lenet import convert, functional, linen
 from flax_lenet.convert import nchw_to_nhwc
 from flax_lenet.porting.parity import tutorial_data
-from flax_lenet.app.sidebyside import examples
+from docs.build import examples
 from flax_lenet.porting.tolerances import FLOAT64
 from tests.helpers import assert_close, state_numpy, torch_net
 

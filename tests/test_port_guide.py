@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from docs.build import portguide
 from flax_lenet.porting import pitfalls
-from flax_lenet.app import portguide
 
 ROOT = Path(__file__).resolve().parents[1]
 

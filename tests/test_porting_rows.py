@@ -1,6 +1,6 @@
 """The rows a porter still misses, each run in torch, NNX, Linen and Keras (JAX backend).
 
-Every function here is one shown on the side-by-side page (``flax_lenet.app.sidebyside.porting``);
+Every function here is one shown on the side-by-side page (``docs/build/porting.py``);
 weights and data go through numpy, so each row's frameworks see the same numbers.
 """
 
@@ -18,7 +18,7 @@ import keras  # noqa: E402
 
 import flax_lenet  # noqa: E402
 from flax_lenet import convert, linen  # noqa: E402
-from flax_lenet.app.sidebyside import porting  # noqa: E402
+from docs.build import porting  # noqa: E402
 from flax_lenet.porting.tolerances import FLOAT32_CPU  # noqa: E402
 from keras_reference import train as keras_train  # noqa: E402
 from tests.helpers import assert_close, assert_tree_close, state_numpy, torch_net  # noqa: E402

@@ -1,6 +1,102 @@
-"""The side-by-side tutorial (``docs/side_by_side.{md,html}``), generated from the project's code.
+"""The generated docs: the side-by-side tutorial (``docs/side_by_side.{md,html}``) and the porting
+guide (``docs/port_your_model.md``), generated from the project's code.
 
-``flax-lenet docs`` writes it; ``flax-lenet docs --check`` exits 1 when the committed files
-differ from what the code generates now. Code blocks are pulled with ``inspect.getsource``
-from the modules at generation time, never pasted.
+    python -m docs.build                 # write them into docs/
+    python -m docs.build --check         # write nothing; exit 1 if the committed files are stale
+    python -m docs.build --out DIR       # write (or --check) them in DIR instead
+
+Run from the repository root: the generator is not part of the installed package. It imports
+``flax_lenet``, ``torch_reference``, ``keras_reference`` and ``tests/port_models.py``, and needs
+keras and pygments. Code blocks are pulled with ``inspect.getsource`` from the modules at
+generation time, never pasted; figures and tables come from runs made while generating.
+
+  content, mapping     what the tutorial shows: prose, the objects whose source it shows, the tables
+  examples, porting    small paired torch / Flax / Keras functions the tutorial shows (and tests run)
+  render               the tutorial as Markdown and as one self-contained HTML page
+  portguide            the porting guide, from parity.check runs on tests/port_models.py
 """
+
+import argparse
+import difflib
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]           # the repository
+PROG = "python -m docs.build"
+FILES = ("side_by_side.md", "side_by_side.html", "port_your_model.md")
+
+#: What the generator imports beyond the package's dependencies, and why.
+NEEDS = {"keras": "the Keras tabs are generated from keras_reference",
+         "pygments": "the HTML page's code is highlighted by pygments"}
+INSTALL = "pip install -e '.[docs]'"
+
+
+def build() -> dict[str, str]:
+    """``{file name: text}`` for ``FILES``, from the code and from runs made now (cached per process)."""
+    from docs.build import portguide, render
+    return {**render.build(), "port_your_model.md": portguide.build()}
+
+
+def first_difference(old: str, new: str) -> str:
+    """``'line N'`` for the first line where ``old`` and ``new`` differ."""
+    for line in difflib.unified_diff(old.splitlines(), new.splitlines(), lineterm="", n=0):
+        if line.startswith("@@"):
+            number = line.split()[1].lstrip("-").split(",")[0]
+            return f"line {number}"
+    return "line endings or a trailing newline"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="generate (or --check) the side-by-side tutorial "
+                                "and the porting guide in docs/")
+    p.add_argument("--out", type=Path, default=None, help="folder to write into (default: the repo's docs/)")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 if the files in --out differ from what the code generates now")
+    return p
+
+
+def run(args) -> int:
+    from flax_lenet.errors import BadConfig, BadFile
+    out = args.out if args.out is not None else ROOT / "docs"
+    if out.exists() and not out.is_dir():
+        raise BadFile(f"--out: expected a folder, found a file {out}")
+    for name, why in NEEDS.items():
+        if importlib.util.find_spec(name) is None:
+            raise BadConfig(f"expected {name} installed ({why}), found none: {INSTALL}")
+    files = build()
+    if args.check:
+        stale = []
+        for name, text in files.items():
+            path = out / name
+            if not path.is_file():
+                stale.append(f"{path} is missing")
+            elif (old := path.read_text(encoding="utf-8")) != text:
+                stale.append(f"{path} differs at {first_difference(old, text)} from what the code generates now")
+        for line in stale:
+            print(f"{PROG}: {line}; run `{PROG}`")
+        if not stale:
+            print(f"{PROG}: {', '.join(str(out / n) for n in files)} up to date")
+        return 1 if stale else 0
+    from flax_lenet.app.files import write_text
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            write_text(out / name, text)
+            print(f"wrote {out / name}")
+    except OSError as e:
+        raise BadFile(f"--out: expected a writable folder with room for the docs, found {out} refusing "
+                      f"({type(e).__name__}: {e.strerror or e})") from None
+    return 0
+
+
+def main(argv=None) -> int:
+    """Write (or ``--check``) the docs; bad input is one line on stderr and exit code 2."""
+    from flax_lenet.errors import BadInput
+    args = parser().parse_args(argv)
+    try:
+        return run(args)
+    except BadInput as e:
+        message = str(e).replace("\n", " ")
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 2

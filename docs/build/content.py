@@ -5,9 +5,9 @@ A section names Python objects, never code text; ``render`` reads their source a
 
 from dataclasses import dataclass
 
+from docs.build import examples, porting
 from flax_lenet import checks, functional, linen, model, train
 from flax_lenet.porting import graph, hooks
-from flax_lenet.app.sidebyside import examples, porting
 from keras_reference import model as keras_model
 from keras_reference import train as keras_train
 from torch_reference import model as torch_model
@@ -337,7 +337,7 @@ SECTIONS = (
         numbers="update",
         tests=("tests/test_functional_mapping.py::test_data_sub_equals_tree_map_update",
                "tests/test_functional_mapping.py::test_optimizer_step_equals_nnx_optimizer_update",
-               "tests/test_fast.py::test_fast_train_step_equals_the_layered_step",
+               "tests/test_fast.py::test_fast_train_step_equals_the_plain_train_step",
                FT + "test_linen_and_keras_sgd_steps_equal_torch_optim_sgd",
                PT + "test_optax_sgd_is_torch_sgd_up_to_float32_rounding_not_bit_for_bit",
                KT + "test_keras_sgd_step_equals_torch_optim_sgd"),

@@ -14,12 +14,12 @@ import inspect
 import textwrap
 from pathlib import Path
 
-from flax_lenet.app.sidebyside import content, mapping
+from docs.build import content, mapping
 
-ROOT = Path(__file__).resolve().parents[3]          # the repository (or site-packages) root
+ROOT = Path(__file__).resolve().parents[2]          # the repository
 FILES = ("side_by_side.md", "side_by_side.html")
 DTYPES = ("float64", "float32")
-GENERATOR = "python -m flax_lenet docs"
+GENERATOR = "python -m docs.build"
 
 
 # --- inputs: source code, figures, graph -------------------------------------------------------
@@ -58,11 +58,20 @@ def fingerprints() -> list[tuple[str, str]]:
 
 @functools.lru_cache(maxsize=None)
 def measure() -> dict:
-    """``{dtype: [parity.Row, ...]}`` from ``parity.compare`` (all flavours, seed 0, batch 1)."""
+    """``{dtype: [parity.Row, ...]}`` from ``parity.compare`` (all flavours, seed 0, batch 1).
+
+    float64 runs inside ``jax.enable_x64(True)`` and float32 inside ``jax.enable_x64(False)``, JAX's
+    default: scoped, so ``jax.config`` is left as it was found, and the figures do not depend on
+    the caller's mode (``JAX_ENABLE_X64``).
+    """
     import jax
-    jax.config.update("jax_enable_x64", True)      # the float64 tier; float32 runs are unaffected
+
     from flax_lenet.porting import parity
-    return {d: tuple(parity.compare(dtype=d, kernel_size=3, batch=1, seed=0)[0]) for d in DTYPES}
+    rows = {}
+    for d in DTYPES:
+        with jax.enable_x64(d == "float64"):
+            rows[d] = tuple(parity.compare(dtype=d, kernel_size=3, batch=1, seed=0)[0])
+    return rows
 
 
 def decade_above(value: float) -> str:

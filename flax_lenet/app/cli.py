@@ -38,7 +38,6 @@ COMMANDS = {
     "train": "train the Flax Net and the torch reference side by side on handwritten digits",
     "eval": "report the test accuracy of a checkpoint",
     "convert": "convert weights between .pt/.pth, .safetensors and Orbax checkpoints",
-    "docs": "generate (or --check) the side-by-side tutorial in docs/",
     "bench": "benchmark train-step throughput of Flax and torch side by side",
 }
 
