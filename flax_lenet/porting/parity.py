@@ -268,13 +268,11 @@ def _tx(optimizer):
     return optimizer.optax()       # one object per configuration (optim.Optimizer.optax caches it)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _pure_run(apply, loss, tx, p, rest, x, y, lr):
-    """Output, loss, gradients, the manual update and the first optimizer step, in one program."""
-    logits = apply(p, rest, x)
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _pure_forward_and_grads(apply, loss, p, rest, x, y):
+    """Output, loss and gradients of a Linen module or pure function, in one program."""
     value, grads = jax.value_and_grad(lambda q: loss(apply(q, rest, x), y))(p)
-    updates, state = tx.update(grads, tx.init(p), p)
-    return logits, value, grads, train.sgd_update(p, grads, lr), optax.apply_updates(p, updates), state
+    return apply(p, rest, x), value, grads
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
@@ -340,35 +338,23 @@ def flax_side(flax_model, variables: dict, x, y, *, loss=functional.mse_loss, op
         p = full[port.PARAMS]
         rest = {c: v for c, v in full.items() if c != port.PARAMS}
         apply = _linen_apply(flax_model[0]) if kind == "linen" else _function_apply(flax_model[0])
-        tx = _tx(optimizer if optimizer is not None else _no_step())
-        out, value, grads, manual, q, state = _pure_run(apply, loss, tx, p, rest, x, y, manual_lr or 0.0)
+        out, value, grads = _pure_forward_and_grads(apply, loss, p, rest, x, y)
         if modes:
             outputs["eval"] = np.asarray(out)
-        grads, params, manual = port._flat(grads), port._flat(p), port._flat(manual)
+        grads, params = port._flat(grads), port._flat(p)
         if optimizer is not None:
-            if batches is None:          # the first step is the one _pure_run took
-                stepped.append((float(value), {port.PARAMS: port._flat(q), **port_stats(rest)}))
-            else:
-                q, state = p, tx.init(p)
-            for t in range(steps - 1 if batches is None else steps):
+            tx = _tx(optimizer)
+            q, state = p, tx.init(p)
+            for t in range(steps):
                 xt, yt = (x, y) if batches is None else (batches[0][t], batches[1][t])
                 q, state, step_loss = _pure_step(apply, loss, tx, q, state, rest, xt, yt)
                 stepped.append((float(step_loss), {port.PARAMS: port._flat(q), **port_stats(rest)}))
         stats = port_stats(rest)[port.BATCH_STATS]
     outputs["train" if modes else "-"] = np.asarray(out)
-    if manual_lr is None:
-        manual = None
-    elif kind == "nnx":
-        manual = {port.PARAMS: train.sgd_update(params, grads, manual_lr), port.BATCH_STATS: stats}
-    else:
-        manual = {port.PARAMS: manual, port.BATCH_STATS: stats}
+    manual = None if manual_lr is None else {port.PARAMS: train.sgd_update(params, grads, manual_lr),
+                                             port.BATCH_STATS: stats}
     return {"output": outputs, "loss": np.asarray(value), "grads": {port.PARAMS: grads, port.BATCH_STATS: stats},
             "manual": manual, "steps": stepped}
-
-
-@functools.lru_cache(maxsize=None)
-def _no_step():
-    return optim.Optimizer.of("sgd", lr=0.0)
 
 
 def port_stats(rest: dict) -> dict:
