@@ -47,23 +47,13 @@ def torch_shapes(kernel_size: int) -> dict[str, tuple[int, ...]]:
 
 
 def flax_shapes(kernel_size: int) -> dict[str, tuple[int, ...]]:
-    """The Flax shapes, keyed ``'conv1/kernel'`` etc., in the same order."""
+    """The Flax shapes, keyed ``'conv1/kernel'`` etc., in the same order (``port``'s rules on empty arrays)."""
     out = {}
     for key, shape in torch_shapes(kernel_size).items():
         layer, kind = key.split(".")
-        if kind == "bias":
-            out[f"{layer}/bias"] = shape
-        elif layer.startswith("conv"):
-            out[f"{layer}/kernel"] = (shape[2], shape[3], shape[1], shape[0])
-        else:
-            out[f"{layer}/kernel"] = (shape[1], shape[0])
+        rule, info = _rule(layer, kernel_size)
+        out[f"{layer}/{'kernel' if kind == 'weight' else kind}"] = rule.to_flax(kind, np.empty(shape), info).shape
     return out
-
-
-def _to_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):                            # a torch tensor; bfloat16 as ml_dtypes.bfloat16
-        return port.tensor_to_numpy(value)
-    return np.asarray(value)
 
 
 def clean_state(state_dict: Any) -> dict[str, np.ndarray]:
@@ -154,10 +144,10 @@ def flatten_flax(params: Any) -> dict[str, np.ndarray]:
     flat = {}
     for layer, leaves in tree.items():
         if not isinstance(leaves, Mapping):
-            flat[str(layer)] = _to_numpy(leaves)
+            flat[str(layer)] = port.tensor_to_numpy(leaves)
             continue
         for name, value in leaves.items():
-            flat[f"{layer}/{name}"] = _to_numpy(value)
+            flat[f"{layer}/{name}"] = port.tensor_to_numpy(value)
     return flat
 
 
@@ -228,4 +218,4 @@ def nhwc_to_nchw(x) -> np.ndarray:
 
 def state_to_numpy(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """``{name: tensor}`` (a torch ``state_dict``, or numpy arrays) as fresh numpy arrays (bfloat16 kept)."""
-    return {name: np.array(_to_numpy(v)) for name, v in state_dict.items()}
+    return {name: port.tensor_to_numpy(v) for name, v in state_dict.items()}
