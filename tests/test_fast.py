@@ -101,7 +101,7 @@ def test_train_step_uses_the_fast_forward_only_for_a_plain_net():
         pass
     sub = nnx.eval_shape(lambda: Wider(rngs=nnx.Rngs(0)))
     assert not fast.applies_to(sub, x)
-    with hooks.nnx_hooks(model.conv2, post=lambda m, a, out: out):
+    with hooks.nnx_hooks(model, "conv2", post=lambda m, a, out: out):
         assert not fast.applies_to(model, x)
     assert fast.applies_to(model, x)
     model.conv1.padding = "SAME"
@@ -124,7 +124,7 @@ def test_fast_step_on_cpu_has_no_convolution_unless_a_layer_is_hooked():
     x, y = _images(4, "float32"), jnp.zeros((4, 10), jnp.float32)
     model = _model()
     assert CONV_OP not in _compiled_value_and_grad(model, x, y)
-    with hooks.nnx_hooks(model.conv2, post=lambda m, a, out: out):
+    with hooks.nnx_hooks(model, "conv2", post=lambda m, a, out: out):
         assert CONV_OP in _compiled_value_and_grad(model, x, y)
 
 
@@ -134,7 +134,7 @@ def test_fast_step_runs_hooks_of_a_hooked_layer():
     hooked, plain = _model(3, "float64"), _model(3, "float64")
     warm = _model(3, "float64")                   # the same step compiled unhooked first: the hook
     fast.train_step(warm, nnx.Optimizer(warm, optax.sgd(0.01), wrt=nnx.Param), x, y)   # must retrace it
-    with hooks.nnx_hooks(hooked.conv1, post=lambda m, a, out: 2 * out):
+    with hooks.nnx_hooks(hooked, "conv1", post=lambda m, a, out: 2 * out):
         want = train.loss_fn(hooked, x, y)
         got = fast.train_step(hooked, nnx.Optimizer(hooked, optax.sgd(0.01), wrt=nnx.Param), x, y)
     assert_close(got, want, FLOAT64, "hooked loss")

@@ -57,7 +57,7 @@ def hooked_logits(s, layer, *, flax_pre=None, flax_post=None, torch_pre=None, to
             h.remove()
     with nn.intercept_methods(linen_hooks(layer, pre=flax_pre, post=flax_post)):
         got_linen = linen.Net(3, param_dtype=jnp.float64).apply({"params": s["params"]}, s["x"])
-    with nnx_hooks(getattr(s["model"], layer), pre=flax_pre, post=flax_post):
+    with nnx_hooks(s["model"], layer, pre=flax_pre, post=flax_post):
         got_nnx = s["model"](s["x"])
     return expected, {"linen": got_linen, "nnx": got_nnx}
 
@@ -140,7 +140,7 @@ def flax_recorded(s, record=lambda m, a, y: y):
     # NNX: nnx.capture(method_outputs=...) and a hook that sows inside nnx.capture
     _, inter = nnx.capture(s["model"], nnx.Intermediate, method_outputs=nnx.Intermediate)(s["x"])
     out["nnx capture method_outputs"] = {n: inter[n]["__call__"].get_value()[0] for n in LAYERS}
-    with contextlib_stack([nnx_hooks(getattr(s["model"], n), post=lambda m, a, y: m.sow(
+    with contextlib_stack([nnx_hooks(s["model"], n, post=lambda m, a, y: m.sow(
             nnx.Intermediate, "output", record(m, a, y)) and None) for n in LAYERS]):
         _, sown_nnx = nnx.capture(s["model"], nnx.Intermediate)(s["x"])
     out["nnx sow"] = {n: sown_nnx[n]["output"].get_value()[0] for n in LAYERS}
@@ -281,13 +281,14 @@ def test_linen_apply_runs_interceptors_but_a_cached_jit_trace_does_not(setup):
 def test_nnx_hooks_run_under_call_and_nnx_jit_but_not_the_base_class_call(setup):
     model, x = setup["model"], setup["x"]
     counter = Counter()
-    with nnx_hooks(model.conv1, pre=counter):
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    with nnx_hooks(model, "conv1", pre=counter) as hooked:
         model(x)
         assert counter.calls == 1
         nnx.jit(lambda m, x: m(x))(model, x)
-        assert counter.calls == 2                                 # traced with the hooked class
-        nnx.Conv.__call__(model.conv1, x)                         # as torch's layer.forward(x)
-        functional.forward(nnx.to_pure_dict(nnx.state(model, nnx.Param)), x)  # no modules at all
+        assert counter.calls == 2                                 # traced with the hooked module
+        hooked.layer(x)                                           # as torch's layer.forward(x)
+        functional.forward(params, x)                             # no modules at all
         assert counter.calls == 2
     model(x)
     assert counter.calls == 2 and type(model.conv1) is nnx.Conv   # unhooked on exit

@@ -131,8 +131,8 @@ def porting_sections() -> tuple:
              "test_nnx_jit_retraces_for_a_new_module_class"),
             torch_name="compiled"),
         row("direct-call", "net.forward(x), model.call(x): the call that skips __call__", """
-            net.forward(x) skips the Net's own hooks. In NNX the base class's __call__ skips a
-            hooked layer's hooks; in Linen, a jax.jit function first traced inside
+            net.forward(x) skips the Net's own hooks. In NNX the hooked layer itself
+            (hooked.layer(x)) skips the hooks; in Linen, a jax.jit function first traced inside
             nn.intercept_methods keeps the interceptor after the block (and one traced before it
             never sees it); Keras' model.call(x) skips Model.__call__: no build, and no training
             handed to the layers.""",
@@ -182,7 +182,8 @@ SECTIONS = (
             backward hooks wired onto grad_fn (Keras: Model.__call__ runs call). An NNX module's
             __call__ is the forward itself; Linen's apply binds the variables and calls __call__.
             Flax has no hook registry: Linen intercepts method calls with nn.intercept_methods,
-            and an NNX layer's class can be swapped for a hooked subclass. The hooks below take
+            and an NNX layer can be replaced by a module that calls it between hooks (model
+            surgery: assigning a submodule). The hooks below take
             torch's signatures, so one function runs in both frameworks."""),
         torch=(hooks.torch_hooks, hooks.torch_output_grads),
         flax={"NNX": (hooks.nnx_hooks, hooks.nnx_output_grads),
@@ -197,8 +198,8 @@ SECTIONS = (
                "function first traced inside the block keeps the interceptor's effect after the block exits.",
                "Keras layers have no hook API; model.call(x) skips Model.__call__: no build, no training "
                "handed to the layers (Keras' twin of net.forward(x)).",
-               "NNX hooks run under model(x) and nnx.jit (the hooked class is part of the graph); "
-               "nnx.Conv.__call__(layer, x) is the unhooked call, as torch's layer.forward(x).",
+               "NNX hooks run under model(x) and nnx.jit (the hooked module is part of the graph); "
+               "hooked.layer(x) is the unhooked call, as torch's layer.forward(x).",
                "The gradient w.r.t. a layer's output (torch's grad_output) is the gradient w.r.t. a "
                "zero perturbation added to it: Module.perturb."),
         tests=("tests/test_hooks.py::test_forward_pre_hook_replacing_input_equals_interceptor_changing_args",

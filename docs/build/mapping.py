@@ -20,13 +20,13 @@ CONCEPTS = (
     Row("nn.Module; net(x) → Module.__call__ → hooks + forward(x)",
         "nnx.Module: model(x) → __call__(x); Linen: net.apply(variables, x) → __call__(x)",
         "Keras: Model.__call__ → call(). Flax has no hook registry: Linen intercepts with "
-        "nn.intercept_methods, NNX swaps the layer's class (flax_lenet.porting.hooks)",
+        "nn.intercept_methods, NNX puts a hooked module in the layer's place (flax_lenet.porting.hooks)",
         "tests/test_hooks.py::test_torch_forward_called_directly_skips_that_modules_hooks",
         keras="model(x) → Model.__call__ (build, training) → call(x); no hook API",
         keras_test="tests/test_keras_reference.py::"
                    "test_keras_model_call_builds_on_first_call_and_passes_training_to_call_and_its_layers"),
     Row("register_forward_pre_hook / register_forward_hook",
-        "nn.intercept_methods(interceptor); nnx_hooks(layer, pre=, post=)",
+        "nn.intercept_methods(interceptor); nnx_hooks(model, 'conv1', pre=, post=)",
         "the same hook function, torch's signature, runs in both",
         "tests/test_hooks.py::test_forward_pre_hook_replacing_input_equals_interceptor_changing_args"),
     Row("forward hook that records",

@@ -333,10 +333,10 @@ def torch_call_vs_forward(net, x, hook):
 
 
 def nnx_call_vs_base_call(model, x, hook):
-    """A hooked layer runs its hook under ``layer(x)``; ``nnx.Conv.__call__(layer, x)`` skips it."""
+    """A hooked layer runs its hook under ``model.conv1(x)``; the layer itself, ``hooked.layer(x)``, skips it."""
     from flax_lenet.porting.hooks import nnx_hooks
-    with nnx_hooks(model.conv1, post=hook):
-        return model.conv1(x), nnx.Conv.__call__(model.conv1, x)
+    with nnx_hooks(model, "conv1", post=hook) as hooked:
+        return model.conv1(x), hooked.layer(x)
 
 
 def linen_jit_traced_inside_interceptor(net, variables, x, interceptor):

@@ -11,8 +11,9 @@ torch runs hooks inside ``Module.__call__`` (the seed quotes it)::
 
 Flax has no hook registry. Linen's ``nn.intercept_methods(interceptor)`` wraps every module
 method call in a function that may change the arguments and the result; NNX modules are plain
-Python objects, so ``nnx_hooks`` swaps one layer's class for a subclass whose ``__call__``
-runs the hooks. The gradient w.r.t. a layer's output is the gradient w.r.t. a zero
+Python objects whose submodules can be replaced by assignment (Flax's "model surgery"), so
+``nnx_hooks`` puts a ``Hooked`` module in the layer's place, which calls the layer between the
+hooks, and puts the layer back on exit. The gradient w.r.t. a layer's output is the gradient w.r.t. a zero
 perturbation added to it (Linen ``Module.perturb``, NNX ``Module.perturb`` + ``nnx.capture``).
 
 Hook signatures are torch's: ``pre(module, args) -> args | None`` and
@@ -26,11 +27,12 @@ Which call paths run the hooks (each row is a test in ``tests/test_hooks.py``):
     linen   net.apply(v, x)                interceptors on Net and every layer
     linen   jax.jit(apply) traced before   none: the cached trace is replayed, interceptors skipped
     nnx     model(x), nnx.jit(f)(model)    hooks of ``nnx_hooks`` layers
-    nnx     nnx.Conv.__call__(layer, x)    no hooks (the unhooked class's method, as ``forward``)
+    nnx     hooked.layer(x)                no hooks (the layer itself, as torch's ``layer.forward``)
     any     functional.forward(params, x)  no modules, nothing to intercept
 """
 
 import contextlib
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -140,35 +142,46 @@ def linen_output_grads(net, params, x, target, names, *, hook=perturb_output):
     return {name: grads[name]["output"] for name in names}
 
 
-# --- NNX: swap one layer's class for a hooked subclass ---------------------------------------
+# --- NNX: model surgery, a hooked module in the layer's place -------------------------------
+
+
+class Hooked(nnx.Module):
+    """``layer`` between torch-style hooks: ``pre(self, args)``, ``layer(*args)``, ``post(self, args, out)``.
+
+    The hooks receive this module (``.layer`` is the layer), so a hook that sows or perturbs
+    (``module.sow``, ``module.perturb``) records under the layer's old path.
+    """
+
+    def __init__(self, layer, pre=None, post=None):
+        self.layer, self.pre, self.post = layer, pre, post
+
+    def __call__(self, *args, **kwargs):
+        return _run_hooked(self.layer, self, args, kwargs, self.pre, self.post)
 
 
 @contextlib.contextmanager
-def nnx_hooks(layer, *, pre=None, post=None):
-    """Within the block, calling ``layer`` runs torch-style hooks around its ``__call__``.
+def nnx_hooks(model, name: str, *, pre=None, post=None):
+    """Within the block, ``model.<name>`` is a ``Hooked`` module that runs torch-style hooks around the layer.
 
-    NNX has no interceptors; a layer is a Python object, so its class is swapped for a subclass
-    whose ``__call__`` runs ``pre`` / ``post`` (torch's signatures) and restored on exit. The
-    parameters stay where they are (same paths, same arrays).
+    The layer itself is unchanged and put back on exit; while hooked, its variables sit one level
+    deeper (``conv1/layer/kernel``: the same Variable objects, so a step taken inside the block
+    trains the layer).
 
     Args:
-      layer: an ``nnx.Module`` inside the model, e.g. ``model.conv1``.
+      model: the NNX model. name: the layer's attribute path, ``'conv1'`` or ``'block.conv'``.
       pre: ``pre(module, args) -> args | None``. post: ``post(module, args, output) -> output | None``.
 
     Yields:
-      ``layer``, hooked.
+      The ``Hooked`` module.
     """
-    cls = type(layer)
-
-    def __call__(self, *args, **kwargs):
-        return _run_hooked(lambda *a, **k: cls.__call__(self, *a, **k), self, args, kwargs, pre, post)
-
-    # object.__setattr__: nnx.Module's own would record __class__ as a new static attribute
-    object.__setattr__(layer, "__class__", type(f"Hooked{cls.__name__}", (cls,), {"__call__": __call__}))
+    *parents, last = name.split(".")
+    parent = functools.reduce(getattr, parents, model)
+    layer = getattr(parent, last)
+    setattr(parent, last, Hooked(layer, pre, post))
     try:
-        yield layer
+        yield getattr(parent, last)
     finally:
-        object.__setattr__(layer, "__class__", cls)
+        setattr(parent, last, layer)
 
 
 def nnx_output_grads(model, x, target, names, *, hook=perturb_output):
@@ -178,7 +191,7 @@ def nnx_output_grads(model, x, target, names, *, hook=perturb_output):
     """
     with contextlib.ExitStack() as stack:
         for name in names:
-            stack.enter_context(nnx_hooks(getattr(model, name), post=hook))
+            stack.enter_context(nnx_hooks(model, name, post=hook))
         _, perturbations = nnx.capture(model, nnx.Perturbation)(x)       # zeros, one per layer
 
         def loss(model, perturbations):
