@@ -241,8 +241,8 @@ SECTIONS = (
         "torch's layers take one unbatched (C, H, W) image as well as a mini-batch, and Flax's take "
         "(H, W, C); but the Net's flatten then reads the image's height as the batch, and fc1 fails, "
         "in both frameworks. Add the batch dimension: input.unsqueeze(0) in torch, x[None] in JAX. "
-        "The model files stay plain; the project's entry points (train_step, the parity harness, the "
-        "flax-lenet commands) check the batch first and say what is wrong in one line.",
+        "The model files and train_step stay plain, as Flax's own examples; the flax-lenet commands "
+        "check the batch first (flax_lenet.checks.check_images) and say what is wrong in one line.",
         torch=(examples.torch_single_image,),
         flax={"NNX": (examples.flax_single_image,), "Linen": (examples.linen_single_image,),
               "functional": (checks.check_images,), "Keras": (examples.keras_single_image,)},
@@ -332,9 +332,10 @@ SECTIONS = (
         notes=("optax.sgd(lr) is the update rule of optim.SGD(lr) (no momentum, no dampening); in "
                "float32 the two round differently (torch adds -lr*g in one step, optax rounds lr*g "
                "first), within the float32 tier.",
-               "On CPU, train_step computes the Net's forward block-wise, one matrix product per "
-               "conv -> relu -> max-pool block (flax_lenet.fast): the same function, about twice "
-               "as fast there. A hooked, subclassed or otherwise changed model runs model(x).",),
+               "train_step is plain Flax. flax-lenet train runs flax_lenet.fast.train_step instead, "
+               "the same step (pinned to it by a test) with the Net's forward computed block-wise on CPU, "
+               "one matrix product per conv -> relu -> max-pool block. A hooked, subclassed or otherwise "
+               "changed model runs model(x).",),
         numbers="update",
         tests=("tests/test_functional_mapping.py::test_data_sub_equals_tree_map_update",
                "tests/test_functional_mapping.py::test_optimizer_step_equals_nnx_optimizer_update",

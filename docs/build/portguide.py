@@ -50,7 +50,7 @@ def reports() -> dict:
     import jax
 
     from flax_lenet import optim
-    from flax_lenet.porting import parity, trajectory
+    from flax_lenet.porting import parity
     from tests import port_models as pm
     momentum = optim.Optimizer.of("sgd", lr=0.05, momentum=0.9)
     with jax.enable_x64(True):
@@ -88,7 +88,8 @@ per quantity with `rtol={{'grad': ...}}`. `report.table()`, `report.to_json()` a
 ```python
 from flax import nnx
 import numpy as np
-from flax_lenet.porting import parity, trajectory
+from flax_lenet import optim
+from flax_lenet.porting import parity
 
 report = parity.check(TorchCNN(), FlaxCNN(rngs=nnx.Rngs(0)), np.random.randn(4, 3, 16, 16),
                       optimizer=optim.Optimizer.of("sgd", lr=0.05, momentum=0.9), steps=10)

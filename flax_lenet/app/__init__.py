@@ -5,7 +5,7 @@
   runs               run directories: metrics, curves and weights, written as one unit
   data, checkpoint   digits/MNIST; .pt/.safetensors/Orbax weights
   files              the one atomic writer: a lock file per target, one rename per write
-  bench, sidebyside  the benchmark harness; the side-by-side tutorial generator
+  bench              the benchmark harness (the docs generator lives outside the package, docs/build/)
 
 The library below never imports from here.
 """
