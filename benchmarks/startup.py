@@ -4,7 +4,8 @@
 
 ``import flax_lenet`` (with the first use of its names, which imports jax, flax and optax),
 ``flax_lenet.Net(rngs=nnx.Rngs(0))`` and the Linen ``Net().init(key, x)`` are timed inside a
-fresh interpreter, one after the other. The command (default ``flax-lenet compare``) runs in
+fresh interpreter, one after the other: without JAX's persistent compilation cache, and with it
+(``flax_lenet.cache.enable(dir)``) warm. The command (default ``flax-lenet compare``) runs in
 fresh processes without the persistent compilation cache (``FLAX_LENET_CACHE=0``), then with an
 empty cache directory (``FLAX_LENET_CACHE_DIR``; the cold run fills it), then again with the
 filled one (warm). Prints wall-clock seconds, medians of ``--runs``, and the load average.
@@ -20,9 +21,12 @@ import tempfile
 import time
 
 LIBRARY = """
-import json, time
+import json, os, time
 t0 = time.perf_counter()
 import flax_lenet
+if os.environ.get("STARTUP_CACHE_DIR"):
+    from flax_lenet import cache
+    cache.enable(os.environ["STARTUP_CACHE_DIR"])   # JAX's persistent compilation cache, as a user turns it on
 from flax import nnx
 flax_lenet.Net, flax_lenet.linen        # the package loads its names on first use: jax, flax, optax
 t1 = time.perf_counter()
@@ -58,11 +62,15 @@ def main() -> int:
     args = p.parse_args()
     base = {k: v for k, v in os.environ.items()
             if not k.startswith(("JAX_COMPILATION_CACHE", "FLAX_LENET_CACHE"))}
-    lib = [library(dict(base)) for _ in range(args.runs)]
-    print(f"fresh process: import flax_lenet (and jax, flax) {statistics.median(r['import'] for r in lib):.2f} s, "
-          f"then Net(rngs=nnx.Rngs(0)) {statistics.median(r['net'] for r in lib):.2f} s, "
-          f"then linen.Net().init(key, x) {statistics.median(r['linen'] for r in lib):.2f} s "
-          f"(medians of {args.runs}); load average {os.getloadavg()[0]:.1f}")
+    with tempfile.TemporaryDirectory() as lib_cache:
+        library(dict(base, STARTUP_CACHE_DIR=lib_cache))          # fills the cache
+        for label, env in (("no cache", dict(base)), ("warm persistent cache", dict(base, STARTUP_CACHE_DIR=lib_cache))):
+            lib = [library(env) for _ in range(args.runs)]
+            print(f"fresh process, {label}: import flax_lenet (and jax, flax) "
+                  f"{statistics.median(r['import'] for r in lib):.2f} s, "
+                  f"then Net(rngs=nnx.Rngs(0)) {statistics.median(r['net'] for r in lib):.2f} s, "
+                  f"then linen.Net().init(key, x) {statistics.median(r['linen'] for r in lib):.2f} s "
+                  f"(medians of {args.runs}); load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as cache_dir:
         cached = dict(base, FLAX_LENET_CACHE_DIR=cache_dir)
         cold = timed(args.command, cached)
