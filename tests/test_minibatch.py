@@ -1,21 +1,22 @@
 """One image instead of a mini-batch: ``input.unsqueeze(0)`` / ``x[None]``, and where a wrong batch is caught.
 
 torch's layers accept one unbatched image, and so do Flax's; both Nets then fail at ``fc1``
-because the flatten reads the image's height as the batch. The model files stay plain, so the
-one-line hints live at the public entry points (``train_step``, the parity harness, the app).
+because the flatten reads the image's height as the batch. The model files and the training
+steps stay plain Flax, so the one-line hints live where the app takes images in (its accuracy
+functions and its data sets); a NaN or Inf in a batch is ``tests/test_bad_input.py``'s.
 """
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 import torch
 from flax import nnx
 
 from flax_lenet import convert, functional, linen
 from flax_lenet.convert import nchw_to_nhwc
+from flax_lenet.errors import BadImages
 from flax_lenet.porting.parity import tutorial_data
 from docs.build import examples
 from flax_lenet.porting.tolerances import FLOAT64
@@ -99,31 +100,31 @@ def test_vmap_over_single_images_equals_the_batch(setup):
     assert_close(per_image, np.asarray(functional.forward(setup["params"], batch)), FLOAT64, "vmap")
 
 
+# The Net and both training steps (``train.train_step``, ``fast.train_step``) are plain Flax and
+# check nothing, as ``nnx.Linear`` does not; the parity harness takes torch's NCHW batch and lets
+# torch's forward fail on a wrong one. What checks an image batch is the app, where data comes in.
+
 def _entry_points(setup):
-    """The public entry points that take an image batch, each as ``f(x)``."""
-    from flax_lenet import train
-    from flax_lenet.porting import parity
-    from flax_lenet.app import training
-    model, target = setup["model"], jnp.zeros((2, 10))
-    optimizer = nnx.Optimizer(model, optax.sgd(0.01), wrt=nnx.Param)
-    return {"train_step": lambda x: train.train_step(model, optimizer, x, target),
-            "parity": lambda x: parity.flax_run("functional", setup["params"], np.asarray(x), target, 0.01),
-            "accuracy": lambda x: training.flax_accuracy(setup["params"], np.asarray(x), np.arange(2))}
+    """The app's entry points that take an NHWC image batch, each as ``f(x)``."""
+    from flax_lenet.app import data, training
+    state = convert.flax_to_torch(setup["params"])
+    ok, labels = np.zeros((2, 32, 32, 1), np.float32), np.arange(2)
+    return {"flax accuracy": lambda x: training.flax_accuracy(setup["params"], np.asarray(x), labels),
+            "torch accuracy": lambda x: training.torch_accuracy(state, np.asarray(x), labels),
+            "dataset": lambda x: data.make_dataset("x", np.asarray(x), labels, ok, labels)}
 
 
 @pytest.mark.parametrize("shape, dtype, message", [
-    ((32, 32, 1), jnp.float64, r"found a single image \(32, 32, 1\): add a batch dimension with x\[None\]"),
-    ((2, 1, 32, 32), jnp.float64, r"NCHW.*transpose\(0, 2, 3, 1\)"),
-    ((2, 28, 28, 1), jnp.float64, r"28x28.*padded"),
-    ((2, 32, 32, 3), jnp.float64, r"3 channels"),
-    ((2, 32, 32), jnp.float64, r"rank 3"),
-    ((2, 32, 32, 1), jnp.int32, r"dtype int32"),
-], ids=["single image", "NCHW", "28x28", "channels", "rank", "int dtype"])
-@pytest.mark.parametrize("entry", ["train_step", "parity", "accuracy"])
+    ((32, 32, 1), np.float64, r"found a single image \(32, 32, 1\): add a batch dimension with x\[None\]"),
+    ((2, 1, 32, 32), np.float64, r"found NCHW .*x\.transpose\(0, 2, 3, 1\)"),
+    ((2, 28, 28, 1), np.float64, r"found height x width 28x28 .* padded by 2"),
+    ((2, 32, 32, 3), np.float64, r"found 3 channels"),
+    ((2, 32, 32), np.float64, r"found rank 3"),
+    ((2, 32, 32, 1), np.int32, r"found dtype int32: cast"),
+    ((2, 32, 32, 1), np.uint8, r"found dtype uint8: cast"),
+], ids=["single image", "NCHW", "28x28", "channels", "rank", "int32", "uint8"])
+@pytest.mark.parametrize("entry", ["flax accuracy", "torch accuracy", "dataset"])
 def test_every_entry_point_refuses_a_wrong_batch_with_one_line(setup, entry, shape, dtype, message):
-    before = nnx.to_pure_dict(nnx.state(setup["model"], nnx.Param))
-    with pytest.raises(ValueError, match=message) as info:
-        _entry_points(setup)[entry](jnp.zeros(shape, dtype))
-    assert "\n" not in str(info.value)
-    after = nnx.to_pure_dict(nnx.state(setup["model"], nnx.Param))
-    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
+    with pytest.raises(BadImages, match=message) as info:
+        _entry_points(setup)[entry](np.zeros(shape, dtype))
+    assert "\n" not in str(info.value) and str(info.value).startswith("expected a float batch (N, 32, 32, 1)")
