@@ -9,7 +9,7 @@ the same update. torch's equivalent is ``DistributedDataParallel``.
     mesh = batch_mesh()                         # all local devices, one axis named 'batch'
     replicate((model, optimizer), mesh)         # parameters and optimizer state on every device
     x, y = shard_batch(x, mesh), shard_batch(y, mesh)
-    loss = flax_lenet.train_step(model, optimizer, x, y)   # unchanged, now data-parallel
+    loss = fast.train_step(model, optimizer, x, y)   # unchanged, now data-parallel (train.train_step too)
 
 The batch size must be a multiple of the number of devices.
 

@@ -6,7 +6,7 @@
 Every process runs this same program (SPMD): it joins the others through
 ``jax.distributed.initialize`` (coordinator on localhost:PORT), builds the same Net from the
 same seed, loads only its own rows of each global batch and runs the unchanged
-``flax_lenet.train_step`` on a mesh over the devices of all processes; XLA sums the gradients
+``flax_lenet.fast.train_step`` (the CLI's step) on a mesh over the devices of all processes; XLA sums the gradients
 across processes (gloo, JAX's default CPU collectives). Process 0 also runs the same steps on
 one device, on the whole batch, and writes both parameter sets' largest relative difference.
 ``--local-only`` is the broken twin: each process's mesh spans only its own devices, so the
@@ -29,7 +29,8 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from flax_lenet import Net, parallel, train_step  # noqa: E402
+from flax_lenet import Net, parallel  # noqa: E402
+from flax_lenet.fast import train_step  # noqa: E402
 
 BATCH, STEPS = 16, 3
 

@@ -2,7 +2,7 @@
 
 Two processes on this machine, each with 2 CPU devices (``--xla_force_host_platform_device_count``),
 join through ``jax.distributed.initialize`` with a localhost coordinator and run
-``tests/multiprocess_worker.py``: the unchanged ``flax_lenet.train_step`` on a mesh over all 4
+``tests/multiprocess_worker.py``: the unchanged ``flax_lenet.fast.train_step`` on a mesh over all 4
 devices, each process loading only its half of every batch; XLA sums the gradients across the
 processes (gloo). Process 0 compares the parameters after 3 SGD-momentum steps with the same
 steps on one device. The broken twin gives each process a mesh over its own devices only (the

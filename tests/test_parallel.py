@@ -24,7 +24,8 @@ SCRIPT = textwrap.dedent(f"""
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp, numpy as np, optax
     from flax import nnx
-    from flax_lenet import Net, parallel, train_step
+    from flax_lenet import Net, parallel
+    from flax_lenet.fast import train_step
 
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal(({BATCH}, 32, 32, 1)), rng.standard_normal(({BATCH}, 10))

@@ -94,7 +94,7 @@ def _called_from_outside_fast(batch):
 
 @pytest.mark.parametrize("bypass", [
     lambda: _functional_grad(13),
-    lambda: _data_parallel(train.train_step, 13),            # parallel.py's own example: the plain step
+    lambda: _data_parallel(train.train_step, 13),            # parallel's recipe with the plain step
     lambda: _bench("flax:train_step", 13),
     lambda: _called_from_outside_fast(13),
 ], ids=["functional grad", "plain step, data-parallel", "teaching benchmark", "value_and_grad outside fast.py"])
