@@ -224,15 +224,39 @@ def test_save_refuses_weights_that_load_would_refuse(tmp_path):
     assert (tmp_path / "w.safetensors").is_file()
 
 
-def test_asyncio_reports_of_a_failed_orbax_write_are_dropped_and_no_others(caplog):
+def install_quiet(monkeypatch) -> list:
+    """``cli.quiet_reported_failures``, installed as ``flax-lenet`` installs it at start-up, and
+    undone after the test: the hooks it wraps record what reaches them (returned), and the
+    loggers' filters are put back."""
+    import logging
+    import sys
+
+    import absl.logging  # noqa: F401  (absl's own logger, as the command has it)
+    from flax_lenet.app import cli
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: seen.append(unraisable.exc_value))
+    monkeypatch.setattr(sys, "excepthook", lambda kind, value, tb: seen.append(value))
+    for name in ("asyncio", "absl"):
+        logger = logging.getLogger(name)
+        monkeypatch.setattr(logger, "filters", list(logger.filters))
+    cli.quiet_reported_failures()
+    return seen
+
+
+@pytest.fixture
+def quiet(monkeypatch):
+    return install_quiet(monkeypatch)
+
+
+FULL_DISK = "RESOURCE_EXHAUSTED: Failed writing [os_error_code='28']"
+
+
+def test_asyncio_reports_of_a_failed_orbax_write_are_dropped_and_no_others(caplog, monkeypatch):
     """On a full disk each Orbax write task fails with tensorstore's ValueError, and asyncio logs
     "Task exception was never retrieved" with a traceback whenever the task is collected: in one
-    CI run after the one-line error. Once a write failed, exactly those records are dropped."""
+    CI run after the one-line error. ``flax-lenet`` drops exactly those records."""
     import asyncio
     import gc
-    import logging
-
-    from flax_lenet.app import checkpoint
 
     def collect_a_failed_task(message):
         async def write():
@@ -247,15 +271,65 @@ def test_asyncio_reports_of_a_failed_orbax_write_are_dropped_and_no_others(caplo
         gc.collect()
         return "\n".join(r.getMessage() for r in caplog.records if r.name == "asyncio")
 
-    logger = logging.getLogger("asyncio")
-    before = list(logger.filters)
-    try:
-        full_disk = "RESOURCE_EXHAUSTED: Failed writing [os_error_code='28']"
-        assert "Task exception was never retrieved" in collect_a_failed_task(full_disk)   # asyncio's own report
-        checkpoint._drop_reported_task_errors()
-        checkpoint._drop_reported_task_errors()                                          # installed once
-        assert sum(isinstance(f, checkpoint._ReportedTaskErrors) for f in logger.filters) == 1
-        assert collect_a_failed_task(full_disk) == ""
-        assert "Task exception was never retrieved" in collect_a_failed_task("another failure")   # kept
-    finally:
-        logger.filters[:] = before
+    assert "Task exception was never retrieved" in collect_a_failed_task(FULL_DISK)     # asyncio's own report
+    install_quiet(monkeypatch)
+    assert collect_a_failed_task(FULL_DISK) == ""
+    assert "Task exception was never retrieved" in collect_a_failed_task("another failure")   # kept
+
+
+def test_orbax_thread_logs_and_closed_loop_errors_of_a_reported_failure_are_dropped_and_no_others(quiet, caplog):
+    """What Orbax's and tensorstore's threads print beside a failure the command reports in one
+    line: absl records carrying tensorstore's I/O error (a full disk: 200 lines), and the late
+    ``RuntimeError('Event loop is closed')`` of callbacks queued on Orbax's closed loop. Every
+    other record and exception still reaches the hook that was there before."""
+    import logging
+    import sys
+
+    class Dies:
+        def __init__(self, message):
+            self.message = message
+
+        def __del__(self):
+            raise RuntimeError(self.message)
+
+    Dies("Event loop is closed")
+    Dies("something else")
+    sys.excepthook(RuntimeError, RuntimeError("Event loop is closed"), None)
+    sys.excepthook(ValueError, ValueError("a bug"), None)
+    assert [str(e) for e in quiet] == ["something else", "a bug"]
+
+    logger = logging.getLogger("absl")
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="absl"):
+        for message in (FULL_DISK, "another failure"):
+            try:
+                raise ValueError(message)
+            except ValueError:
+                logger.exception("_SignalingThread.run() raised an exception")
+        logger.error("no exception with it")
+    assert [(r.getMessage(), str(r.exc_info[1]) if r.exc_info else None) for r in caplog.records] == [
+        ("_SignalingThread.run() raised an exception", "another failure"), ("no exception with it", None)]
+
+
+def test_saving_and_loading_change_no_process_wide_hook_or_logger(tmp_path, state):
+    """Only the ``flax-lenet`` entry point installs them (``cli.run``): a library call, even one
+    that fails inside Orbax, leaves ``sys``'s hooks and the loggers as they were."""
+    import logging
+    import sys
+
+    import orbax.checkpoint  # noqa: F401  (its import configures logging: not this module's doing)
+
+    def snapshot():
+        return (sys.unraisablehook, sys.excepthook,
+                {name: (list(logging.getLogger(name).filters), logging.getLogger(name).disabled)
+                 for name in ("absl", "asyncio")})
+
+    before = snapshot()
+    checkpoint.save(tmp_path / "w.orbax", state)
+    checkpoint.save(tmp_path / "w.orbax", state, overwrite=True)
+    checkpoint.load_state(tmp_path / "w.orbax")
+    (tmp_path / "w.orbax" / "_METADATA").write_bytes(b"\xff" * 16)
+    (tmp_path / "w.orbax" / checkpoint.SIDECAR).unlink()              # as from another tool: Orbax reads it
+    with pytest.raises(BadFile, match="cannot be read"):
+        checkpoint.load_state(tmp_path / "w.orbax")
+    assert snapshot() == before

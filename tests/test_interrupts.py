@@ -15,24 +15,57 @@ from pathlib import Path
 
 import pytest
 
-from flax_lenet.app import checkpoint, files
+from flax_lenet.app import checkpoint
 from tests.helpers import state_numpy, torch_net
 
 REPO = Path(__file__).resolve().parent.parent
+KILL_AT = REPO / "tests" / "kill_at.py"
+
+# Every process these tests start is as if started from a terminal. A test run started by a parent
+# that ignores SIGINT (a background job, some CI runners) or SIGHUP (nohup) passes the ignored
+# signals on to its children, where they stay ignored: Python then installs no KeyboardInterrupt
+# handler, and the "Python's own handler" twins below never see one. So each process resets them
+# itself, first thing, in its own command (not by preexec_fn: a fork of this process, which has
+# jax's threads, warns): SIGTERM and SIGHUP to SIG_DFL, and SIGINT to SIG_DFL and then to the
+# handler Python installs at start-up when SIGINT is at SIG_DFL (``signal.default_int_handler``).
+AS_FROM_A_TERMINAL = """\
+import signal
+for _signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    signal.signal(_signum, signal.SIG_DFL)
+signal.signal(signal.SIGINT, signal.default_int_handler)
+"""
+# ``python -m flax_lenet``, as from a terminal
+FLAX_LENET = AS_FROM_A_TERMINAL + """\
+import runpy, sys
+sys.argv[0] = "flax-lenet"
+runpy.run_module("flax_lenet", run_name="__main__")
+"""
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     e = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
              FLAX_LENET_CACHE_DIR=str(tmp_path_factory.mktemp("jax-cache")))
-    for name in ("FLAX_LENET_DEBUG", files.TEST_KILL_ENV, "FLAX_LENET_CACHE"):
+    for name in ("FLAX_LENET_DEBUG", "FLAX_LENET_CACHE"):
         e.pop(name, None)
     return e
 
 
 def python(env, script, *argv, **kw):
-    return subprocess.run([sys.executable, "-c", script, *map(str, argv)], capture_output=True, text=True, env=env,
-                          timeout=300, **kw)
+    """``python -c SCRIPT ARGV``, with the signals reset first (``AS_FROM_A_TERMINAL``)."""
+    return subprocess.run([sys.executable, "-c", AS_FROM_A_TERMINAL + script, *map(str, argv)], capture_output=True,
+                          text=True, env=env, timeout=300, **kw)
+
+
+def flax_lenet(*argv) -> list[str]:
+    """The command line of ``flax-lenet ARGV`` as from a terminal (``FLAX_LENET``)."""
+    return [sys.executable, "-c", FLAX_LENET, *map(str, argv)]
+
+
+def kill_at(spec: str, *argv) -> list[str]:
+    """The command line of ``flax-lenet ARGV`` signalling itself at a file-system event
+    (``tests/kill_at.py``: it resets the signals itself)."""
+    return [sys.executable, str(KILL_AT), spec, "--", *map(str, argv)]
 
 
 # Ctrl-C arrives while jax is being imported: a meta-path finder sends it when jax's dtypes module
@@ -85,7 +118,7 @@ def wait_for_jax_import(proc) -> None:
 
 def test_ctrl_c_in_the_first_second_of_the_command_is_one_line_and_exit_130(tmp_path, env):
     """The real command, Ctrl-C as jax's import starts: before, 25-33 lines of KeyboardInterrupt."""
-    proc = subprocess.Popen([sys.executable, "-m", "flax_lenet", "train", "--out", str(tmp_path / "run"), "--quiet"],
+    proc = subprocess.Popen(flax_lenet("train", "--out", tmp_path / "run", "--quiet"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     wait_for_jax_import(proc)
     proc.send_signal(signal.SIGINT)
@@ -127,9 +160,8 @@ def test_ctrl_c_inside_a_gc_callback_is_never_ignored(env):
 def test_ctrl_c_at_any_moment_of_a_training_run_exits_130_with_one_line(tmp_path, env, delay):
     """Before, 6 of 18 Ctrl-Cs sent 0.8-2.2 s after start were ignored and training went on (here the
     delays count from the start of jax's import)."""
-    proc = subprocess.Popen([sys.executable, "-m", "flax_lenet", "train", "--out", str(tmp_path / "run"),
-                             "--epochs", "3", "--max-steps", "40", "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(flax_lenet("train", "--out", tmp_path / "run", "--epochs", "3", "--max-steps", "40",
+                                       "--quiet"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     wait_for_jax_import(proc)
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
@@ -143,9 +175,8 @@ def test_ctrl_c_during_an_orbax_write_is_one_line_and_writes_nothing(tmp_path, e
     """Before: exit 130 plus 15-17 lines of asyncio and Orbax tracebacks from its threads."""
     checkpoint.save(tmp_path / "in.safetensors", state_numpy(torch_net(3, "float32")))
     count = tmp_path / "count"
-    argv = [sys.executable, "-m", "flax_lenet", "convert", str(tmp_path / "in.safetensors"), str(tmp_path / "w.orbax")]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300,
-                          env=dict(env, **{files.TEST_KILL_ENV: f"count:{count}"}))
+    argv = ["convert", tmp_path / "in.safetensors", tmp_path / "w.orbax"]
+    proc = subprocess.run(kill_at(f"count:{count}", *argv), capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc
     total, swap = map(int, count.read_text().split())
     checkpoint.load_state(tmp_path / "w.orbax")
@@ -153,8 +184,7 @@ def test_ctrl_c_during_an_orbax_write_is_one_line_and_writes_nothing(tmp_path, e
     shutil.rmtree(tmp_path / "w.orbax")
     count.unlink()
     for point in (swap // 3, swap // 2, swap - 3):          # in the middle of Orbax's writing
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300,
-                              env=dict(env, **{files.TEST_KILL_ENV: f"{point}:SIGINT"}))
+        proc = subprocess.run(kill_at(f"{point}:SIGINT", *argv), capture_output=True, text=True, timeout=300, env=env)
         assert proc.returncode == 130 and proc.stderr == "flax-lenet convert: interrupted\n", (point, proc)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["in.safetensors"], point
 
@@ -164,14 +194,10 @@ def test_sigterm_and_sighup_during_training_end_it_with_one_line_and_leave_nothi
     """``kill PID`` (SIGTERM, what job schedulers and ``timeout`` send) and a closed terminal
     (SIGHUP): before, Python's default action ended the process silently, leaving its temporary
     run folder and lock file beside ``--out``."""
-    # as from a terminal: a test run under nohup would pass its ignored SIGHUP on, and that stays
-    # ignored; so SIGHUP is set back to its default first (not by preexec_fn: a fork of this process,
-    # which has jax's threads, warns)
-    as_from_a_terminal = ("import runpy, signal, sys; signal.signal(signal.SIGHUP, signal.SIG_DFL); "
-                          "sys.argv[0] = 'flax-lenet'; runpy.run_module('flax_lenet', run_name='__main__')")
-    proc = subprocess.Popen([sys.executable, "-c", as_from_a_terminal, "train", "--out", str(tmp_path / "run"),
-                             "--epochs", "3", "--max-steps", "40", "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # as from a terminal (FLAX_LENET): a test run under nohup would pass its ignored SIGHUP on, and
+    # that stays ignored
+    proc = subprocess.Popen(flax_lenet("train", "--out", tmp_path / "run", "--epochs", "3", "--max-steps", "40",
+                                       "--quiet"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     wait_for_jax_import(proc)
     time.sleep(1.5)
     proc.send_signal(sig)
@@ -189,24 +215,23 @@ def test_a_sighup_that_nohup_ignores_stays_ignored(env):
 
 
 def test_sigterm_during_a_swap_waits_for_its_rename_then_exits_143(tmp_path, env):
-    """SIGTERM on the rename itself (the event after the swap's own): the rename finishes first,
-    so the file is the new checkpoint, and nothing is left beside it. One event earlier, before
-    the rename, the old one stays. Either way, exit 143 and one line."""
+    """SIGTERM on the swap's own event (the ``os.replace`` of the temporary to the file, announced
+    just before it is done): the rename finishes first, so the file is the new checkpoint, and
+    nothing is left beside it. One event earlier (the temporary's ``chmod``, before the rename),
+    the old one stays. Either way, exit 143 and one line."""
     state_old, state_new = state_numpy(torch_net(3, "float32", seed=0)), state_numpy(torch_net(3, "float32", seed=1))
     checkpoint.save(tmp_path / "new.pt", state_new)
     checkpoint.save(tmp_path / "w.safetensors", state_old)
     count = tmp_path / "count"
-    argv = [sys.executable, "-m", "flax_lenet", "convert", str(tmp_path / "new.pt"), str(tmp_path / "w.safetensors"),
-            "--overwrite"]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300,
-                          env=dict(env, **{files.TEST_KILL_ENV: f"count:{count}"}))
+    argv = ["convert", tmp_path / "new.pt", tmp_path / "w.safetensors", "--overwrite"]
+    proc = subprocess.run(kill_at(f"count:{count}", *argv), capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc
     total, swap = map(int, count.read_text().split())
     count.unlink()
-    for point, expected in ((swap, state_old), (swap + 1, state_new)):
+    for point, expected in ((str(swap - 1), state_old), ("swap1+0", state_new)):
         checkpoint.save(tmp_path / "w.safetensors", state_old, overwrite=True)
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300,
-                              env=dict(env, **{files.TEST_KILL_ENV: f"{point}:SIGTERM"}))
+        proc = subprocess.run(kill_at(f"{point}:SIGTERM", *argv), capture_output=True, text=True, timeout=300,
+                              env=env)
         assert proc.returncode == 143 and proc.stderr == "flax-lenet convert: terminated\n", (point, proc)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["new.pt", "w.safetensors"], point
         loaded = checkpoint.load_state(tmp_path / "w.safetensors")

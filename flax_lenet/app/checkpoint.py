@@ -24,27 +24,32 @@ one-line ``BadFile``, never weights that quietly changed.
 
 A checkpoint from another tool has none of these; it loads as before, and ``load_state`` adds a
 note that it could not be verified (or, for a zip ``.pt``, that only its CRC-32s were checked).
+
+A failed Orbax read or write (a damaged checkpoint, a full disk) is one ``BadFile`` here; what
+Orbax's and tensorstore's threads print beside it (absl logs, asyncio reports, "Event loop is
+closed") is left to the process: the ``flax-lenet`` command drops exactly those
+(``cli.quiet_reported_failures``); nothing in this module changes a process-wide hook or logger.
+
+Before reading, ``load_state`` puts back an Orbax folder (or the run folder above a checkpoint)
+that a writer killed in the middle of a folder swap left moved aside (``files.put_back``).
 """
 
 import hashlib
 import io
 import json
-import logging
 import os
 import pickle
 import re
 import stat
 import struct
-import sys
 import warnings
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from flax_lenet import convert
-from flax_lenet.app.files import atomic_write, no_interrupt, os_error, os_reason
+from flax_lenet.app.files import atomic_write, no_interrupt, os_error, os_reason, put_back
 from flax_lenet.errors import BadFile, BadWeights
 
 DIGEST_KEY = "flax_lenet.sha256"        # safetensors metadata key
@@ -279,38 +284,6 @@ def _load_safetensors(path: Path, notes: list | None = None) -> dict:
     return state
 
 
-def _ignore_closed_loop_callbacks() -> None:
-    """Silence the late ``RuntimeError('Event loop is closed')`` of a failed Orbax read or write.
-
-    When tensorstore fails to read damaged array data, or to write on a full disk, Orbax closes
-    its asyncio loop while tensorstore still has callbacks queued; they raise in a background
-    thread, and Python prints each with a traceback ("Exception ignored in: ...", or through
-    ``sys.excepthook`` from tensorstore's ``PyErr_Print``) beside our one-line error. This wraps
-    ``sys.unraisablehook`` and ``sys.excepthook`` once so that exactly that error is dropped and
-    every other exception still goes to the previous hook.
-    """
-    previous = sys.unraisablehook
-    if getattr(previous, "_drops_closed_loop", False):
-        return
-
-    def hook(unraisable):
-        exc = unraisable.exc_value
-        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
-            return
-        previous(unraisable)
-
-    hook._drops_closed_loop = True
-    sys.unraisablehook = hook
-    previous_excepthook = sys.excepthook
-
-    def excepthook(kind, value, tb):            # the same error, printed by tensorstore's threads
-        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
-            return
-        previous_excepthook(kind, value, tb)
-
-    sys.excepthook = excepthook
-
-
 def _read_ocdbt_store(path: Path) -> None:
     """Read every entry of the checkpoint's OCDBT key-value store, synchronously, in this thread.
 
@@ -338,7 +311,6 @@ def _load_orbax(path: Path, notes: list | None = None) -> dict:
         with ocp.StandardCheckpointer() as ckptr:
             tree = ckptr.restore(path.absolute())
     except Exception as e:          # Orbax and tensorstore fail in many ways on a damaged checkpoint
-        _ignore_closed_loop_callbacks()
         raise BadFile(f"{path}: expected {_describe('orbax')}, found one that cannot be read "
                       f"({_first_line(e)})") from None
     if not isinstance(tree, dict):
@@ -367,6 +339,7 @@ def load_state(path, *, kernel_size: int | None = None, notes: list | None = Non
     """
     path = Path(path)
     fmt = checkpoint_format(path)
+    put_back(path)              # a folder swap cut by a kill between its two renames: the old folder back
     if not path.exists():
         raise BadFile(f"{path}: expected {_describe(fmt)}, found no such "
                       f"{'directory' if fmt == 'orbax' else 'file'}")
@@ -437,53 +410,18 @@ def replaceable(path) -> str | None:
     return refuse + f"{kind} (it starts with {head[:8]!r})" + tail
 
 
-@contextmanager
-def _quiet_orbax_logs():
-    """Orbax logs each failure of its background threads with a traceback (a full disk: 200 lines);
-    the failure is re-raised in this thread and reported in one line, so those logs are dropped."""
-    logger = logging.getLogger("absl")
-    disabled = logger.disabled
-    logger.disabled = True
-    try:
-        yield
-    finally:
-        logger.disabled = disabled
-
-
 def _write_orbax(target: Path, params: dict) -> None:
     import orbax.checkpoint as ocp
-    _ignore_closed_loop_callbacks()     # a failed write (a full disk) reaches them too, while failing
     try:
-        with no_interrupt(), _quiet_orbax_logs(), ocp.StandardCheckpointer() as ckptr:
+        with no_interrupt(), ocp.StandardCheckpointer() as ckptr:
             ckptr.save(target.absolute(), params)     # Ctrl-C: handled once Orbax's threads are done
             ckptr.wait_until_finished()
     except ValueError as e:         # tensorstore's write errors carry the OS error's number
         code = re.search(r"os_error_code='(\d+)'", str(e))
         if code is None:
             raise
-        _drop_reported_task_errors()
         raise os_error(int(code.group(1))) from None
     _write_sidecar(target)
-
-
-class _ReportedTaskErrors(logging.Filter):
-    """Drops asyncio's "Task exception was never retrieved" for a failed tensorstore write.
-
-    Orbax writes each array in an asyncio task; on a full disk each task fails, and asyncio logs
-    it (the message, the task, a traceback) when the task is collected, which can be after this
-    process printed its one-line error. The error was re-raised in this thread and reported once,
-    so exactly those records are dropped; every other asyncio record passes."""
-
-    def filter(self, record):
-        exc = record.exc_info[1] if record.exc_info else None
-        return not (record.getMessage().startswith("Task exception was never retrieved")
-                    and isinstance(exc, ValueError) and "os_error_code=" in str(exc))
-
-
-def _drop_reported_task_errors() -> None:
-    logger = logging.getLogger("asyncio")
-    if not any(isinstance(f, _ReportedTaskErrors) for f in logger.filters):
-        logger.addFilter(_ReportedTaskErrors())
 
 
 def _to_torch(array):

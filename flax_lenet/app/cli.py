@@ -19,6 +19,7 @@ _xla_gc_callback") or printed asyncio tracebacks from Orbax's threads.
 
 import argparse
 import importlib
+import logging
 import os
 import signal
 import sys
@@ -132,14 +133,75 @@ def take_over_ctrl_c(argv=None) -> None:
             signal.signal(signum, ended)
 
 
-def run() -> None:
-    """The console entry point: ``main`` with Ctrl-C taken over and JAX's persistent compilation cache on.
+def _tensorstore_io_failure(exc) -> bool:
+    """tensorstore's ``ValueError`` for a read or write the OS refused (a full disk): it carries the
+    OS error's number (``os_error_code=``), and ``checkpoint`` reports it as a one-line ``BadFile``."""
+    return isinstance(exc, ValueError) and "os_error_code=" in str(exc)
 
+
+class _ReportedIOFailures(logging.Filter):
+    """Drops a log record whose exception is a tensorstore I/O failure, reported once already.
+
+    On a full disk each of Orbax's write threads logs the failure with its traceback through absl
+    (about 200 lines), and asyncio logs "Task exception was never retrieved" for each failed write
+    task whenever that task is collected, which can be after the one-line error. The same failure
+    is raised again in the main thread and reported there; every other record passes."""
+
+    def filter(self, record):
+        return not (record.exc_info and _tensorstore_io_failure(record.exc_info[1]))
+
+
+def _closed_loop(exc) -> bool:
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+def quiet_reported_failures() -> None:
+    """What ``run`` installs for the whole process before a command starts, so that a failed
+    Orbax read or write (a damaged checkpoint, a full disk) prints the command's one line only.
+
+    * ``sys.unraisablehook`` and ``sys.excepthook`` drop ``RuntimeError('Event loop is closed')``:
+      when tensorstore fails, Orbax closes its asyncio loop while tensorstore still has callbacks
+      queued on it; they raise in a background thread, and Python printed each with a traceback
+      ("Exception ignored in: ...", or through ``sys.excepthook`` from tensorstore's
+      ``PyErr_Print``). Every other exception goes to the hook that was there before.
+    * the ``absl`` and ``asyncio`` loggers drop the records of a tensorstore I/O failure
+      (``_ReportedIOFailures``). ``absl.logging`` is imported here for that: a logger named
+      ``absl`` made before absl makes its own would not be absl's logger class.
+
+    Called once per process, by ``run`` only: a library or a command never changes these.
+    """
+    previous_unraisable, previous_excepthook = sys.unraisablehook, sys.excepthook
+
+    def unraisable(unraisable):
+        if not _closed_loop(unraisable.exc_value):
+            previous_unraisable(unraisable)
+
+    def excepthook(kind, value, tb):            # the same error, printed by tensorstore's threads
+        if not _closed_loop(value):
+            previous_excepthook(kind, value, tb)
+
+    sys.unraisablehook, sys.excepthook = unraisable, excepthook
+    names = ["asyncio"]
+    try:
+        import absl.logging  # noqa: F401  (absl makes its logger; Orbax logs through it)
+        names.append("absl")
+    except ImportError:         # no absl: no Orbax either
+        pass
+    for name in names:
+        logging.getLogger(name).addFilter(_ReportedIOFailures())
+
+
+def run() -> None:
+    """The console entry point: ``main`` with Ctrl-C taken over, failures of Orbax's threads kept
+    to one line (``quiet_reported_failures``) and JAX's persistent compilation cache on.
+
+    The process-wide handlers are installed here, before the command starts, and nowhere else.
     A second ``flax-lenet`` process loads its compiled steps instead of compiling them again
     (``docs/benchmarks.md``, start-up). ``FLAX_LENET_CACHE=0`` switches it off; a cache
     directory that cannot be used only costs the speed-up.
     """
     take_over_ctrl_c()
+    quiet_reported_failures()
     if os.environ.get("FLAX_LENET_CACHE", "1") != "0":
         from flax_lenet import cache
         try:

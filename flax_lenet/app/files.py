@@ -1,37 +1,39 @@
-"""The one way the app writes files and folders: built beside the target, then swapped in whole.
+"""The one way the app writes files and folders: built beside the target, then renamed into place.
 
     .NAME.lock                  held (``flock``) by the one process writing NAME; a second is refused
-    .NAME.tmp-PID-XXXXXXXX      the new content, built here and renamed to NAME in one step
+    .NAME.tmp-PID-XXXXXXXX      the new content, built here, then renamed to NAME
+    .NAME.old-PID-XXXXXXXX      an existing folder NAME, moved aside for the two renames of a swap
 
-A folder that already exists is exchanged with the new one in a single ``renameat2(RENAME_EXCHANGE)``
-(Linux, ``man 2 rename``); where that is missing it is renamed to ``.NAME.old-PID-XXXXXXXX`` first,
-the new one renamed to NAME, and a writer that died between the two is undone by the next one. So
-NAME holds the old complete content or the new complete content at every instant, whether the
-writer finishes, fails (a full disk: a one-line ``BadFile``), is killed (SIGKILL) or interrupted
-(Ctrl-C: ``flax-lenet`` removes the temporaries, ``abandon``). Leftovers of a writer that was killed
-are removed by the next writer of NAME: it holds the lock, so they are certainly stale.
+A file is replaced in one ``os.replace``: NAME holds the old complete file or the new complete one
+at every instant. ``rename(2)`` cannot replace a folder that is not empty, so an existing folder is
+swapped in two renames: NAME is renamed to ``.NAME.old-PID-XXXXXXXX``, then the new folder to NAME
+(then the old one to the temporary's name, and removed). Between those two renames NAME does not
+exist, for the time of one system call. An exception there (an ``OSError`` on the second rename,
+a ``KeyboardInterrupt`` in a program that lets Ctrl-C raise one) renames the old folder back at
+once; in ``flax-lenet``, Ctrl-C, SIGTERM and SIGHUP wait until both renames are done
+(``no_interrupt``). A writer killed there (SIGKILL, the out-of-memory killer) leaves the one state
+other than "old complete" and "new complete" that anyone can find: no NAME, the complete old folder
+beside it as ``.NAME.old-PID-XXXXXXXX`` (and the new one, complete too, as
+``.NAME.tmp-PID-XXXXXXXX``). The next command that touches NAME undoes it, renaming the old folder
+back to NAME while holding NAME's lock: the next writer (``hold``, through ``clean_stale``) and the
+next reader of a checkpoint (``checkpoint.load_state``, through ``put_back``, for the checkpoint's
+own path or for the run folder above it). Until then, a program that looks for NAME by other
+means finds none.
 
-Test hook (``tests/test_atomic_runs.py``): ``FLAX_LENET_TEST_KILL_AT=N:SIGKILL`` (or ``N:SIGINT``)
-makes the process send itself that signal at the N-th file-system event (Python audit events:
-open, mkdir, rename, remove, ...) counted from the start of its first ``atomic_write``;
-``FLAX_LENET_TEST_KILL_AT=count:FILE`` writes the number of such events to FILE at exit, then the
-number of each swap's own event (``flax_lenet.swap``, just before its rename);
-``FLAX_LENET_TEST_KILL_AT=swapI+K:SIGKILL`` sends it K events after the I-th swap's own event.
-Orbax's threads add a varying number of events before a swap (their own polling), so points
-after a swap are given relative to it. Unset, as for every user, nothing is installed and
-nothing is counted.
+Whether the writer finishes, fails (a full disk: a one-line ``BadFile``), is interrupted
+(``flax-lenet`` removes the temporaries, ``abandon``) or killed, NAME is otherwise never a mix of
+old and new. Leftovers of a writer that was killed are removed by the next writer of NAME: it
+holds the lock, so they are certainly stale. Nothing here calls ``fsync``: these are guarantees
+about processes that stop, not about a machine that loses power.
 """
 
 import contextlib
-import ctypes
-import errno
 import fcntl
 import os
 import re
 import secrets
 import shutil
 import signal
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -52,7 +54,7 @@ def os_reason(e: OSError) -> str:
 
 
 def os_error(code: int) -> OSError:
-    """The ``OSError`` for an errno a library reported in its own way (ctypes, tensorstore), so that
+    """The ``OSError`` for an errno a library reported in its own way (tensorstore), so that
     ``atomic_write`` turns it into a one-line ``BadFile`` like any other failed write."""
     return OSError(code, os.strerror(code))
 
@@ -178,7 +180,7 @@ def clean_stale(path) -> None:
         names = sorted(n for n in os.listdir(path.parent) if pattern.fullmatch(n))
     except OSError:
         return
-    olds = [n for n in names if pattern.fullmatch(n).group(1) == "old" and pattern.fullmatch(n).group(3) is None]
+    olds = [n for n in names if _is_moved_aside(pattern.fullmatch(n))]
     if olds and not os.path.lexists(path):          # died between the two renames of a folder swap
         with contextlib.suppress(OSError):
             os.rename(path.parent / olds[0], path)
@@ -187,6 +189,44 @@ def clean_stale(path) -> None:
         if name not in olds or os.path.lexists(path):   # never the only copy of the old content
             _remove(path.parent / name)
 
+
+def _is_moved_aside(match: re.Match | None) -> bool:
+    """A ``_stale_pattern`` match of a folder swap's ``.NAME.old-PID-XXXXXXXX`` (no suffix)."""
+    return match is not None and match.group(1) == "old" and match.group(3) is None
+
+
+def _moved_aside(path: Path) -> bool:
+    """A folder swap's ``.NAME.old-PID-XXXXXXXX`` lies beside ``path``."""
+    pattern = _stale_pattern(path.name)
+    try:
+        return any(_is_moved_aside(pattern.fullmatch(n)) for n in os.listdir(path.parent))
+    except OSError:
+        return False
+
+
+def put_back(path) -> None:
+    """For a reader of ``path``: undo a folder swap whose writer was killed between its two renames.
+
+    If ``path``, or the folder above it that is missing (a run folder, for ``run/flax.orbax``), is
+    absent and its old complete content lies beside it as ``.NAME.old-PID-XXXXXXXX``, take NAME's
+    lock for a moment: ``hold`` (``clean_stale``) renames it back to NAME and removes that writer's
+    other leftovers. Nothing else is done: a path that exists, or a missing one with no such
+    folder beside it, is left as it is. If the lock cannot be had (a live writer holds it: it is
+    between its own two renames; or the folder is read-only), it is left too, and the reader
+    reports the path missing as it would have.
+    """
+    missing = Path(path)
+    if os.path.lexists(missing):
+        return
+    while missing.parent != missing and not os.path.lexists(missing.parent):
+        missing = missing.parent
+    if not _moved_aside(missing):
+        return
+    try:
+        with claim(missing):
+            pass
+    except BadFile:
+        pass
 
 # --- Ctrl-C and SIGTERM: never between the renames of a swap; the temporaries removed before exiting
 
@@ -232,54 +272,15 @@ def abandon() -> None:
             os.unlink(lock)
 
 
-# --- the test hook ---------------------------------------------------------------------------------
-
-TEST_KILL_ENV = "FLAX_LENET_TEST_KILL_AT"
-_AUDITED = frozenset({"open", "os.mkdir", "os.rename", "os.remove", "os.rmdir", "os.chmod", "os.truncate",
-                      "os.listdir", "os.scandir", "shutil.rmtree", "flax_lenet.swap"})
-_hook_installed = False
-
-
-def _start_test_hook() -> None:
-    global _hook_installed
-    spec = os.environ.get(TEST_KILL_ENV)
-    if not spec or _hook_installed:
-        return
-    _hook_installed = True
-    at, _, what = spec.partition(":")
-    count, swaps = [0], []
-    if at == "count":
-        import atexit
-        atexit.register(lambda: Path(what).write_text(" ".join(map(str, [count[0], *swaps])) + "\n"))
-        stop, sig = 0, None
-    elif at.startswith("swap"):             # swapI+K: K events after the I-th swap's own event
-        which, _, after = at[4:].partition("+")
-        stop, sig, relative = None, getattr(signal, what), (int(which), int(after))
-    else:
-        stop, sig = int(at), getattr(signal, what)
-
-    def hook(event, args):
-        nonlocal stop
-        if event in _AUDITED:
-            count[0] += 1
-            if event == "flax_lenet.swap":
-                swaps.append(count[0])
-                if at.startswith("swap") and len(swaps) == relative[0]:
-                    stop = count[0] + relative[1]
-            if count[0] == stop:
-                os.kill(os.getpid(), sig)
-
-    sys.addaudithook(hook)
-
-
 # --- the writer ------------------------------------------------------------------------------------
 
 def atomic_write(path, write: Callable[[Path], None], *, overwrite: bool = False,
                  may_replace: Callable[[Path], str | None] | None = None) -> None:
     """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it to ``path``.
 
-    The temporary is on the same file system, so the rename is atomic, for a file and (through
-    ``renameat2(RENAME_EXCHANGE)``) for a folder; the whole is done holding ``path``'s lock.
+    The temporary is on the same file system, so a file is replaced in one atomic rename; an
+    existing folder is swapped in two (see the module's docstring for the one state a kill between
+    them leaves, and who undoes it). The whole is done holding ``path``'s lock.
 
     Args:
       path: the final file or directory.
@@ -307,7 +308,6 @@ def atomic_write(path, write: Callable[[Path], None], *, overwrite: bool = False
     parent = path.parent
     if not parent.is_dir():
         raise BadFile(f"{path}: expected an existing folder {parent}, found none")
-    _start_test_hook()
     with claim(path):
         refuse_existing()                       # again, now that no other writer can change it
         try:
@@ -336,7 +336,6 @@ def _write_and_swap(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         if tmp.is_file() and not tmp.is_symlink():      # some writers create files 0600
             os.chmod(tmp, 0o666 & ~_umask())
-        sys.audit("flax_lenet.swap", str(path))
         with no_interrupt():
             if path.is_dir() and not path.is_symlink():
                 _swap_folders(tmp, path)                    # tmp now holds the old folder
@@ -347,36 +346,23 @@ def _write_and_swap(path: Path, write: Callable[[Path], None]) -> None:
         _in_progress.discard(tmp)
 
 
-AT_FDCWD = -100
-RENAME_EXCHANGE = 2      # linux/fs.h
-
-
-def _renameat2():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):   # a C library without renameat2 (glibc < 2.28, musl < 1.2.3)
-        return None
-
-
 def _swap_folders(new: Path, path: Path) -> None:
-    """Put folder ``new`` at ``path`` and the old ``path`` at ``new``, atomically where the OS can."""
-    renameat2 = _renameat2()
-    if renameat2 is not None:
-        if renameat2(AT_FDCWD, os.fsencode(new), AT_FDCWD, os.fsencode(path), RENAME_EXCHANGE) == 0:
-            return
-        err = ctypes.get_errno()
-        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):    # not "unsupported here"
-            raise os_error(err)
+    """Put folder ``new`` at ``path`` and the old ``path`` at ``new``, in two renames.
+
+    Killed between the first two, ``path`` is absent and the old folder is complete at
+    ``.NAME.old-PID-XXXXXXXX``: ``clean_stale`` (the next writer) and ``put_back`` (the next
+    reader) rename it back. An exception on or between them (an ``OSError``, a
+    ``KeyboardInterrupt``) that finds the old folder moved aside and ``path`` still absent puts it
+    back at once."""
     old = path.parent / f".{path.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-    os.rename(path, old)                    # a kill from here to the next rename is undone by clean_stale
     try:
+        os.rename(path, old)
         os.rename(new, path)
     except BaseException:
-        os.rename(old, path)
+        if not os.path.lexists(path) and os.path.lexists(old):
+            os.rename(old, path)
         raise
-    os.rename(old, new)
+    os.rename(old, new)                 # removed with the temporary; never restored from here
 
 
 def write_bytes(path, data: bytes) -> None:
