@@ -245,14 +245,6 @@ def adamw(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=Fals
 
 # --- one configuration, built the same way in both frameworks ----------------------------------
 
-#: ``flax-lenet compare --optimizer NAME``: (function of this module, its keyword arguments).
-PRESETS = {
-    "sgd": ("sgd", {}),
-    "momentum": ("sgd", {"momentum": 0.9}),
-    "nesterov": ("sgd", {"momentum": 0.9, "nesterov": True}),
-    "adam": ("adam", {}),
-    "adamw": ("adamw", {}),
-}
 TORCH_CLASSES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
 
 
@@ -286,11 +278,3 @@ class Optimizer:
 @functools.lru_cache(maxsize=None)
 def _optax_of(opt: Optimizer) -> optax.GradientTransformation:
     return globals()[opt.name](**dict(opt.kwargs))
-
-
-def preset(name: str, lr: float) -> Optimizer:
-    """The ``--optimizer`` preset ``name`` with learning rate ``lr``."""
-    if name not in PRESETS:
-        raise BadConfig(f"optimizer must be one of {list(PRESETS)}, found {name!r}")
-    function, kwargs = PRESETS[name]
-    return Optimizer.of(function, lr=lr, **kwargs)

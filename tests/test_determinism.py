@@ -41,7 +41,7 @@ def record(steps: int, device: str) -> dict:
     saved = {f"init {k}": np.asarray(v) for k, v in convert.flatten_flax(params).items()}
     xs, ys = parity.tutorial_data(4, 0, "float32", steps=steps)
     xs_nhwc = np.ascontiguousarray(xs.transpose(0, 1, 3, 4, 2))   # (T, N, 1, 32, 32) -> (T, N, 32, 32, 1)
-    opt = optim.preset("adamw", 1e-3)          # as test_trajectory.py: one compile serves both
+    opt = optim.Optimizer.of("adamw", lr=1e-3)          # as test_trajectory.py: one compile serves both
     run = list(trajectory.flax_steps(params, opt, xs_nhwc, ys))
     saved["flax losses"] = np.array([loss for loss, _ in run])
     saved["flax steps"] = np.array([digest(p) for _, p in run])

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from flax_lenet.app import data, training
-from flax_lenet.checks import MAX_BATCH, check_batch_size
+from flax_lenet.app.checks import MAX_BATCH, check_batch_size
 from flax_lenet.errors import BadConfig, BadFile
 from tests.helpers import one_line_exit_2
 

@@ -139,7 +139,7 @@ def test_trajectory_check_fails_for_a_mismatched_optimizer(run, wrong_tx, proble
 # --- the library runner behind `flax-lenet compare --steps` ------------------------------------
 
 def test_float32_adamw_run_stays_within_the_measured_drift():
-    rows, tol = trajectory.compare(optim.preset("adamw", 1e-3), steps=STEPS, dtype="float32", batch=BATCH)
+    rows, tol = trajectory.compare(optim.Optimizer.of("adamw", lr=1e-3), steps=STEPS, dtype="float32", batch=BATCH)
     assert tol in (TRAJECTORY_FLOAT32_CPU, trajectory_tolerance("float32", "gpu"))
     bad = [r for r in rows if not r.ok]
     assert not bad, f"adamw float32: {bad}"
@@ -147,10 +147,10 @@ def test_float32_adamw_run_stays_within_the_measured_drift():
 
 @pytest.mark.x64
 def test_compare_reports_the_worst_step_and_fails_on_a_broken_conversion():
-    rows, _ = trajectory.compare(optim.preset("sgd", 0.01), steps=3, dtype="float64", batch=BATCH)
+    rows, _ = trajectory.compare(optim.Optimizer.of("sgd", lr=0.01), steps=3, dtype="float64", batch=BATCH)
     assert [r.quantity for r in rows] == ["loss"] + [f"params {k}" for k in convert.torch_shapes(3)]
     assert all(r.ok and 1 <= r.step <= 3 for r in rows)
-    broken, _ = trajectory.compare(optim.preset("sgd", 0.01), steps=3, dtype="float64", batch=BATCH,
+    broken, _ = trajectory.compare(optim.Optimizer.of("sgd", lr=0.01), steps=3, dtype="float64", batch=BATCH,
                                    fault="flatten")
     fc1 = next(r for r in broken if r.quantity == "params fc1.weight")
     assert not fc1.ok and fc1.max_rel > 1e3 * fc1.rtol
@@ -158,7 +158,7 @@ def test_compare_reports_the_worst_step_and_fails_on_a_broken_conversion():
 
 @pytest.mark.gpu
 def test_float32_run_on_gpu_with_tf32_off_stays_within_the_gpu_bound():
-    rows, tol = trajectory.compare(optim.preset("adamw", 1e-3), steps=STEPS, dtype="float32", batch=BATCH)
+    rows, tol = trajectory.compare(optim.Optimizer.of("adamw", lr=1e-3), steps=STEPS, dtype="float32", batch=BATCH)
     assert tol.rtol == trajectory_tolerance("float32", "gpu", tf32=False).rtol
     bad = [r for r in rows if not r.ok]
     assert not bad, f"adamw float32 on GPU: {bad}"

@@ -50,7 +50,7 @@ def test_side_by_side_training_runs_the_fast_step(fast_step_batches):
 
 
 def test_trajectory_runs_the_fast_step(fast_step_batches):
-    trajectory.compare(optim.preset("adam", 1e-3), steps=2, batch=5, dtype="float32")
+    trajectory.compare(optim.Optimizer.of("adam", lr=1e-3), steps=2, batch=5, dtype="float32")
     assert 5 in fast_step_batches
 
 

@@ -6,7 +6,8 @@ A section names Python objects, never code text; ``render`` reads their source a
 from dataclasses import dataclass
 
 from docs.build import examples, porting
-from flax_lenet import checks, functional, linen, model, train
+from flax_lenet import functional, linen, model, train
+from flax_lenet.app import checks
 from flax_lenet.porting import graph, hooks
 from keras_reference import model as keras_model
 from keras_reference import train as keras_train
@@ -242,7 +243,7 @@ SECTIONS = (
         "(H, W, C); but the Net's flatten then reads the image's height as the batch, and fc1 fails, "
         "in both frameworks. Add the batch dimension: input.unsqueeze(0) in torch, x[None] in JAX. "
         "The model files and train_step stay plain, as Flax's own examples; the flax-lenet commands "
-        "check the batch first (flax_lenet.checks.check_images) and say what is wrong in one line.",
+        "check the batch first (flax_lenet.app.checks.check_images) and say what is wrong in one line.",
         torch=(examples.torch_single_image,),
         flax={"NNX": (examples.flax_single_image,), "Linen": (examples.linen_single_image,),
               "functional": (checks.check_images,), "Keras": (examples.keras_single_image,)},

@@ -67,7 +67,7 @@ def compare(opt: Optimizer, *, steps: int = 100, dtype: str = "float64", kernel_
     trained by ``flax_lenet.fast.train_step`` against ``torch_reference.Net`` and ``torch.optim``.
 
     Args:
-      opt: the optimizer, e.g. ``Optimizer.of('adam', lr=1e-3)`` or ``optim.preset('nesterov', 0.01)``.
+      opt: the optimizer, e.g. ``Optimizer.of('adam', lr=1e-3)``.
       steps: number of training steps; one fresh batch per step.
       dtype: 'float32' or 'float64' (needs ``jax_enable_x64``).
       kernel_size, batch, seed: the Net (3 or 5), batch size, seed of torch's init and the data.

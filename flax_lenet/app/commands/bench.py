@@ -53,7 +53,7 @@ def _config(args):
     precision = args.precision or ("both" if args.device == "gpu" else "default")
     precisions = bench.PRECISIONS if precision == "both" else (precision,)
     batches = args.batch or (bench.GPU_BATCHES if args.device == "gpu" else bench.CPU_BATCHES)
-    from flax_lenet.checks import check_batch_size
+    from flax_lenet.app.checks import check_batch_size
     for batch in batches:
         check_batch_size(batch, "--batch")
     return bench.BenchConfig(device=args.device, batches=batches, impls=impls, precisions=precisions,

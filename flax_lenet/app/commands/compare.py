@@ -15,10 +15,26 @@ import sys
 from flax_lenet import optim
 from flax_lenet.porting import parity
 from flax_lenet.app.cli import positive_int
-from flax_lenet.checks import check_batch_size
+from flax_lenet.app.checks import check_batch_size
 from flax_lenet.errors import BadConfig
 from flax_lenet.table import format_table
 
+
+
+#: ``--optimizer NAME``: (``flax_lenet.optim`` function / torch.optim class, keyword arguments besides ``lr``)
+PRESETS = {
+    "sgd": ("sgd", {}),
+    "momentum": ("sgd", {"momentum": 0.9}),
+    "nesterov": ("sgd", {"momentum": 0.9, "nesterov": True}),
+    "adam": ("adam", {}),
+    "adamw": ("adamw", {}),
+}
+
+
+def preset(name: str, lr: float):
+    """The ``--optimizer`` preset ``name`` with learning rate ``lr``, as an ``optim.Optimizer``."""
+    function, kwargs = PRESETS[name]
+    return optim.Optimizer.of(function, lr=lr, **kwargs)
 
 
 def add_arguments(p):
@@ -40,7 +56,7 @@ def add_arguments(p):
     p.add_argument("--steps", type=positive_int, default=None,
                    help="train N steps in both frameworks (functional flavour) and report, per quantity, the "
                         "largest difference over the run and the step where it happened")
-    p.add_argument("--optimizer", choices=("sgd", "momentum", "nesterov", "adam", "adamw"), default=None,
+    p.add_argument("--optimizer", choices=tuple(PRESETS), default=None,
                    help="with --steps: torch.optim.SGD / SGD(momentum=0.9) / SGD(momentum=0.9, nesterov=True) / "
                         "Adam / AdamW (torch's defaults, --lr) against flax_lenet.optim (default: sgd)")
     own = p.add_argument_group("your own port (flax_lenet.porting.parity.check)")
@@ -111,7 +127,7 @@ def _main_steps(args, device) -> int:
     """``--steps N``: one row per quantity, its worst difference over the run and the step."""
     from flax_lenet.porting import trajectory
     from flax_lenet.porting.tolerances import TRAJECTORY_FLOAT32_RATIO
-    opt = optim.preset(args.optimizer or "sgd", args.lr)
+    opt = preset(args.optimizer or "sgd", args.lr)
     rows, tol = trajectory.compare(opt, steps=args.steps, dtype=args.dtype, kernel_size=args.kernel_size,
                                    batch=args.batch, seed=args.seed, tf32=args.tf32, fault=args.fault)
     ok = all(r.ok for r in rows)
@@ -225,7 +241,7 @@ def _main_port(args) -> int:
     x = (rng.integers(0, args.input_high, shape) if args.input_dtype == "int64"
          else rng.standard_normal(shape).astype(args.dtype))
     steps = args.steps or 1
-    opt = optim.preset(args.optimizer or "sgd", args.lr)
+    opt = preset(args.optimizer or "sgd", args.lr)
     report = parity.check(torch_model, flax_model, x, loss=args.loss, optimizer=opt, steps=steps,
                           dtype=args.dtype, seed=args.seed, tf32=args.tf32)
     if args.json:
