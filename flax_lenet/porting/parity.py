@@ -161,15 +161,14 @@ def _torch_losses():
     return {"mse": torch.nn.MSELoss(), "cross_entropy": torch.nn.CrossEntropyLoss()}
 
 
-def torch_side(net, x, target, *, criterion, optimizer=None, steps: int = 1, manual_lr=None,
-               modes: bool = False, batches=None) -> dict:
+def torch_side(net, x, target, *, criterion, optimizer=None, manual_lr=None, modes: bool = False,
+               batches=((), ())) -> dict:
     """One step of training in torch on a copy of ``net`` (left unchanged), in numpy.
 
     Returns ``{'output': {mode: array}, 'loss', 'grads': {name: array}, 'manual': state after
     ``w - manual_lr * g`` or None, 'steps': [(loss, state_dict)] after each optimizer step}``.
     The outputs are taken in eval mode and, with ``modes``, in train mode (Dropout off); loss,
-    gradients and steps in train mode with Dropout off. ``batches``: ``(xs, ys)``, one batch per
-    step (default: ``x``, ``target`` at every step).
+    gradients and steps in train mode with Dropout off. ``batches``: ``(xs, ys)``, one batch per step.
     """
     import copy
 
@@ -200,9 +199,8 @@ def torch_side(net, x, target, *, criterion, optimizer=None, steps: int = 1, man
     if optimizer is not None:
         work = _torch_train_mode(copy.deepcopy(net))
         opt = optimizer.torch(work.parameters())
-        for t in range(steps):
-            xt, yt = (x, y) if batches is None else (torch.as_tensor(batches[0][t]).to(dev),
-                                                     torch.as_tensor(batches[1][t]).to(dev))
+        for xt, yt in zip(*batches):
+            xt, yt = torch.as_tensor(xt).to(dev), torch.as_tensor(yt).to(dev)
             opt.zero_grad()
             step_loss = criterion(work(xt), yt)
             step_loss.backward()
@@ -303,8 +301,8 @@ def _skeleton(flax_model):
     return {port.PARAMS: flax_model[1]}
 
 
-def flax_side(flax_model, variables: dict, x, y, *, loss=functional.mse_loss, optimizer=None, steps: int = 1,
-              manual_lr=None, modes: bool = False, step_fn=None, batches=None) -> dict:
+def flax_side(flax_model, variables: dict, x, y, *, loss=functional.mse_loss, optimizer=None, manual_lr=None,
+              modes: bool = False, step_fn=None, batches=((), ())) -> dict:
     """``torch_side`` in Flax, from converted ``variables`` ``{collection: {'path/leaf': array}}``.
 
     Returns the same keys, every state as flat Flax variables ``{collection: {'path/leaf': array}}``.
@@ -328,8 +326,7 @@ def flax_side(flax_model, variables: dict, x, y, *, loss=functional.mse_loss, op
         if optimizer is not None:
             work = _nnx_train_mode(nnx.clone(model))
             opt = nnx.Optimizer(work, _tx(optimizer), wrt=nnx.Param)
-            for t in range(steps):
-                xt, yt = (x, y) if batches is None else (batches[0][t], batches[1][t])
+            for xt, yt in zip(*batches):
                 step_loss = (step_fn or train.train_step)(work, opt, xt, yt, loss_fn=loss_fn)
                 stepped.append((float(step_loss), port.flax_variables(work)))
         stats = port.flax_variables(model)[port.BATCH_STATS]
@@ -345,8 +342,7 @@ def flax_side(flax_model, variables: dict, x, y, *, loss=functional.mse_loss, op
         if optimizer is not None:
             tx = _tx(optimizer)
             q, state = p, tx.init(p)
-            for t in range(steps):
-                xt, yt = (x, y) if batches is None else (batches[0][t], batches[1][t])
+            for xt, yt in zip(*batches):
                 q, state, step_loss = _pure_step(apply, loss, tx, q, state, rest, xt, yt)
                 stepped.append((float(step_loss), {port.PARAMS: port._flat(q), **port_stats(rest)}))
         stats = port_stats(rest)[port.BATCH_STATS]
@@ -607,18 +603,17 @@ def check(torch_model, flax_model, inputs, *, target=None, loss="mse", optimizer
     to_flax = flax_input or default_flax_input
     x_flax, y_flax = _jax_array(to_flax(x)), _jax_array(_flax_target(target, to_flax))
     step_label = f"params after {optim.TORCH_CLASSES[optimizer.name]} step" + (f"s ({steps})" if steps > 1 else "")
-    flax_batches = None
-    if batches is not None:
-        xs, ys = (np.asarray(b) for b in batches)
-        xs = xs.astype(dtype) if np.issubdtype(xs.dtype, np.floating) else xs
-        batches = (xs, ys)
-        flax_batches = ([_jax_array(to_flax(b)) for b in xs], [_jax_array(_flax_target(b, to_flax)) for b in ys])
+    if batches is None:
+        batches = ([x] * steps, [target] * steps)
+    xs, ys = (np.asarray(b)[:steps] for b in batches)
+    batches = (xs.astype(dtype) if np.issubdtype(xs.dtype, np.floating) else xs, ys)
+    flax_batches = ([_jax_array(to_flax(b)) for b in batches[0]], [_jax_array(_flax_target(b, to_flax)) for b in ys])
     with precision(tf32):
-        ref = torch_side(net, x, target, criterion=criterion, optimizer=optimizer, steps=steps,
+        ref = torch_side(net, x, target, criterion=criterion, optimizer=optimizer,
                          manual_lr=manual_lr, modes=modes, batches=batches)
         for label, model in models.items():
             fn = step_fn.get(label) if isinstance(step_fn, dict) else step_fn
-            got = flax_side(model, variables, x_flax, y_flax, loss=flax_loss, optimizer=optimizer, steps=steps,
+            got = flax_side(model, variables, x_flax, y_flax, loss=flax_loss, optimizer=optimizer,
                             manual_lr=manual_lr, modes=modes, step_fn=fn, batches=flax_batches)
             rows += _diff_sides(label, net, ref, got, flatten, name_map, rtol, tol, output_name, step_label,
                                 per_tensor_steps)
