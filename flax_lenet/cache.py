@@ -1,10 +1,9 @@
 """JAX's persistent compilation cache, so that a second ``flax-lenet`` process skips compiling.
 
 The first call of every jitted function (and of every eager op on a new shape) traces and
-compiles; on 2 CPU cores that was most of the start-up of ``flax-lenet compare``. Library
-users get the same with one call, ``flax_lenet.cache.enable()``, before their first jit. With the cache on, XLA executables are written to disk and
-a later process with the same jax version, device and code loads them instead
-(``benchmarks/startup.py`` measures both).
+compiles. With the cache on, XLA executables are written to disk and a later process with the
+same jax version, device and code loads them instead (``benchmarks/startup.py`` measures both).
+The CLI turns it on; library users call ``flax_lenet.cache.enable()`` before their first jit.
 
     from flax_lenet import cache
     cache.enable()            # before the first jit; directory: $FLAX_LENET_CACHE_DIR or

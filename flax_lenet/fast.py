@@ -35,8 +35,7 @@ product each, and the pools become a max over a small axis of that product:
   ``conv2``'s last row and column for k=3 (13 is odd: its pool's floor drops them) are never
   computed, nor the ``conv1`` outputs that only they read.
 
-The matrices are small (for N=256: ``12544 x 36 @ 36 x 96`` and ``9216 x 96 @ 96 x 64`` with
-k=3), and XLA:CPU runs them, their gradients and the pool as a handful of large kernels. The
+XLA:CPU runs these products, their gradients and the pool as a handful of large kernels. The
 result equals ``Net.__call__`` up to float rounding (``tests/test_fast.py``: float64 to 1e-12,
 gradients included, ties included, k = 3 and 5). ``train_step`` uses it through ``view``: only
 on CPU (``lax.platform_dependent``; GPUs and TPUs run ``model(x)``) and only for a Net that is

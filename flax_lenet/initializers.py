@@ -20,41 +20,21 @@ per layer, ``torch_init`` redraws a built model: every ``kernel`` (Flax's HWIO c
 import math
 
 import jax
-from flax import nnx
+from flax import nnx, traverse_util
 
 
+@jax.jit
 def _draw(key, params):
     """A tree like ``params`` with each layer's kernel and bias from U(+-1/sqrt(fan_in))."""
-    layers = _layers(params)
-    keys = jax.random.split(key, 2 * len(layers))
-    out = jax.tree.map(lambda a: a, params)
-    for i, (path, layer) in enumerate(layers):
-        bound = 1.0 / math.sqrt(math.prod(layer["kernel"].shape[:-1]))
-        new = dict(layer)
-        for j, name in enumerate(("kernel", "bias")):
-            if name in layer:
-                a = layer[name]
-                new[name] = jax.random.uniform(keys[2 * i + j], a.shape, a.dtype, -bound, bound)
-        _set(out, path, new)
-    return out
-
-
-_draw_jit = jax.jit(_draw)
-
-
-def _layers(tree, path=()) -> list:
-    """``[(path, layer dict)]`` for every dict in ``tree`` that holds a ``kernel``."""
-    if not isinstance(tree, dict):
-        return []
-    if "kernel" in tree:
-        return [(path, tree)]
-    return [found for key in tree for found in _layers(tree[key], path + (key,))]
-
-
-def _set(tree, path, value) -> None:
-    for key in path[:-1]:
-        tree = tree[key]
-    tree[path[-1]] = value
+    flat = traverse_util.flatten_dict(params)                 # {('conv1', 'kernel'): array, ...}
+    kernels = [path for path in flat if path[-1] == "kernel"]
+    keys = jax.random.split(key, 2 * len(kernels))
+    for i, path in enumerate(kernels):
+        bound = 1.0 / math.sqrt(math.prod(flat[path].shape[:-1]))
+        for j, leaf in enumerate((path, path[:-1] + ("bias",))):
+            if leaf in flat:
+                flat[leaf] = jax.random.uniform(keys[2 * i + j], flat[leaf].shape, flat[leaf].dtype, -bound, bound)
+    return traverse_util.unflatten_dict(flat)
 
 
 def torch_init(model_or_params, rngs_or_key):
@@ -71,15 +51,7 @@ def torch_init(model_or_params, rngs_or_key):
     key = rngs_or_key.params() if isinstance(rngs_or_key, nnx.Rngs) else rngs_or_key
     if isinstance(model_or_params, nnx.Module):
         state = nnx.state(model_or_params, nnx.Param)
-        new = _draw_jit(key, nnx.to_pure_dict(state))
-        nnx.replace_by_pure_dict(state, new)
+        nnx.replace_by_pure_dict(state, _draw(key, nnx.to_pure_dict(state)))
         nnx.update(model_or_params, state)
         return model_or_params
-    return _draw_jit(key, _plain_dicts(model_or_params))
-
-
-def _plain_dicts(tree):
-    """Nested mappings (Linen's dicts or FrozenDicts) as plain dicts."""
-    if hasattr(tree, "items"):
-        return {k: _plain_dicts(v) for k, v in tree.items()}
-    return tree
+    return _draw(key, model_or_params)

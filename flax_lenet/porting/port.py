@@ -199,17 +199,15 @@ def register(torch_class, rule: Rule) -> None:
     RULES[torch_class if isinstance(torch_class, str) else torch_class.__name__] = rule
 
 
-for _name in ("Linear",):
-    register(_name, Rule(_WEIGHT_BIAS, _linear_to_flax, _linear_to_torch))
-for _name in ("Conv1d", "Conv2d", "Conv3d"):
-    register(_name, Rule(_WEIGHT_BIAS, _conv_to_flax, _conv_to_torch))
-for _name in ("ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"):
-    register(_name, Rule(_WEIGHT_BIAS, _conv_transpose_to_flax, _conv_transpose_to_torch))
-for _name in ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d"):
-    register(_name, Rule(_BATCHNORM))
-for _name in ("LayerNorm", "GroupNorm"):
-    register(_name, Rule(_AFFINE))
-register("Embedding", Rule({"weight": (PARAMS, "embedding")}))
+for _names, _rule in ((("Linear",), Rule(_WEIGHT_BIAS, _linear_to_flax, _linear_to_torch)),
+                      (("Conv1d", "Conv2d", "Conv3d"), Rule(_WEIGHT_BIAS, _conv_to_flax, _conv_to_torch)),
+                      (("ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"),
+                       Rule(_WEIGHT_BIAS, _conv_transpose_to_flax, _conv_transpose_to_torch)),
+                      (("BatchNorm1d", "BatchNorm2d", "BatchNorm3d"), Rule(_BATCHNORM)),
+                      (("LayerNorm", "GroupNorm"), Rule(_AFFINE)),
+                      (("Embedding",), Rule({"weight": (PARAMS, "embedding")}))):
+    for _name in _names:
+        register(_name, _rule)
 
 #: torch tensors with no Flax counterpart: BatchNorm's step counter (Flax keeps none)
 SKIPPED = {"num_batches_tracked"}
