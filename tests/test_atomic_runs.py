@@ -230,6 +230,15 @@ def test_a_folder_swap_cut_between_its_two_renames_is_undone_by_the_next_reader(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "w.orbax"]
 
 
+def test_eval_of_a_checkpoint_whose_swap_was_cut_puts_it_back_and_evaluates_it(tmp_path, states, capsys):
+    from flax_lenet.app import cli
+    target = tmp_path / "w.orbax"
+    checkpoint.save(target, states[0])
+    _cut_between_the_renames(target)
+    assert cli.main(["eval", str(target), "--json"]) == 0, capsys.readouterr().err
+    assert siblings(target) == [] and target.is_dir()
+
+
 FLOCK = """\
 import fcntl, os, sys
 fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)

@@ -30,6 +30,8 @@ def main(args) -> int:
         raise BadConfig("--data mnist: expected --data-dir DIR with the IDX files, found none")
     if args.data_dir and args.data != "mnist":
         raise BadConfig("--data-dir: expected --data mnist with it, found --data digits")
+    from flax_lenet.app import files
+    files.put_back(args.checkpoint)               # a folder swap killed between its renames: undone first
     if not os.path.isdir(args.checkpoint):        # an Orbax folder, or a file: only a regular one is opened
         from flax_lenet.app.paths import require_regular_file
         require_regular_file(args.checkpoint, "a checkpoint: a .pt/.pth or .safetensors file, or an Orbax folder")
