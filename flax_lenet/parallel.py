@@ -26,17 +26,10 @@ any process can save them (``jax.process_index() == 0`` by convention). Across p
 gradient sum is a real collective: NCCL between GPUs, gloo on CPU (JAX's default,
 ``jax_cpu_collectives_implementation``).
 
-A launcher on one machine, 2 processes of 2 CPU devices each (what ``tests/test_multiprocess.py``
-runs, with ``tests/multiprocess_worker.py`` as the program)::
-
-    export XLA_FLAGS=--xla_force_host_platform_device_count=2 JAX_PLATFORMS=cpu
-    python train.py --port 12345 --process 0 --processes 2 &    # each calls
-    python train.py --port 12345 --process 1 --processes 2 &    # jax.distributed.initialize(
-    wait                                                        #   f"localhost:{port}", 2, i)
-
-On several hosts the same, with ``coordinator_address`` = process 0's host and one process per
-host (``XLA_FLAGS`` not needed: the host's GPUs are its local devices), or ``srun python
-train.py`` under SLURM with ``jax.distributed.initialize()`` and no arguments.
+``tests/multiprocess_worker.py`` is such a program, and ``tests/test_multiprocess.py`` launches
+it as 2 processes of 2 CPU devices each on one machine (``XLA_FLAGS=
+--xla_force_host_platform_device_count=2``); on several hosts ``coordinator_address`` is process
+0's host, or ``srun`` under SLURM with ``jax.distributed.initialize()`` and no arguments.
 """
 
 import jax
