@@ -37,3 +37,40 @@ def test_the_docs_generator_is_not_a_command(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["docs"])
     assert exit_.value.code == 2 and "invalid choice: 'docs'" in capsys.readouterr().err
+
+
+HEAVY = ("jax", "torch", "flax", "optax", "absl")
+PROBE = """
+import sys
+from flax_lenet.app import cli
+try:
+    cli.run()
+except SystemExit as e:
+    code = e.code
+print("EXIT", code, sorted(m for m in {heavy!r} if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["compare", "--flavour", "nope"],
+                                  ["train", "--epochs", "x"], ["bench", "--device", "tpu"], ["no-such-command"]],
+                         ids=["help", "train help", "bad choice", "bad number", "bad device", "bad command"])
+def test_help_and_usage_errors_import_neither_jax_nor_torch(argv):
+    """What makes ``flax-lenet --help`` quick (docs/benchmarks.md times it): the entry point itself,
+    run as the console script runs it, answers before any framework is imported."""
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), *argv], capture_output=True,
+                          text=True, timeout=120)
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("EXIT 0" if "--help" in argv else "EXIT 2"), proc.stdout + proc.stderr
+    assert last.endswith("[]"), last
+
+
+def test_the_import_probe_sees_a_framework_a_command_imports():
+    """Broken twin: a run that gets as far as a command imports jax, and the probe says so."""
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), "compare", "--seed", "-1"],
+                          capture_output=True, text=True, timeout=300)
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("EXIT 2") and "'jax'" in last, proc.stdout + proc.stderr

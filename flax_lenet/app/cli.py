@@ -76,14 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def main(argv=None, *, before=None) -> int:
     """Run one ``flax-lenet`` command and return its exit code.
 
     A ``BadInput`` becomes ``flax-lenet COMMAND: error: <message>`` on stderr and exit code 2
     (with ``FLAX_LENET_DEBUG=1`` it is re-raised with its traceback); Ctrl-C is one line and
-    130. Every other exception is a bug and propagates unchanged.
+    130. Every other exception is a bug and propagates unchanged. ``before()``, if given, runs
+    once the arguments are parsed and before the command (so ``--help`` and a usage error never
+    reach it).
     """
     args = build_parser().parse_args(argv)
+    if before is not None:
+        before()
     try:
         return int(args._main(args) or 0)
     except BadInput as e:
@@ -201,6 +205,11 @@ def run() -> None:
     directory that cannot be used only costs the speed-up.
     """
     take_over_ctrl_c()
+    sys.exit(main(before=_start_command))
+
+
+def _start_command() -> None:
+    """After the arguments are parsed (``--help`` and usage errors import neither jax nor absl)."""
     quiet_reported_failures()
     if os.environ.get("FLAX_LENET_CACHE", "1") != "0":
         from flax_lenet import cache
@@ -208,7 +217,6 @@ def run() -> None:
             cache.enable()
         except BadInput:            # the cache folder is a file or cannot be created
             pass
-    sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ from flax import nnx
 from flax_lenet import convert, functional, linen, optim, train
 from flax_lenet.errors import BadConfig
 from flax_lenet.porting import port
+from flax_lenet.porting.names import FAULTS as FAULT_NAMES, FLAVOURS, LOSSES
 from flax_lenet.porting.tolerances import EXACT, TRAJECTORY_FLOAT32_RATIO, Tolerance, tolerance
 
-FLAVOURS = ("nnx", "linen", "functional")
 DTYPES = ("float32", "float64")
 
 
@@ -217,7 +217,7 @@ def _cross_entropy(logits, labels):
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
-FLAX_LOSSES = {"mse": functional.mse_loss, "cross_entropy": _cross_entropy}
+FLAX_LOSSES = dict(zip(LOSSES, (functional.mse_loss, _cross_entropy)))
 
 
 def _model_loss(loss):
@@ -393,7 +393,7 @@ def _fault_element(state: dict, params: dict) -> None:
     params["conv1"]["kernel"] = kernel
 
 
-FAULTS = {"flatten": _fault_flatten, "transpose": _fault_transpose, "element": _fault_element}
+FAULTS = dict(zip(FAULT_NAMES, (_fault_flatten, _fault_transpose, _fault_element)))
 
 
 # --- the comparison --------------------------------------------------------------------------

@@ -12,12 +12,9 @@ may be a path to a ``.py`` file.
 import json
 import sys
 
-from flax_lenet import optim
-from flax_lenet.porting import parity
 from flax_lenet.app.cli import positive_int
-from flax_lenet.app.checks import check_batch_size
 from flax_lenet.errors import BadConfig
-from flax_lenet.table import format_table
+from flax_lenet.porting.names import FAULTS, FLAVOURS, LOSSES
 
 
 
@@ -33,6 +30,7 @@ PRESETS = {
 
 def preset(name: str, lr: float):
     """The ``--optimizer`` preset ``name`` with learning rate ``lr``, as an ``optim.Optimizer``."""
+    from flax_lenet import optim
     function, kwargs = PRESETS[name]
     return optim.Optimizer.of(function, lr=lr, **kwargs)
 
@@ -45,10 +43,10 @@ def add_arguments(p):
     p.add_argument("--batch", type=positive_int, default=1, help="batch size N (default: 1, as the tutorial)")
     p.add_argument("--seed", type=int, default=0, help="seed for the weights and data (default: 0)")
     p.add_argument("--lr", type=float, default=0.01, help="learning rate of the update (default: 0.01)")
-    p.add_argument("--flavour", choices=parity.FLAVOURS + ("all",), default="all", help="default: all")
+    p.add_argument("--flavour", choices=FLAVOURS + ("all",), default="all", help="default: all")
     p.add_argument("--tf32", action="store_true",
                    help="on a GPU, leave TF32 on in both frameworks (their defaults) and use the TF32 tier")
-    p.add_argument("--break", dest="fault", choices=tuple(parity.FAULTS),
+    p.add_argument("--break", dest="fault", choices=FAULTS,
                    help="deliberately break the conversion (fc1 flatten order, a conv kernel reshaped "
                         "instead of transposed, or one conv1 element off by a tenth of the kernel's "
                         "largest) to see the comparison fail")
@@ -71,12 +69,13 @@ def add_arguments(p):
     own.add_argument("--input-dtype", choices=("float", "int64"), default="float",
                      help="float: standard-normal inputs in --dtype (default); int64: integers in [0, --input-high)")
     own.add_argument("--input-high", type=positive_int, help="with --input-dtype int64: the exclusive upper bound")
-    own.add_argument("--loss", choices=("mse", "cross_entropy"), default="mse",
+    own.add_argument("--loss", choices=LOSSES, default="mse",
                      help="nn.MSELoss against a standard-normal target, or nn.CrossEntropyLoss against random "
                           "classes (default: mse)")
 
 
 def main(args) -> int:
+    from flax_lenet.app.checks import check_batch_size
     check_batch_size(args.batch, "--batch")     # before anything is allocated (1e8 images: 381 GiB)
     if args.seed < 0:
         raise BadConfig(f"--seed: expected a non-negative integer, found {args.seed}")
@@ -94,7 +93,9 @@ def main(args) -> int:
         jax.config.update("jax_enable_x64", True)
     if args.steps is not None:
         return _main_steps(args, jax.default_backend())
-    flavours = parity.FLAVOURS if args.flavour == "all" else (args.flavour,)
+    from flax_lenet.porting import parity
+    from flax_lenet.table import format_table
+    flavours = FLAVOURS if args.flavour == "all" else (args.flavour,)
     rows, tol = parity.compare(flavours=flavours, dtype=args.dtype, kernel_size=args.kernel_size,
                                batch=args.batch, seed=args.seed, lr=args.lr, tf32=args.tf32,
                                fault=args.fault)
@@ -127,6 +128,7 @@ def _main_steps(args, device) -> int:
     """``--steps N``: one row per quantity, its worst difference over the run and the step."""
     from flax_lenet.porting import trajectory
     from flax_lenet.porting.tolerances import TRAJECTORY_FLOAT32_RATIO
+    from flax_lenet.table import format_table
     opt = preset(args.optimizer or "sgd", args.lr)
     rows, tol = trajectory.compare(opt, steps=args.steps, dtype=args.dtype, kernel_size=args.kernel_size,
                                    batch=args.batch, seed=args.seed, tf32=args.tf32, fault=args.fault)
@@ -228,7 +230,7 @@ def _main_port(args) -> int:
     import torch
     from flax import nnx
 
-    from flax_lenet.porting import trajectory
+    from flax_lenet.porting import parity, trajectory
     torch.manual_seed(args.seed)
     torch_model = _build(torch_obj, "--torch", lambda o: o())
     if not isinstance(torch_model, torch.nn.Module):

@@ -22,7 +22,7 @@ MAX_TORCH_THREADS = max(256, os.cpu_count() or 1)
 
 
 def add_arguments(p):
-    from flax_lenet.app.training import TrainConfig
+    from flax_lenet.app.config import TrainConfig
     d = TrainConfig()
     p.add_argument("--data", choices=("digits", "mnist"), default="digits",
                    help="digits: scikit-learn's 1,797 handwritten digits (no download); "
