@@ -12,13 +12,36 @@ float64 weights) switch x64 on with ``jax.config.update``, for the whole process
 a user; such tests need no marker, and the global flag is put back after every phase.
 """
 
+import atexit
 import contextlib
+import os
+import shutil
+import tempfile
 
 import jax
 import pytest
 
 X64_DEFAULT = False                       # JAX's default, whatever JAX_ENABLE_X64 says here
 jax.config.update("jax_enable_x64", X64_DEFAULT)
+
+
+def _session_compilation_cache() -> str:
+    """One JAX persistent compilation cache for the whole test session: every pytest-xdist worker
+    and every process a test starts (``flax-lenet`` included) loads what another one compiled
+    instead of compiling it again. It starts empty and is removed when the session ends, so a run
+    is timed from cold; a test that sets its own cache directory keeps it."""
+    if "FLAX_LENET_TEST_SESSION_CACHE" not in os.environ:       # the first process: xdist's controller
+        path = tempfile.mkdtemp(prefix="flax-lenet-tests-jax-cache-")
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+        os.environ.update({"FLAX_LENET_TEST_SESSION_CACHE": path, "JAX_COMPILATION_CACHE_DIR": path,
+                           "FLAX_LENET_CACHE_DIR": path, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
+    return os.environ["FLAX_LENET_TEST_SESSION_CACHE"]
+
+
+jax.config.update("jax_compilation_cache_dir", _session_compilation_cache())
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def needs_x64(item) -> bool:

@@ -99,7 +99,7 @@ def test_compare_still_fails_a_flax_run_that_left_float64_alone(capsys, monkeypa
     over the tolerance, and against float64 Flax is far where torch is not: FAIL, with the figures."""
     from flax_lenet import optim
     from flax_lenet.app import cli
-    monkeypatch.setattr(trajectory, "_optax_of", lambda opt: optim.sgd(**{**dict(opt.kwargs), "nesterov": True}))
+    monkeypatch.setattr(optim.Optimizer, "optax", lambda opt: optim.sgd(**{**dict(opt.kwargs), "nesterov": True}))
     assert cli.main(COMPARE_TORCH_DRIFTS) == 1
     out = capsys.readouterr().out
     assert "FAIL*" in out and f"over {TRAJECTORY_FLOAT32_RATIO:g}x torch's" in out

@@ -84,6 +84,8 @@ sys.meta_path.insert(0, CtrlC())
 from flax_lenet.app import cli
 if sys.argv[1] == "take-over":
     cli.take_over_ctrl_c(["train"])
+else:                       # the twin: jax imported before the command, under Python's own handler
+    import flax_lenet.app.training
 sys.argv = ["flax-lenet", "train", "--out", sys.argv[2], "--quiet"]
 cli.main()
 """
