@@ -41,13 +41,17 @@ TIMEOUT_S = 300
 
 #: module -> (file, functions whose bodies are mutated, test files run against its mutants)
 TARGETS = {
-    "parity": ("flax_lenet/porting/parity.py", ["diff", "_count", "nonfinite", "row", "Row.ok", "compare_results"],
+    "parity": ("flax_lenet/porting/parity.py", ["diff", "_count", "nonfinite", "row", "Row.ok", "diff_steps"],
                ["tests/test_metric.py", "tests/test_tolerance_guards.py"]),
+    "port": ("flax_lenet/porting/port.py",
+             ["_flatten_to_flax", "_flatten_to_torch", "_linear_to_flax", "_linear_to_torch", "_conv_to_flax",
+              "_conv_to_torch", "tensor_to_numpy"],
+             ["tests/test_convert.py", "tests/test_port_convert.py"]),
     "tolerances": ("flax_lenet/porting/tolerances.py", ["tolerance", "trajectory_tolerance"],
                    ["tests/test_tolerance_guards.py"]),
     "convert": ("flax_lenet/convert.py",
-                ["_fc1_to_flax", "_fc1_to_torch", "_move_kernel", "_to_numpy", "torch_to_flax", "flax_to_torch",
-                 "state_to_numpy", "nchw_to_nhwc", "nhwc_to_nchw"],
+                ["_rule", "flax_shapes", "torch_to_flax", "flax_to_torch", "state_to_numpy", "nchw_to_nhwc",
+                 "nhwc_to_nchw"],
                 ["tests/test_claims_parity_cannot_check.py", "tests/test_convert.py"]),
     "optim": ("flax_lenet/optim.py",
               ["_prefix", "_dampened_trace", "sgd", "_one_minus_power", "_torch_adam"],
