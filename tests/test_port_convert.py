@@ -199,8 +199,11 @@ def test_tutorial_conversion_still_refuses_a_list():
         convert.torch_to_flax([state_numpy(torch_net(3, "float32"))])
 
 
-@pytest.mark.parametrize("dst", ["out.pt", "out.safetensors", "out.orbax"])
-@pytest.mark.parametrize("half", ["bfloat16", "float16"])
+@pytest.mark.parametrize("half,dst", [
+    # each format and each half type once in the fast tier; the other three pairs in the slow one
+    ("bfloat16", "out.orbax"), ("float16", "out.safetensors"), ("bfloat16", "out.pt"),
+    *(pytest.param(h, d, marks=pytest.mark.slow) for h, d in
+      (("float16", "out.orbax"), ("bfloat16", "out.safetensors"), ("float16", "out.pt")))])
 def test_convert_writes_half_precision_weights_bit_for_bit_and_eval_reads_them(tmp_path, dst, half):
     """bfloat16 and float16 weights go through ``flax-lenet convert`` into every format unchanged
     (bfloat16 as ml_dtypes in numpy, torch.bfloat16 in a .pt), and ``eval`` evaluates them."""
