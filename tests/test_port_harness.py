@@ -106,7 +106,7 @@ def test_tutorial_net_all_flavours_agree_over_ten_steps(kernel_size, dtype):
     from torch_reference import Net as TorchNet
     torch.manual_seed(0)
     x, target = parity.tutorial_data(4, 0, dtype)
-    models = {f: parity._tutorial_model(f, kernel_size, np.dtype(dtype)) for f in parity.FLAVOURS}
+    models = {f: parity.tutorial_model(f, kernel_size, np.dtype(dtype)) for f in parity.FLAVOURS}
     report = parity.check(TorchNet(kernel_size), models, x, target=target, dtype=dtype, steps=STEPS,
                           optimizer=MOMENTUM, manual_lr=0.01)
     report.assert_ok()
