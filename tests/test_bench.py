@@ -88,3 +88,23 @@ def test_compilation_cache_refuses_a_file(tmp_path):
     from flax_lenet.errors import BadFile
     with pytest.raises(BadFile, match="expected a directory"):
         cache.enable(str(path))
+
+
+def _result(impl, batch, samples, spread):
+    return bench.Result(impl, "default", batch, samples_per_s=samples, step_ms=1e3 * batch / samples, spread=spread)
+
+
+def test_headline_is_best_flax_against_best_torch_and_leaves_noisy_figures_out():
+    cfg = bench.BenchConfig(batches=(64,), impls=bench.IMPLS, kernel_size=3)
+    results = [_result("torch:eager", 64, 500.0, 3.9),            # collapsed on a loaded machine: noisy
+               _result("torch:eager-1t", 64, 10_000.0, 0.1),
+               _result("flax:train_step", 64, 8_000.0, 0.1),
+               _result("flax:fast", 64, 25_000.0, 0.2)]
+    line, = bench.summary(results, cfg)
+    assert line.startswith("N=64 [default]: best flax flax:fast 2.50x best torch torch:eager-1t")
+    assert "flax:train_step 0.80x" in line and "noisy, not used: torch:eager" in line
+    # the noisy torch figure, were it used, would have made the headline 50x
+    results[0] = _result("torch:eager", 64, 500.0, 0.1)
+    assert bench.summary(results, cfg)[0].startswith("N=64 [default]: best flax flax:fast 2.50x best torch torch:eager-1t")
+    results[1] = _result("torch:eager-1t", 64, 10_000.0, 0.6)
+    assert "best flax flax:fast 50.00x best torch torch:eager" in bench.summary(results, cfg)[0]

@@ -1,10 +1,11 @@
-"""Train-step throughput of the Net in torch and Flax, side by side, in one process.
+"""Train-step throughput of the Net in torch and Flax, each implementation measured at its best.
 
 Every implementation runs the same step -- forward, MSE loss, backward, ``SGD(lr)`` update --
-on the same numpy batch. For each batch size all implementations are set up first (their
-compile / warm-up time is recorded separately), then measured in interleaved rounds that
-rotate the order, so that drift (other processes, clocks, thermals) hits both sides alike; the
-reported figure is the median round. Each peer runs at its best settings:
+on the same numpy batch, by default in a fresh process of its own (``run_in_processes``), one
+after another; ``--processes one`` runs them all in one process (``run``): all set up first
+(compile / warm-up time recorded separately), then measured in interleaved rounds that rotate
+the order. The reported figure is the median round, with its spread. Each peer runs at its best
+settings:
 
 torch  ``eager``            ``cudnn.benchmark = True`` on a GPU; ``torch.get_num_threads()`` reported
        ``eager-1t``         (CPU) eager with one thread: on a loaded machine OpenMP's spinning
