@@ -82,10 +82,27 @@ def test_compare_100_steps_of_adam_and_adamw_passes_at_default_flags(capsys, opt
 COMPARE_TORCH_DRIFTS = ["compare", "--steps", "100", "--optimizer", "momentum", "--batch", "16", "--seed", "1"]
 
 
-def test_compare_passes_a_row_over_its_tolerance_when_torchs_own_run_is_the_one_that_drifted(capsys):
-    """Here torch's float32 run leaves float64 at a relu/max-pool tie (fc2.bias 1.4e-2 away)
-    while Flax's stays within 1e-6: the rows over 3e-3 are torch's drift, not a port error."""
+def test_compare_passes_a_row_over_its_tolerance_when_torchs_own_run_is_the_one_that_drifted(capsys, monkeypatch):
+    """torch's float32 run leaves the float64 run while Flax's stays with it: the rows over 3e-3
+    are torch's drift, not a port error. On this project's AMD machine torch's own run drifts here
+    by itself (a relu/max-pool tie, fc2.bias 1.4e-2 away); another CPU rounds that tie the other
+    way, so the drift is made the same everywhere: torch's float32 optimizer (and only it) takes
+    momentum 0.95 instead of 0.9."""
+    import dataclasses
+
+    import torch
+
+    from flax_lenet import optim
     from flax_lenet.app import cli
+    real = optim.Optimizer.torch
+
+    def drifting(opt, parameters):
+        parameters = list(parameters)
+        if parameters[0].dtype == torch.float32:
+            opt = dataclasses.replace(opt, kwargs=tuple((k, 0.95 if k == "momentum" else v) for k, v in opt.kwargs))
+        return real(opt, parameters)
+
+    monkeypatch.setattr(optim.Optimizer, "torch", drifting)
     assert cli.main(COMPARE_TORCH_DRIFTS + ["--json"]) == 0
     rows = {r["quantity"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
     judged = [r for r in rows.values() if "from_float64" in r]
