@@ -339,22 +339,18 @@ def flax_side(flax_model, variables: dict, x, y, *, loss=functional.mse_loss, op
         if modes:
             outputs["eval"] = np.asarray(out)
         grads, params = port._flat(grads), port._flat(p)
+        stats = port._flat(rest.get(port.BATCH_STATS, {}))      # constants: Linen and functions run in eval mode
         if optimizer is not None:
             tx = _tx(optimizer)
             q, state = p, tx.init(p)
             for xt, yt in zip(*batches):
                 q, state, step_loss = _pure_step(apply, loss, tx, q, state, rest, xt, yt)
-                stepped.append((float(step_loss), {port.PARAMS: port._flat(q), **port_stats(rest)}))
-        stats = port_stats(rest)[port.BATCH_STATS]
+                stepped.append((float(step_loss), {port.PARAMS: port._flat(q), port.BATCH_STATS: stats}))
     outputs["train" if modes else "-"] = np.asarray(out)
     manual = None if manual_lr is None else {port.PARAMS: train.sgd_update(params, grads, manual_lr),
                                              port.BATCH_STATS: stats}
     return {"output": outputs, "loss": np.asarray(value), "grads": {port.PARAMS: grads, port.BATCH_STATS: stats},
             "manual": manual, "steps": stepped}
-
-
-def port_stats(rest: dict) -> dict:
-    return {port.BATCH_STATS: port._flat(rest.get(port.BATCH_STATS, {}))}
 
 
 def variables_dtype(variables: dict):
