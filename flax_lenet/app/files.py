@@ -40,7 +40,7 @@ from typing import Callable
 from flax_lenet.errors import BadFile
 
 
-def _umask() -> int:
+def umask() -> int:
     """The process's umask (read by setting it, then putting it back)."""
     mask = os.umask(0)
     os.umask(mask)
@@ -335,7 +335,7 @@ def _write_and_swap(path: Path, write: Callable[[Path], None]) -> None:
     try:
         write(tmp)
         if tmp.is_file() and not tmp.is_symlink():      # some writers create files 0600
-            os.chmod(tmp, 0o666 & ~_umask())
+            os.chmod(tmp, 0o666 & ~umask())
         with no_interrupt():
             if path.is_dir() and not path.is_symlink():
                 _swap_folders(tmp, path)                    # tmp now holds the old folder

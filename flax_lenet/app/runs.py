@@ -172,6 +172,6 @@ def write_run(out, result, metrics: dict | None, data_name: str) -> None:
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         for p in tmp.iterdir():                         # the umask's mode, as for every file written
             if p.is_file():
-                os.chmod(p, 0o666 & ~files._umask())
+                os.chmod(p, 0o666 & ~files.umask())
 
     atomic_write(out, write, overwrite=True, may_replace=replaceable_run)

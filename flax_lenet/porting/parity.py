@@ -321,8 +321,8 @@ def flax_side(flax_model, variables: dict, x, y, *, loss=functional.mse_loss, op
         work = _nnx_train_mode(nnx.clone(model))
         loss_fn = _model_loss(loss)
         out, value, grads = _nnx_forward_and_grads(work, x, y, loss_fn=loss_fn)
-        grads = port._flat(nnx.to_pure_dict(grads))
-        params = port._flat(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+        grads = port.flat_keys(nnx.to_pure_dict(grads))
+        params = port.flat_keys(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
         if optimizer is not None:
             work = _nnx_train_mode(nnx.clone(model))
             opt = nnx.Optimizer(work, _tx(optimizer), wrt=nnx.Param)
@@ -338,14 +338,14 @@ def flax_side(flax_model, variables: dict, x, y, *, loss=functional.mse_loss, op
         out, value, grads = _pure_forward_and_grads(apply, loss, p, rest, x, y)
         if modes:
             outputs["eval"] = np.asarray(out)
-        grads, params = port._flat(grads), port._flat(p)
-        stats = port._flat(rest.get(port.BATCH_STATS, {}))      # constants: Linen and functions run in eval mode
+        grads, params = port.flat_keys(grads), port.flat_keys(p)
+        stats = port.flat_keys(rest.get(port.BATCH_STATS, {}))      # constants: Linen and functions run in eval mode
         if optimizer is not None:
             tx = _tx(optimizer)
             q, state = p, tx.init(p)
             for xt, yt in zip(*batches):
                 q, state, step_loss = _pure_step(apply, loss, tx, q, state, rest, xt, yt)
-                stepped.append((float(step_loss), {port.PARAMS: port._flat(q), port.BATCH_STATS: stats}))
+                stepped.append((float(step_loss), {port.PARAMS: port.flat_keys(q), port.BATCH_STATS: stats}))
     outputs["train" if modes else "-"] = np.asarray(out)
     manual = None if manual_lr is None else {port.PARAMS: train.sgd_update(params, grads, manual_lr),
                                              port.BATCH_STATS: stats}

@@ -384,12 +384,13 @@ def flax_to_torch(model, variables: Mapping[str, Mapping[str, Any]], *, flatten=
 
 # --- the Flax side: NNX modules and Linen variables, as flat {collection: {'path/leaf': array}} --
 
-def _flat(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+def flat_keys(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    """``{'block': {'conv': {'kernel': a}}}`` -> ``{'block.conv/kernel': a}``: the keys ``load`` takes."""
     out = {}
     for key, value in tree.items():
         name = f"{prefix}.{key}" if prefix else str(key)
         if isinstance(value, Mapping):
-            out.update(_flat(value, name))
+            out.update(flat_keys(value, name))
         else:
             module, _, leaf = name.rpartition(".")
             out[f"{module}/{leaf}" if module else leaf] = value
@@ -404,9 +405,9 @@ def _nnx_collections():
 def flax_variables(flax_model) -> dict[str, dict[str, Any]]:
     """``{'params': {'path/leaf': array}, 'batch_stats': {...}}`` of an NNX module or Linen variables."""
     if isinstance(flax_model, Mapping):
-        return {c: _flat(flax_model.get(c, {})) for c in (PARAMS, BATCH_STATS)}
+        return {c: flat_keys(flax_model.get(c, {})) for c in (PARAMS, BATCH_STATS)}
     from flax import nnx
-    return {c: _flat(nnx.to_pure_dict(nnx.state(flax_model, kind))) for c, kind in _nnx_collections().items()}
+    return {c: flat_keys(nnx.to_pure_dict(nnx.state(flax_model, kind))) for c, kind in _nnx_collections().items()}
 
 
 def _set(tree: dict, flat_key: str, value) -> None:
