@@ -18,7 +18,6 @@ import optax
 import pytest
 
 from benchmarks import accuracy
-from flax_lenet.porting import trajectory
 from flax_lenet.porting.tolerances import TRAJECTORY_FLOAT32_RATIO
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

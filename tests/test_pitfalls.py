@@ -18,7 +18,7 @@ from flax import nnx
 
 import port_models
 from flax_lenet import optim
-from flax_lenet.porting import parity, pitfalls, port, trajectory
+from flax_lenet.porting import parity, pitfalls, port
 from flax_lenet.porting.tolerances import FLOAT32_CPU, FLOAT64
 
 RNG = np.random.default_rng(0)

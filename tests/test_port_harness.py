@@ -14,7 +14,7 @@ from flax import nnx
 
 import port_models
 from flax_lenet import linen, optim
-from flax_lenet.porting import parity, trajectory
+from flax_lenet.porting import parity
 from flax_lenet.errors import BadConfig
 from flax_lenet.model import Net
 from flax_lenet.porting.tolerances import FLOAT32_CPU, FLOAT64

@@ -158,7 +158,7 @@ def _torch_train_mode(net):
 
 def _torch_losses():
     import torch
-    return {"mse": torch.nn.MSELoss(), "cross_entropy": torch.nn.CrossEntropyLoss()}
+    return dict(zip(LOSSES, (torch.nn.MSELoss(), torch.nn.CrossEntropyLoss())))
 
 
 def torch_side(net, x, target, *, criterion, optimizer=None, manual_lr=None, modes: bool = False,

@@ -230,7 +230,7 @@ def _main_port(args) -> int:
     import torch
     from flax import nnx
 
-    from flax_lenet.porting import parity, trajectory
+    from flax_lenet.porting import parity
     torch.manual_seed(args.seed)
     torch_model = _build(torch_obj, "--torch", lambda o: o())
     if not isinstance(torch_model, torch.nn.Module):
