@@ -31,11 +31,19 @@ def assert_tree_close(actual: dict, expected: dict, tol: Tolerance, what: str = 
         assert_close(actual[key], expected[key], tol, f"{what} {key}")
 
 
-def one_line_exit_2(capsys, *argv) -> str:
-    """Run ``flax-lenet *argv`` in this process; it must exit 2 with one line on stderr, no traceback."""
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """``flax-lenet *argv`` in this process: ``(exit code, stdout, stderr)``. A test starts a
+    process of its own only for what a process shows (signals, imports, warnings' formatting,
+    resource limits): each one costs seconds of importing jax and torch."""
     from flax_lenet.app import cli
     rc = cli.main([str(a) for a in argv])
     out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_line_exit_2(capsys, *argv) -> str:
+    """Run ``flax-lenet *argv`` in this process; it must exit 2 with one line on stderr, no traceback."""
+    rc, out, err = run_cli(capsys, *argv)
     assert rc == 2, (rc, out, err)
     assert err.count("\n") == 1 and "Traceback" not in err, err
     return err

@@ -23,18 +23,12 @@ import pytest
 
 from flax_lenet.app import checkpoint, cli, files, runs, training
 from flax_lenet.errors import BadFile
-from tests.helpers import state_numpy, torch_net
+from tests.helpers import run_cli, state_numpy, torch_net
 
 REPO = Path(__file__).resolve().parent.parent
 KILL_AT = REPO / "tests" / "kill_at.py"
 TINY = ["--epochs", "1", "--max-steps", "1", "--quiet"]
 KILL_POINTS = 20            # per command, SIGKILL and Ctrl-C in turn
-
-
-def run_cli(capsys, *argv):
-    rc = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def one_line(err: str) -> bool:
@@ -120,6 +114,7 @@ sys.stdin.read()
 """
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_in_one_line_while_another_process_writes(tmp_path, capsys, env, states):
     """A process holding the lock of ``run`` and of ``w.orbax``: train, convert and save are refused."""
     checkpoint.save(tmp_path / "in.pt", states[0])
@@ -355,6 +350,7 @@ runpy.run_module("flax_lenet", run_name="__main__")
 
 
 @pytest.mark.parametrize("name", ["out.safetensors", "out.pt", "out.orbax"])
+@pytest.mark.slow
 def test_convert_onto_a_full_disk_is_one_line_exit_2_and_writes_nothing(tmp_path, env, states, name):
     """Files may grow to 100 kB only (``RLIMIT_FSIZE``): each checkpoint needs about 300 kB. Before:
     a SafetensorError or RuntimeError traceback (exit 1), or Orbax's 230 lines of logs."""
@@ -386,6 +382,7 @@ def _can_mount_a_small_disk(tmp_path) -> bool:
 
 
 @pytest.mark.parametrize("name", ["out.safetensors", "out.orbax"])
+@pytest.mark.slow
 def test_convert_onto_a_really_full_disk_is_one_line_exit_2(tmp_path, env, states, name):
     """A 400 kB tmpfs (in a user namespace of its own) holding IN, 325 kB: the real ENOSPC, where
     the system allows it. Before: a SafetensorError traceback, or Orbax's 230 lines of logs."""
@@ -402,6 +399,7 @@ def test_convert_onto_a_really_full_disk_is_one_line_exit_2(tmp_path, env, state
     assert lines[0].startswith("flax-lenet convert: error: ") and "No space left on device" in lines[0], lines
 
 
+@pytest.mark.slow
 def test_train_onto_a_full_disk_keeps_the_old_run_and_says_so_in_one_line(tmp_path, env, old_run):
     """Files may grow to 100 kB only: the Flax checkpoint's data (300 kB) cannot be written. Before:
     a SafetensorError traceback, the old metrics beside a lone new flax.orbax that blocked the next run."""

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from flax_lenet.app import checkpoint, cli
+from flax_lenet.app import checkpoint
 from flax_lenet.errors import BadFile
-from tests.helpers import state_numpy, torch_net
+from tests.helpers import run_cli, state_numpy, torch_net
 
 FORMATS = ("w.pt", "w.safetensors", "w.orbax")
 
@@ -31,12 +31,6 @@ def flip(path, offset: int) -> None:
     data = bytearray(path.read_bytes())
     data[offset] ^= 0x01
     path.write_bytes(bytes(data))
-
-
-def run_cli(capsys, *argv):
-    rc = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def _offsets(size: int, rng, n: int = 60) -> list[int]:

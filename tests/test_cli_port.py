@@ -1,6 +1,7 @@
 """``flax-lenet compare --torch FILE.py:Cls --flax FILE.py:Cls``: the harness on a model outside the package.
 
-Each run is a subprocess in a temporary directory, as a user would run it on their own file.
+Each run starts in a temporary directory holding the user's file, as a user would run it: in this
+process, and once in a process of its own with the user's folder on ``PYTHONPATH``.
 """
 
 import json
@@ -10,6 +11,8 @@ import sys
 import textwrap
 
 import pytest
+
+from tests.helpers import run_cli
 
 MODEL_FILE = textwrap.dedent('''
     import torch.nn as nn
@@ -72,15 +75,19 @@ def model_dir(tmp_path_factory):
     return folder
 
 
-def _run(folder, *args):
-    repo = os.getcwd()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "flax_lenet", "compare", *args], capture_output=True, text=True,
-                          env=env, cwd=folder, timeout=300)
+@pytest.fixture
+def compare(model_dir, capsys, monkeypatch):
+    """``flax-lenet compare ARGS`` run from the user's folder, in this process."""
+    monkeypatch.chdir(model_dir)
+
+    def run(*args):
+        rc, out, err = run_cli(capsys, "compare", *args)
+        return subprocess.CompletedProcess(["flax-lenet", "compare", *args], rc, out, err)
+    return run
 
 
-def test_port_in_a_user_file_agrees_and_exits_0(model_dir):
-    proc = _run(model_dir, "--torch", "my_models.py:TorchNet", "--flax", "my_models.py:FlaxNet",
+def test_port_in_a_user_file_agrees_and_exits_0(compare):
+    proc = compare("--torch", "my_models.py:TorchNet", "--flax", "my_models.py:FlaxNet",
                 "--input-shape", "2,3,8,8", "--steps", "3", "--optimizer", "momentum", "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
@@ -90,6 +97,7 @@ def test_port_in_a_user_file_agrees_and_exits_0(model_dir):
     assert report["config"]["flatten"] == {"fc": [4, 6, 6]}       # found by the hook, not declared
 
 
+@pytest.mark.slow
 def test_module_path_with_sys_path_and_integer_inputs(model_dir):
     env_path = f"{model_dir}"
     proc = subprocess.run([sys.executable, "-m", "flax_lenet", "compare", "--torch", "my_models:TorchTokens",
@@ -101,15 +109,15 @@ def test_module_path_with_sys_path_and_integer_inputs(model_dir):
     assert "quantities agree" in proc.stdout and "grad embed.weight" in proc.stdout
 
 
-def test_float64_check_of_a_float32_built_embed_says_why_it_differs(model_dir):
-    proc = _run(model_dir, "--torch", "my_models.py:TorchTokens", "--flax", "my_models.py:flax_tokens",
+def test_float64_check_of_a_float32_built_embed_says_why_it_differs(compare):
+    proc = compare("--torch", "my_models.py:TorchTokens", "--flax", "my_models.py:flax_tokens",
                 "--input-shape", "4,5", "--input-dtype", "int64", "--input-high", "10", "--dtype", "float64")
     assert proc.returncode == 1
     assert "notice: Embed at embed computes in float32" in proc.stdout
 
 
-def test_wrong_port_exits_1_naming_the_tensor(model_dir):
-    proc = _run(model_dir, "--torch", "my_models.py:TorchNet", "--flax", "my_models.py:FlattenedAsTorch",
+def test_wrong_port_exits_1_naming_the_tensor(compare):
+    proc = compare("--torch", "my_models.py:TorchNet", "--flax", "my_models.py:FlattenedAsTorch",
                 "--input-shape", "2,3,8,8")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     fails = [line for line in proc.stdout.splitlines() if line.rstrip().endswith("FAIL")]
@@ -127,8 +135,8 @@ def test_wrong_port_exits_1_naming_the_tensor(model_dir):
      "--input-shape"),
     (("--torch", "my_models.py:TorchNet", "--input-shape", "2,3,8,8"), "go together"),
 ])
-def test_bad_usage_gives_one_line_and_exit_2(model_dir, args, says):
-    proc = _run(model_dir, *args)
+def test_bad_usage_gives_one_line_and_exit_2(compare, args, says):
+    proc = compare(*args)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert says in proc.stderr
