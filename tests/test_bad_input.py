@@ -141,6 +141,7 @@ cli.run()
     ('OSError(5, "Input/output error")', 1, "OSError: [Errno 5] Input/output error"),
     ('BadFile("in.pt: expected x, found y")', 2, None),
 ], ids=["ValueError", "KeyError", "OSError", "BadFile"])
+@pytest.mark.slow
 def test_the_console_script_exits_1_with_a_traceback_for_a_bug_and_2_with_one_line_for_bad_input(
         tmp_path, error, rc, shown):
     """``cli.run``, with its process-wide handlers, in a real process."""
@@ -600,6 +601,7 @@ def test_a_sparse_tensor_in_a_state_dict_loads_as_its_dense_values(tmp_path):
     assert np.array_equal(loaded["fc1.weight"], state["fc1.weight"].numpy())
 
 
+@pytest.mark.slow
 def test_corrupt_orbax_data_exits_2_with_one_line_in_a_real_process(tmp_path):
     """``python -m flax_lenet convert`` on an Orbax checkpoint whose array store is damaged."""
     checkpoint.save(tmp_path / "w.orbax", state_numpy(torch_net(3, "float32")))

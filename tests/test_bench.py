@@ -26,6 +26,7 @@ def smoke(tmp_path_factory):
     return rc, buf.getvalue(), json_path, png_path
 
 
+@pytest.mark.slow
 def test_bench_prints_a_row_per_implementation(smoke):
     rc, text, _, _ = smoke
     assert rc == 0
@@ -35,6 +36,7 @@ def test_bench_prints_a_row_per_implementation(smoke):
     assert "each implementation in a process of its own" in text and "  torch:eager: a process of its own" in text
 
 
+@pytest.mark.slow
 def test_bench_json_has_a_measured_result_per_implementation(smoke):
     _, _, json_path, _ = smoke
     data = json.loads(json_path.read_text())
@@ -49,6 +51,7 @@ def test_bench_json_has_a_measured_result_per_implementation(smoke):
     assert got["torch:eager"]["peak_rss_mb"] != got["flax:train_step"]["peak_rss_mb"]
 
 
+@pytest.mark.slow
 def test_bench_writes_a_png(smoke):
     assert smoke[3].read_bytes()[:8] == PNG_MAGIC
 
@@ -70,6 +73,7 @@ def test_gpu_only_implementations_are_skipped_on_cpu():
     assert "torch:compile-cg" in bench.applicable(bench.BenchConfig(device="gpu"))
 
 
+@pytest.mark.slow
 def test_compilation_cache_writes_entries_for_a_second_process(tmp_path):
     # in a subprocess: turning the cache on is process-wide
     code = ("import jax, jax.numpy as jnp; from flax_lenet import cache; "

@@ -8,6 +8,9 @@ import sys
 
 import pytest
 
+# fresh processes that import the package: the slow tier
+pytestmark = pytest.mark.slow
+
 HEAVY = {"torch", "sklearn", "matplotlib", "orbax", "tqdm", "pygments"}
 LIBRARY = ("from flax_lenet import *; import flax_lenet.parallel, flax_lenet.cache, flax_lenet.checks, "
            "flax_lenet.errors, flax_lenet.accumulate")

@@ -14,6 +14,9 @@ import sys
 
 import pytest
 
+# fresh processes, one per import order: the slow tier
+pytestmark = pytest.mark.slow
+
 SCRIPT = r'''
 import hashlib, json, logging, os, pkgutil, signal, sys, warnings, importlib
 import jax

@@ -18,6 +18,9 @@ import pytest
 from flax_lenet.app import checkpoint
 from tests.helpers import state_numpy, torch_net
 
+# every test here starts flax-lenet in a process of its own and signals it: the slow tier
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 KILL_AT = REPO / "tests" / "kill_at.py"
 

@@ -113,6 +113,7 @@ def test_keras_direct_call_skips_build_and_the_training_handling():
     assert np.asarray(model(x, training=True) == 0).any()
 
 
+@pytest.mark.slow
 def test_the_library_does_not_import_keras():
     code = "import sys, flax_lenet, flax_lenet.train, flax_lenet.porting.parity; print('keras' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
