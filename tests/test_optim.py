@@ -40,6 +40,9 @@ CONFIGS = [
     ("adamw", {}),
     ("adamw", {"lr": 1e-2, "weight_decay": 0.1, "maximize": True}),
     ("adamw", {"lr": 1e-2, "amsgrad": True}),
+    # b1 < 0.5: torch's exp_avg.lerp_(g, 1 - b1) has a weight over 0.5 and takes its second form
+    ("adam", {"lr": 1e-2, "betas": (0.3, 0.999)}),
+    ("adamw", {"lr": 1e-2, "betas": (0.0, 0.99)}),          # b1 = 0, legal in torch: m_t = g_t
 ]
 
 
@@ -224,3 +227,38 @@ def test_optax_float32_bias_correction_is_off_by_more_than_rounding(name, kwargs
     params, grads = _float32_problem()
     expected = torch_params_after_each_step(name, kwargs, params, grads)
     assert _worst_float32_gap(optax_params_after_each_step(tx, params, grads), expected) > 5 * FLOAT32_ROUNDING
+
+
+def test_adam_first_moment_at_b1_one_half_is_torchs_second_lerp_form_bit_for_bit():
+    """torch's ``exp_avg.lerp_(g, w)``, ``w = 1 - b1``, is ``m + w * (g - m)`` for ``w < 0.5`` and
+    ``g - (g - m) * (1 - w)`` from 0.5 on. The two differ by a rounding, under any tolerance, but
+    at ``w = 0.5`` exactly they can be compared bit for bit on any CPU: with ``d = g - m`` (one
+    rounding), ``0.5 * d`` is exact, so each form is one rounding of an exact value, whether a
+    kernel fuses the product into an FMA or not (torch's vectorised lerp is ``fmadd(w - 1, d, g)``,
+    its scalar one the second form: both exact products by -0.5). Step 1 gives ``m = 0.5 * g1``
+    exactly in every form; step 2 is the one compared, on gradients of mixed magnitudes, where
+    ``g - m`` often rounds and the forms part (values far from float32's subnormals)."""
+    shape = SHAPES["w"]                # the float32 tests' shape: JAX's eager ops are compiled per shape
+    rng = np.random.default_rng(0)
+    g1 = rng.standard_normal(shape).astype(np.float32)
+    g2 = (rng.standard_normal(shape) * 10.0 ** rng.uniform(-3, 3, shape)).astype(np.float32)
+    half = np.float32(0.5)
+    m = half * g1
+    second_form = g2 - (g2 - m) * half                  # torch's for w >= 0.5
+    first_form = m + half * (g2 - m)                    # torch's for w < 0.5
+    assert np.count_nonzero(second_form != first_form) > 0      # the test can tell the forms apart
+
+    tx = optim.adam(lr=1e-3, betas=(0.5, 0.999))
+    state = tx.init(jnp.zeros(shape, jnp.float32))
+    for g in (g1, g2):
+        _, state = tx.update(jnp.asarray(g), state)
+    ours = np.asarray(state.mu)
+    assert ours.dtype == np.float32
+    np.testing.assert_array_equal(ours, second_form)
+
+    param = torch.zeros(shape, requires_grad=True)
+    opt = torch.optim.Adam([param], lr=1e-3, betas=(0.5, 0.999), foreach=False)
+    for g in (g1, g2):
+        param.grad = torch.from_numpy(g)
+        opt.step()
+    np.testing.assert_array_equal(opt.state[param]["exp_avg"].numpy(), second_form)
