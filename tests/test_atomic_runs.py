@@ -173,17 +173,20 @@ def _assert_complete_run(out: Path, seed: int, reference: dict | None = None) ->
 # --- leftovers of a killed writer --------------------------------------------------------------
 
 def test_a_killed_writers_temporaries_and_lock_are_removed_by_the_next_writer(tmp_path, states):
+    """Only what the dead writer recorded in its lock file (its PID, then each name it made) goes;
+    a file that merely looks like a leftover is the user's and stays."""
     target = tmp_path / "w.orbax"
     checkpoint.save(target, states[0])
-    stale = [".w.orbax.tmp-4242-0123abcd", ".w.orbax.tmp-4242-0123abcd.orbax-checkpoint-tmp-17",
-             ".w.orbax.tmp-k3j4h5g6"]                                 # the last: an earlier version's name
-    for name in stale:
+    recorded = ".w.orbax.tmp-4242-0123abcd"
+    made = [recorded, recorded + ".orbax-checkpoint-tmp-17"]           # Orbax's temporary beside it
+    lookalikes = [".w.orbax.tmp-notes", ".w.orbax.tmp-k3j4h5g6", ".w.orbax.old-backup01",
+                  ".w.orbax.tmp-4242-89abcdef", ".w.orbax.tmp-4243-0123abcd"]
+    for name in made + lookalikes:
         (tmp_path / name).mkdir()
         (tmp_path / name / "half").write_bytes(b"x")
-    files.lock_path(target).write_text("4242\n")                       # a lock file its dead owner left
-    (tmp_path / ".w.orbax.tmp-notes").mkdir()                         # not a name the writer makes: kept
+    files.lock_path(target).write_text(f"4242\n{recorded}\n.w.orbax.tmp-4243-0123abcd\n")   # another PID's: not its
     checkpoint.save(target, states[1], overwrite=True)
-    assert siblings(target) == [".w.orbax.tmp-notes"]
+    assert siblings(target) == sorted(lookalikes)
     np.testing.assert_array_equal(checkpoint.load_state(target)["fc3.bias"], states[1]["fc3.bias"])
 
 
@@ -191,9 +194,10 @@ def _cut_between_the_renames(target: Path, pid: int = 4242) -> Path:
     """What a writer of ``target`` killed between a folder swap's two renames leaves: no ``target``,
     the old folder beside it, its unfinished (or finished) new one, and its lock file."""
     moved = target.parent / f".{target.name}.old-{pid}-0123abcd"
+    tmp = target.parent / f".{target.name}.tmp-{pid}-89abcdef"
+    files.lock_path(target).write_text(f"{pid}\n{tmp.name}\n{moved.name}\n")   # recorded before made
     os.rename(target, moved)
-    (target.parent / f".{target.name}.tmp-{pid}-89abcdef").mkdir()
-    files.lock_path(target).write_text(f"{pid}\n")
+    tmp.mkdir()
     return moved
 
 
@@ -326,17 +330,25 @@ def test_a_failing_last_write_keeps_the_old_run_and_says_so_in_one_line(tmp_path
     assert _snapshot(out) == before and siblings(out) == []
 
 
-def test_a_diverged_run_with_overwrite_replaces_the_old_run_whole(tmp_path, capsys, old_run):
-    """Weights only, and no metrics or curves of the old run left beside them."""
+def test_a_diverged_run_with_overwrite_keeps_the_finished_run_it_would_replace(tmp_path, capsys, old_run):
+    """A run that fails never replaces a finished one: exit 2, one line, the old run unchanged.
+    Onto a new path it keeps the last good weights, and nothing else."""
     out = shutil.copytree(old_run, tmp_path / "run")
-    rc, _, err = run_cli(capsys, "train", "--out", out, "--overwrite", "--loss", "mse", "--lr", "1e4",
-                         "--momentum", "0", "--epochs", "2", "--max-steps", "3", "--quiet")
+    before = _snapshot(out)
+    diverge = ["--overwrite", "--loss", "mse", "--lr", "1e4", "--momentum", "0", "--epochs", "2", "--max-steps", "3",
+               "--quiet"]
+    rc, _, err = run_cli(capsys, "train", "--out", out, *diverge)
+    assert rc == 2 and one_line(err) and "finished run already in" in err and "kept as it was" in err, err
+    assert _snapshot(out) == before and siblings(out) == []
+    (tmp_path / "new").mkdir()
+    fresh = tmp_path / "new" / "fresh"
+    rc, _, err = run_cli(capsys, "train", "--out", fresh, *diverge)
     assert rc == 2 and "kept the initial weights" in err, err
-    assert sorted(p.name for p in out.iterdir()) == ["flax.orbax", "torch.safetensors"]
+    assert sorted(p.name for p in fresh.iterdir()) == ["flax.orbax", "torch.safetensors"]
     first = training.initial_state(training.TrainConfig())
     for name in ("flax.orbax", "torch.safetensors"):
-        np.testing.assert_array_equal(checkpoint.load_state(out / name)["fc1.weight"], first["fc1.weight"])
-    assert siblings(out) == []
+        np.testing.assert_array_equal(checkpoint.load_state(fresh / name)["fc1.weight"], first["fc1.weight"])
+    assert siblings(fresh) == []
 
 
 DISK_FULL = """\

@@ -23,7 +23,12 @@ means finds none.
 Whether the writer finishes, fails (a full disk: a one-line ``BadFile``), is interrupted
 (``flax-lenet`` removes the temporaries, ``abandon``) or killed, NAME is otherwise never a mix of
 old and new. Leftovers of a writer that was killed are removed by the next writer of NAME: it
-holds the lock, so they are certainly stale. Nothing here calls ``fsync``: these are guarantees
+holds the lock, so they are certainly stale. They are recognised by a record, never by their
+names alone: the lock file holds its writer's PID on its first line, and, on a line each, the
+name of every temporary and moved-aside folder the writer is about to make (written before it is
+made). A killed writer's lock file stays behind with that list; the next writer (or reader)
+removes, or puts back, only names listed there that carry that PID. A file of the user's that
+merely looks like a leftover is never touched. Nothing here calls ``fsync``: these are guarantees
 about processes that stop, not about a machine that loses power.
 """
 
@@ -34,6 +39,8 @@ import re
 import secrets
 import shutil
 import signal
+import stat
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -63,6 +70,7 @@ def os_error(code: int) -> OSError:
 
 _held: dict[str, list] = {}            # absolute lock path -> [fd, depth, lock Path, target Path]
 _in_progress: set[Path] = set()        # this process's temporaries, removed if it is interrupted
+LOCK_BYTES = 64 * 1024                 # more than any record; a bigger "lock file" is not one of ours
 
 
 def lock_path(path) -> Path:
@@ -70,24 +78,56 @@ def lock_path(path) -> Path:
     return path.parent / f".{path.name}.lock"
 
 
-def _stale_pattern(name: str) -> re.Pattern:
-    """``.NAME.tmp-PID-XXXXXXXX`` and ``.NAME.old-...`` (plus suffixes Orbax adds to a temporary);
-    ``.NAME.tmp-XXXXXXXX`` is the name earlier versions gave their temporaries."""
-    return re.compile(rf"\.{re.escape(name)}\.(tmp|old)-(\d+-[0-9a-f]{{8}}|[a-z0-9_]{{8}})(\..+)?")
+def _leftover_pattern(name: str, pid: str) -> re.Pattern:
+    """``.NAME.tmp-PID-XXXXXXXX`` or ``.NAME.old-PID-XXXXXXXX``: what writer PID of NAME makes."""
+    return re.compile(rf"\.{re.escape(name)}\.(tmp|old)-{re.escape(pid)}-[0-9a-f]{{8}}")
 
 
-def _acquire(path: Path, lock: Path) -> int:
+def _recorded(path: Path, record: str) -> tuple[list[str], list[str]]:
+    """``(temporaries, moved-aside folders)`` a lock file's ``record`` lists for ``path``: only
+    names that its first line's PID makes, so no other file can be named by a stray lock file."""
+    lines = record.splitlines()
+    if not lines or not lines[0].strip().isdigit():
+        return [], []
+    pattern = _leftover_pattern(path.name, lines[0].strip())
+    names = [n for n in dict.fromkeys(line.strip() for line in lines[1:]) if pattern.fullmatch(n)]
+    return [n for n in names if ".tmp-" in n], [n for n in names if ".old-" in n]
+
+
+def _kind(mode: int) -> str:
+    return "folder" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else \
+        "socket" if stat.S_ISSOCK(mode) else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "file"
+
+
+def _open_lock(path: Path, lock: Path, flags: int) -> int:
+    """The lock file, opened without following a symbolic link and only if it is a regular file."""
+    try:
+        fd = os.open(lock, flags | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as e:
+        found = "a symbolic link" if os.path.islink(lock) else os_reason(e)
+        raise BadFile(f"{path}: expected a writable folder and a regular lock file {lock.name}, "
+                      f"found {found}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise BadFile(f"{path}: expected its lock file {lock.name} to be a regular file, found a {_kind(mode)}")
+    return fd
+
+
+def _read_record(fd: int) -> str:
+    return os.pread(fd, LOCK_BYTES, 0).decode("utf-8", errors="replace")
+
+
+def _acquire(path: Path, lock: Path) -> tuple[int, str]:
+    """The lock file's descriptor, held, and what its last (killed) holder recorded in it."""
     while True:
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-        except OSError as e:
-            raise BadFile(f"{path}: expected a writable folder with room for it, found {os_reason(e)} "
-                          f"(creating its lock file {lock.name})") from None
+        fd = _open_lock(path, lock, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            pid = _read_record(fd).split("\n", 1)[0].strip()
             os.close(fd)
+            pid = pid if pid.isdigit() else "?"          # never echo a stranger's bytes to a terminal
             raise BadFile(f"{path}: expected no other writer, found process {pid} writing it (it holds "
                           f"{lock.name}); wait for it to finish or choose another path") from None
         try:                            # its last holder may have removed it between open and flock
@@ -95,10 +135,27 @@ def _acquire(path: Path, lock: Path) -> int:
         except FileNotFoundError:
             current = None
         if current is not None and os.path.samestat(os.fstat(fd), current):
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            return fd
+            previous = _read_record(fd)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except OSError as e:
+                with contextlib.suppress(OSError):      # an empty lock file records nothing: not left behind
+                    if os.fstat(fd).st_size == 0:
+                        os.unlink(lock)
+                os.close(fd)
+                raise BadFile(f"{path}: expected a writable folder with room for it, found {os_reason(e)} "
+                              f"(writing its lock file {lock.name})") from None
+            return fd, previous
         os.close(fd)
+
+
+def _record(path: Path, name: str) -> None:
+    """Add ``name`` (a temporary or moved-aside folder about to be made) to ``path``'s lock file."""
+    entry = _held.get(os.path.abspath(lock_path(path)))
+    if entry is not None:
+        fd = entry[0]
+        os.pwrite(fd, f"{name}\n".encode(), os.fstat(fd).st_size)
 
 
 def hold(path) -> None:
@@ -117,9 +174,10 @@ def hold(path) -> None:
         import atexit
         atexit.register(_release_all)
         _held_at_exit.append(True)
-    _held[key] = [_acquire(path, lock), 1, lock, path]
+    fd, previous = _acquire(path, lock)
+    _held[key] = [fd, 1, lock, path]
     try:
-        clean_stale(path)
+        clean_stale(path, previous)
     except BaseException:
         release(path)
         raise
@@ -136,10 +194,21 @@ def _release(key: str, *, all_holds: bool = False) -> None:
         return
     entry[1] = 0 if all_holds else entry[1] - 1
     if entry[1] == 0:                       # in this order, so that Ctrl-C at any point (abandon) finds it
-        with contextlib.suppress(OSError):
-            os.unlink(entry[2])             # before closing: a process waiting on this file sees it gone
+        if not _left_behind(entry[3], entry[0]):    # else the record stays for the next writer or reader
+            with contextlib.suppress(OSError):
+                os.unlink(entry[2])         # before closing: a process waiting on this file sees it gone
         del _held[key]
         os.close(entry[0])
+
+
+def _left_behind(path: Path, fd: int) -> bool:
+    """Something this process recorded in its lock file is still there (a folder that could not be
+    put back): the lock file, with its record, must outlive the hold."""
+    try:
+        temporaries, olds = _recorded(path, _read_record(fd))
+    except OSError:
+        return False
+    return any(os.path.lexists(path.parent / n) for n in temporaries + olds)
 
 
 _held_at_exit: list = []
@@ -169,39 +238,37 @@ def _remove(p: Path) -> None:
             p.unlink()
 
 
-def clean_stale(path) -> None:
-    """Remove what a killed writer of ``path`` left beside it; first put back a folder it had moved aside.
+def clean_stale(path, record: str) -> None:
+    """Remove what a killed writer of ``path`` recorded in its lock file (``record``, the file's
+    content when the lock was taken); first put back a folder it had moved aside.
 
     Only safe while holding ``path``'s lock (``hold``): then no other writer is using them.
     """
     path = Path(path)
-    pattern = _stale_pattern(path.name)
-    try:
-        names = sorted(n for n in os.listdir(path.parent) if pattern.fullmatch(n))
-    except OSError:
-        return
-    olds = [n for n in names if _is_moved_aside(pattern.fullmatch(n))]
+    temporaries, olds = _recorded(path, record)
+    olds = [n for n in olds if os.path.lexists(path.parent / n)]
     if olds and not os.path.lexists(path):          # died between the two renames of a folder swap
         with contextlib.suppress(OSError):
             os.rename(path.parent / olds[0], path)
             olds = olds[1:]
-    for name in names:
-        if name not in olds or os.path.lexists(path):   # never the only copy of the old content
+    if os.path.lexists(path):                       # never the only copy of the old content
+        for name in olds:
             _remove(path.parent / name)
-
-
-def _is_moved_aside(match: re.Match | None) -> bool:
-    """A ``_stale_pattern`` match of a folder swap's ``.NAME.old-PID-XXXXXXXX`` (no suffix)."""
-    return match is not None and match.group(1) == "old" and match.group(3) is None
+    for name in temporaries:
+        _remove_with_suffixes(path.parent / name)
 
 
 def _moved_aside(path: Path) -> bool:
-    """A folder swap's ``.NAME.old-PID-XXXXXXXX`` lies beside ``path``."""
-    pattern = _stale_pattern(path.name)
+    """The lock file a killed writer of ``path`` left records a moved-aside folder that is there."""
     try:
-        return any(_is_moved_aside(pattern.fullmatch(n)) for n in os.listdir(path.parent))
-    except OSError:
+        fd = _open_lock(path, lock_path(path), os.O_RDONLY)
+    except BadFile:
         return False
+    try:
+        record = _read_record(fd)
+    finally:
+        os.close(fd)
+    return any(os.path.lexists(path.parent / n) for n in _recorded(path, record)[1])
 
 
 def put_back(path) -> None:
@@ -267,7 +334,7 @@ def abandon() -> None:
     for tmp in list(_in_progress):
         _remove_with_suffixes(tmp)
     for fd, _, lock, path in list(_held.values()):
-        clean_stale(path)
+        clean_stale(path, _read_record(fd))
         with contextlib.suppress(OSError):
             os.unlink(lock)
 
@@ -331,6 +398,7 @@ def glob_escape(name: str) -> str:
 def _write_and_swap(path: Path, write: Callable[[Path], None]) -> None:
     """``atomic_write`` once its checks passed: write the temporary, then swap it in."""
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    _record(path, tmp.name)
     _in_progress.add(tmp)
     try:
         write(tmp)
@@ -355,6 +423,7 @@ def _swap_folders(new: Path, path: Path) -> None:
     ``KeyboardInterrupt``) that finds the old folder moved aside and ``path`` still absent puts it
     back at once."""
     old = path.parent / f".{path.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+    _record(path, old.name)
     try:
         os.rename(path, old)
         os.rename(new, path)
@@ -365,9 +434,44 @@ def _swap_folders(new: Path, path: Path) -> None:
     os.rename(old, new)                 # removed with the temporary; never restored from here
 
 
+def regular_file_or_new(path) -> str | None:
+    """Why ``path`` must not be replaced by a file (it is a folder, a FIFO, a device...), or None.
+    A symbolic link is replaced itself, never written through."""
+    path = Path(path)
+    if path.is_symlink() or not os.path.lexists(path):
+        return None
+    mode = os.stat(path).st_mode
+    if stat.S_ISREG(mode):
+        return None
+    return f"{path}: expected a new or a regular file, found a {_kind(mode)}; it is left as it is"
+
+
+def check_writable(path) -> None:
+    """Before long work whose result goes to ``path`` (by ``write_bytes``): its folder exists and
+    takes a new file (made and removed at once), and ``path`` is new or a regular file.
+
+    Raises:
+      BadFile: one line saying which.
+    """
+    path = Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        raise BadFile(f"{path}: expected an existing folder {folder}, found none")
+    reason = regular_file_or_new(path)
+    if reason:
+        raise BadFile(reason)
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise BadFile(f"{path}: expected a folder it can be written in, found {os_reason(e)}") from None
+
+
 def write_bytes(path, data: bytes) -> None:
-    """``path``'s content replaced by ``data`` in one rename (a new or an existing file)."""
-    atomic_write(path, lambda tmp: tmp.write_bytes(data), overwrite=True)
+    """``path``'s content replaced by ``data`` in one rename: a new path, or an existing regular
+    file (a folder or anything else there is refused, ``BadFile``, and left as it is)."""
+    atomic_write(path, lambda tmp: tmp.write_bytes(data), overwrite=True, may_replace=regular_file_or_new)
 
 
 def write_text(path, text: str) -> None:

@@ -1,0 +1,165 @@
+"""Hostile cases, one row each: what a user's files, paths and arguments may be, and what the app
+must do about them. Every row runs ``flax-lenet`` in this process and asserts its exit code, its
+one line, and the state of every file it could have touched.
+
+The rule under test (``flax_lenet/app/files.py``): every path the app writes goes through one
+writer that replaces only what the project itself wrote, recognised by a record in its lock
+file and never by a name alone, opens no lock through a symbolic link and only regular files.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from flax_lenet.app import files
+from tests.helpers import run_cli
+
+TINY = ["--epochs", "1", "--max-steps", "1", "--quiet"]
+
+
+def tree(folder: Path) -> dict:
+    """Every path under ``folder`` with its bytes (files), ``'<dir>'``, ``'<fifo>'`` or its link."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = str(p.relative_to(folder))
+        if p.is_symlink():
+            out[rel] = f"-> {os.readlink(p)}"
+        elif p.is_dir():
+            out[rel] = "<dir>"
+        elif p.is_fifo():
+            out[rel] = "<fifo>"
+        else:
+            out[rel] = p.read_bytes()
+    return out
+
+
+def users_folder(path: Path) -> Path:
+    path.mkdir()
+    (path / "notes.txt").write_text("the user's own file\n")
+    return path
+
+
+def bench(out_option: str, target: Path):
+    return ["bench", "--batch", "1", "--impl", "torch:eager", "--rounds", "1", "--min-time", "0.01",
+            "--processes", "one", out_option, target]
+
+
+# --- the table ------------------------------------------------------------------------------------
+# (id, set-up(tmp_path) -> argv, the words the one line must hold)
+
+def _bench_json_onto_a_folder(tmp):
+    return bench("--json", users_folder(tmp / "results")), "expected a new or a regular file, found a folder"
+
+
+def _bench_png_onto_a_folder(tmp):
+    return bench("--png", users_folder(tmp / "plots")), "expected a new or a regular file, found a folder"
+
+
+def _bench_json_into_proc(tmp):
+    return bench("--json", Path("/proc/version")), "--json: /proc/version"
+
+
+def _bench_endless_rounds(tmp):
+    return ["bench", "--batch", "1", "--impl", "torch:eager", "--rounds", "999999999999999999999"], \
+        "--rounds must be in [1, 1000]"
+
+
+def _train_through_a_symlinked_lock(tmp):
+    (tmp / "victim.txt").write_text("precious\n")
+    (tmp / "runs").mkdir()
+    os.symlink(tmp / "victim.txt", tmp / "runs" / ".s3.lock")
+    return ["train", "--out", tmp / "runs" / "s3", *TINY], "found a symbolic link"
+
+
+def _convert_through_a_symlinked_lock(tmp):
+    from flax_lenet.app import checkpoint, training
+    checkpoint.save(tmp / "in.safetensors", training.initial_state(training.TrainConfig()))
+    (tmp / "victim.txt").write_text("precious\n")
+    os.symlink(tmp / "victim.txt", tmp / ".c3.safetensors.lock")
+    return ["convert", tmp / "in.safetensors", tmp / "c3.safetensors"], "found a symbolic link"
+
+
+def _train_with_a_fifo_as_its_lock(tmp):
+    (tmp / "runs").mkdir()
+    os.mkfifo(tmp / "runs" / ".s6.lock")
+    return ["train", "--out", tmp / "runs" / "s6", *TINY], "to be a regular file, found a FIFO"
+
+
+def _docs_onto_a_folder(tmp):
+    out = tmp / "d"
+    out.mkdir()
+    users_folder(out / "side_by_side.md")
+    return None, "expected a new or a regular file, found a folder"
+
+
+CASES = {
+    "bench --json onto a folder of the user's": _bench_json_onto_a_folder,
+    "bench --png onto a folder of the user's": _bench_png_onto_a_folder,
+    "bench --json into /proc, refused before the benchmark": _bench_json_into_proc,
+    "bench --rounds without end": _bench_endless_rounds,
+    "train --out through a symlinked lock file": _train_through_a_symlinked_lock,
+    "convert through a symlinked lock file": _convert_through_a_symlinked_lock,
+    "train --out with a FIFO as its lock file": _train_with_a_fifo_as_its_lock,
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_hostile_case_is_one_line_exit_2_and_touches_nothing(tmp_path, capsys, case):
+    argv, says = CASES[case](tmp_path)
+    before = tree(tmp_path)
+    rc, out, err = run_cli(capsys, *argv)
+    assert rc == 2, (rc, out, err)
+    assert err.count("\n") == 1 and "Traceback" not in err and says in err, err
+    assert tree(tmp_path) == before
+    assert "flax-lenet bench: " not in out             # refused before any benchmark ran
+
+
+def test_docs_onto_a_folder_of_the_users_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
+    import docs.build
+    _, says = _docs_onto_a_folder(tmp_path)
+    before = tree(tmp_path)
+    files_written = {name: "text\n" for name in ("side_by_side.html", "side_by_side.md")}
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(docs.build, "build", lambda: files_written)      # the check, not the generator
+        rc = docs.build.main(["--out", str(tmp_path / "d")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and says in err, err
+    assert tree(tmp_path) == before
+
+
+def test_the_table_can_fail_a_writer_that_replaces_a_folder(tmp_path, capsys, monkeypatch):
+    """The broken twin: ``write_bytes`` without its check replaces the user's folder, and the
+    table's first row sees it."""
+    real = files.atomic_write
+    monkeypatch.setattr(files, "atomic_write", lambda path, write, **kw: real(path, write, overwrite=True))
+    argv, _ = _bench_json_onto_a_folder(tmp_path)
+    monkeypatch.setattr(files, "check_writable", lambda path: None)
+    before = tree(tmp_path)
+    run_cli(capsys, *argv)
+    assert tree(tmp_path) != before
+
+
+def test_leftover_lookalikes_of_the_users_survive_a_run_and_a_swap_of_it(tmp_path, capsys):
+    """Names like the project's temporaries, made by the user beside ``--out``: never removed,
+    never renamed into place, before or after a run that replaces ``--out``."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / ".s4.tmp-mynotes1").write_text("mine\n")
+    users_folder(runs / ".s4.old-backup01")
+    (runs / ".s4.tmp-4242-0123abcd").write_text("also mine\n")
+    mine = tree(runs)
+    rc, _, err = run_cli(capsys, "train", "--out", runs / "s4", *TINY)
+    assert rc == 0, err
+    rc, _, err = run_cli(capsys, "train", "--out", runs / "s4", "--overwrite", *TINY)
+    assert rc == 0, err
+    after = tree(runs)
+    assert {k: v for k, v in after.items() if k in mine} == mine
+    assert sorted(n for n in os.listdir(runs) if not n.startswith(".")) == ["s4"]
+    assert sorted(os.listdir(runs)) == sorted([".s4.tmp-mynotes1", ".s4.old-backup01", ".s4.tmp-4242-0123abcd",
+                                                "s4"])
+    # a folder of the user's named like a moved-aside run is not taken for one when s5 is missing
+    users_folder(runs / ".s5.old-backup01")
+    rc, _, err = run_cli(capsys, "train", "--out", runs / "s5", *TINY)
+    assert rc == 0, err
+    assert tree(runs / ".s5.old-backup01") == {"notes.txt": b"the user's own file\n"}
