@@ -64,7 +64,7 @@ def test_bench_rejects_an_unknown_implementation(capsys):
 
 def test_bench_refuses_a_missing_output_directory(tmp_path, capsys):
     assert cli.main(SMOKE + ["--json", str(tmp_path / "no" / "b.json")]) == 2
-    assert "expected an existing directory" in capsys.readouterr().err
+    assert "expected an existing folder" in capsys.readouterr().err
 
 
 def test_gpu_only_implementations_are_skipped_on_cpu():

@@ -78,9 +78,11 @@ def run(args) -> int:
         if not stale:
             print(f"{PROG}: {', '.join(str(out / n) for n in files)} up to date")
         return 1 if stale else 0
-    from flax_lenet.app.files import write_text
+    from flax_lenet.app.files import check_writable, write_text
     try:
         out.mkdir(parents=True, exist_ok=True)
+        for name in files:                      # every file checked before the first is written
+            check_writable(out / name)
         for name, text in files.items():
             write_text(out / name, text)
             print(f"wrote {out / name}")

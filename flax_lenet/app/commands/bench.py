@@ -8,6 +8,7 @@ from flax_lenet.errors import BadConfig, BadFile
 
 
 MAX_MIN_TIME = 60.0     # seconds per implementation and round; more only makes a run take hours
+MAX_ROUNDS = 1000       # rounds of every implementation; the median of more is no more stable
 
 
 def _int_list(text):
@@ -43,8 +44,8 @@ def add_arguments(p):
 
 def _config(args):
     from flax_lenet.app import bench
-    if args.rounds < 1 or not 0 < args.min_time <= MAX_MIN_TIME:
-        raise BadConfig(f"--rounds must be >= 1 and --min-time in (0, {MAX_MIN_TIME:g}] seconds, "
+    if not 1 <= args.rounds <= MAX_ROUNDS or not 0 < args.min_time <= MAX_MIN_TIME:
+        raise BadConfig(f"--rounds must be in [1, {MAX_ROUNDS}] and --min-time in (0, {MAX_MIN_TIME:g}] seconds, "
                         f"found {args.rounds} and {args.min_time}")
     impls = bench.IMPLS if args.impl == "all" else tuple(i.strip() for i in args.impl.split(","))
     unknown = [i for i in impls if i not in bench.IMPLS]
@@ -60,17 +61,14 @@ def _config(args):
                              kernel_size=args.kernel_size, rounds=args.rounds, min_time=args.min_time)
 
 
-def _check_writable(path):
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise BadFile(f"cannot write {path}: expected an existing directory, found none at {directory}")
-
-
 def main(args) -> int:
     cfg = _config(args)
-    for path in (args.json, args.png):
+    for option, path in (("--json", args.json), ("--png", args.png)):
         if path:
-            _check_writable(path)
+            try:
+                files.check_writable(path)          # before the benchmark, not after it
+            except BadFile as e:
+                raise BadFile(f"{option}: {e}") from None
     if args.png:
         try:
             import matplotlib  # noqa: F401

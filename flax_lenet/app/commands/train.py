@@ -127,6 +127,8 @@ def _train(args, start) -> int:
         kept = f"the weights after epoch {done}" if done else "the initial weights"
         if out is None:
             raise BadInput(f"{e}; nothing saved (no --out)") from None
+        if "metrics.json" in runs.earlier_run(out):     # a run that failed never replaces a finished one
+            raise BadInput(f"{e}; nothing saved: the finished run already in {out} is kept as it was") from None
         runs.write_run(out, e.last_good, None, dataset.name)   # weights only: not a finished run
         raise BadInput(f"{e}; kept {kept} (the last with a finite loss) in {out}/flax.orbax and "
                        f"{out}/torch.safetensors") from None
