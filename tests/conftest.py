@@ -25,23 +25,56 @@ X64_DEFAULT = False                       # JAX's default, whatever JAX_ENABLE_X
 jax.config.update("jax_enable_x64", X64_DEFAULT)
 
 
+CACHE_MAX_BYTES = 1 << 30        # JAX evicts the least recently used entries beyond this
+
+
+def _cpu_identity() -> str:
+    """A short hash of this CPU's model and feature flags: a compiled CPU program is kept only for
+    the CPU that compiled it, even in a home folder that several machines share."""
+    import hashlib
+    import platform
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            lines = [line for line in f if line.startswith(("model name", "flags"))]
+        text = "".join(dict.fromkeys(lines))
+    except OSError:
+        text = platform.processor() or platform.machine()
+    return hashlib.sha256(f"{text}{jax.__version__}".encode()).hexdigest()[:16]
+
+
 def _session_compilation_cache() -> str:
-    """One JAX persistent compilation cache for the whole test session: every pytest-xdist worker
-    and every process a test starts (``flax-lenet`` included) loads what another one compiled
-    instead of compiling it again. It starts empty and is removed when the session ends, so a run
-    is timed from cold; a test that sets its own cache directory keeps it."""
+    """One JAX persistent compilation cache (a public JAX feature) for the whole test session:
+    every pytest-xdist worker and every process a test starts (``flax-lenet`` included) loads what
+    another one compiled instead of compiling it again. Compiling is most of the tests' CPU time.
+
+    ``FLAX_LENET_TEST_JAX_CACHE`` chooses it:
+      * unset: ``$XDG_CACHE_HOME/flax-lenet/test-jax-cache/<CPU>`` (``~/.cache`` without it), kept
+        between sessions, so a second run loads what the first compiled (at most
+        ``CACHE_MAX_BYTES``);
+      * ``cold``: a new empty folder, removed when the session ends, so a run is timed from
+        cold (``.ci/run`` uses it);
+      * a path: that folder.
+    A test that sets its own cache directory keeps it."""
     if "FLAX_LENET_TEST_SESSION_CACHE" not in os.environ:       # the first process: xdist's controller
-        path = tempfile.mkdtemp(prefix="flax-lenet-tests-jax-cache-")
-        atexit.register(shutil.rmtree, path, ignore_errors=True)
+        chosen = os.environ.get("FLAX_LENET_TEST_JAX_CACHE", "")
+        if chosen == "cold":
+            path = tempfile.mkdtemp(prefix="flax-lenet-tests-jax-cache-")
+            atexit.register(shutil.rmtree, path, ignore_errors=True)
+        else:
+            home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+            path = chosen or os.path.join(home, "flax-lenet", "test-jax-cache", _cpu_identity())
+            os.makedirs(path, exist_ok=True)
         os.environ.update({"FLAX_LENET_TEST_SESSION_CACHE": path, "JAX_COMPILATION_CACHE_DIR": path,
                            "FLAX_LENET_CACHE_DIR": path, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-                           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
+                           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+                           "JAX_COMPILATION_CACHE_MAX_SIZE": str(CACHE_MAX_BYTES)})
     return os.environ["FLAX_LENET_TEST_SESSION_CACHE"]
 
 
 jax.config.update("jax_compilation_cache_dir", _session_compilation_cache())
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
 
 
 def needs_x64(item) -> bool:
