@@ -93,7 +93,43 @@ def _docs_onto_a_folder(tmp):
     return None, "expected a new or a regular file, found a folder"
 
 
+def _compare_input_of_a_billion_elements(tmp):
+    return ["compare", "--torch", "torch_reference.model:Net", "--flax", "flax_lenet:Net",
+            "--input-shape", "100000000,4"], "--input-shape: expected at most"
+
+
+def _compare_input_shape_past_int64(tmp):
+    return ["compare", "--torch", "torch_reference.model:Net", "--flax", "flax_lenet:Net",
+            "--input-shape", "99999999999999999999,4"], "--input-shape: expected at most"
+
+
+def _compare_input_high_past_int64(tmp):
+    return ["compare", "--torch", "torch_reference.model:Net", "--flax", "flax_lenet:Net", "--input-shape", "2,5",
+            "--input-dtype", "int64", "--input-high", "1180591620717411303424"], "--input-high: expected at most"
+
+
+def _compare_input_high_without_tokens(tmp):
+    return ["compare", "--torch", "torch_reference.model:Net", "--flax", "flax_lenet:Net",
+            "--input-shape", "1,1,32,32", "--input-high", "10"], "expected it with --input-dtype int64"
+
+
+def _convert_to_an_empty_path(tmp):
+    from flax_lenet.app import checkpoint, training
+    checkpoint.save(tmp / "w.safetensors", training.initial_state(training.TrainConfig()))
+    return ["convert", tmp / "w.safetensors", ""], "OUT: expected a path"
+
+
+def _train_out_empty(tmp):
+    return ["train", "--out", "", *TINY], "--out"
+
+
 CASES = {
+    "compare --input-shape of 4e8 elements": _compare_input_of_a_billion_elements,
+    "compare --input-shape past int64": _compare_input_shape_past_int64,
+    "compare --input-high past int64": _compare_input_high_past_int64,
+    "compare --input-high without --input-dtype int64": _compare_input_high_without_tokens,
+    "train --out ''": _train_out_empty,
+    "convert IN ''": _convert_to_an_empty_path,
     "bench --json onto a folder of the user's": _bench_json_onto_a_folder,
     "bench --png onto a folder of the user's": _bench_png_onto_a_folder,
     "bench --json into /proc, refused before the benchmark": _bench_json_into_proc,

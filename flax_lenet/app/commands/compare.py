@@ -10,6 +10,7 @@ may be a path to a ``.py`` file.
 """
 
 import json
+import math
 import sys
 
 from flax_lenet.app.cli import positive_int
@@ -198,6 +199,11 @@ def parse_shape(text: str) -> tuple[int, ...]:
         shape = ()
     if not shape or any(n <= 0 for n in shape):
         raise BadConfig(f"--input-shape: expected comma-separated positive integers like 8,3,32,32, found {text!r}")
+    from flax_lenet.app.checks import MAX_BATCH
+    most = MAX_BATCH * 32 * 32                      # as many elements as --batch's largest batch
+    if math.prod(shape) > most:                     # before anything is allocated
+        raise BadConfig(f"--input-shape: expected at most {most:,} elements (as many as {MAX_BATCH:,} "
+                        f"32x32 images), found {math.prod(shape):.3g} in {text!r}")
     return shape
 
 
@@ -222,6 +228,10 @@ def _main_port(args) -> int:
     shape = parse_shape(args.input_shape)
     if args.input_dtype == "int64" and args.input_high is None:
         raise BadConfig("--input-dtype int64: expected --input-high K as well, found none")
+    if args.input_high is not None and args.input_dtype != "int64":
+        raise BadConfig(f"--input-high {args.input_high}: expected it with --input-dtype int64, found float inputs")
+    if args.input_high is not None and args.input_high > 2 ** 63 - 1:
+        raise BadConfig(f"--input-high: expected at most 2**63 - 1 (int64 tokens), found {args.input_high}")
     torch_obj, flax_obj = load_object(args.torch, "--torch"), load_object(args.flax, "--flax")
     import jax
     import numpy as np

@@ -29,6 +29,8 @@ def add_arguments(p):
 def refuse_existing(dst, overwrite: bool) -> None:
     """Refuse an existing OUT unless ``--overwrite`` may replace it, in the command's words, before reading IN."""
     from flax_lenet.app import checkpoint
+    if not str(dst).strip():
+        raise BadFile(f"OUT: expected a path ending in .orbax, .safetensors or .pt, found {str(dst)!r}")
     dst = Path(dst)
     if not (dst.exists() or dst.is_symlink()):
         return

@@ -53,6 +53,8 @@ def add_arguments(p):
 def prepare_out(out, overwrite: bool):
     """``runs.prepare_run_dir`` with its errors worded for this command's ``--out`` and ``--overwrite``."""
     from flax_lenet.app import runs
+    if not str(out).strip():
+        raise BadFile(f"--out: expected a path for the run directory, found {str(out)!r}")
     earlier = runs.earlier_run(out)
     if earlier and not overwrite:
         raise BadFile(f"--out: expected a new or empty run directory, found an earlier run in {out} "
@@ -112,7 +114,7 @@ def _train(args, start) -> int:
                                kernel_size=args.kernel_size,
                                max_steps_per_epoch=args.max_steps)
     dataset = data.load(args.data, args.data_dir)       # bad data: fail before --out is created
-    out = prepare_out(args.out, args.overwrite) if args.out else None
+    out = prepare_out(args.out, args.overwrite) if args.out is not None else None
     progress, say, close_bar = runs.progress_bars(cfg, args.quiet)
     if not args.quiet:
         say(f"flax-lenet train: {dataset.name} ({len(dataset.y_train)} train / {len(dataset.y_test)} test "
