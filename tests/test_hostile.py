@@ -119,6 +119,51 @@ def _convert_to_an_empty_path(tmp):
     return ["convert", tmp / "w.safetensors", ""], "OUT: expected a path"
 
 
+def _orbax_with(tmp, where: str, make) -> Path:
+    from flax_lenet.app import checkpoint, training
+    ckpt = tmp / "w.orbax"
+    checkpoint.save(ckpt, training.initial_state(training.TrainConfig()))
+    target = ckpt / where
+    if target.is_dir():
+        import shutil
+        shutil.rmtree(target)
+    elif target.exists():
+        target.unlink()
+    make(target)
+    return ckpt
+
+
+def _eval_orbax_with_a_fifo_manifest(tmp):
+    ckpt = _orbax_with(tmp, "manifest.ocdbt", os.mkfifo)
+    return ["eval", ckpt], "manifest.ocdbt a FIFO"
+
+
+def _eval_orbax_with_a_fifo_data_file(tmp):
+    from flax_lenet.app import checkpoint, training
+    ckpt = tmp / "w.orbax"
+    checkpoint.save(ckpt, training.initial_state(training.TrainConfig()))
+    first = sorted(p for p in (ckpt / "d").iterdir() if p.is_file())[0]
+    first.unlink()
+    os.mkfifo(first)
+    return ["eval", ckpt], f"d/{first.name} a FIFO"
+
+
+def _convert_orbax_with_a_fifo_sidecar(tmp):
+    ckpt = _orbax_with(tmp, "flax_lenet.sha256", os.mkfifo)
+    return ["convert", ckpt, tmp / "out.safetensors"], "flax_lenet.sha256 a FIFO"
+
+
+def _eval_orbax_with_a_folder_sidecar(tmp):
+    ckpt = _orbax_with(tmp, "flax_lenet.sha256", Path.mkdir)
+    return ["eval", ckpt], "expected flax_lenet.sha256 to be a regular file, found a folder"
+
+
+def _eval_a_3_gib_pt(tmp):
+    with open(tmp / "big.pt", "wb") as f:
+        f.truncate(3 << 30)                                 # sparse: no disk, but 3 GiB to read
+    return ["eval", tmp / "big.pt"], "of at most 256 MiB, found 3,072 MiB; nothing was read"
+
+
 def _train_out_empty(tmp):
     return ["train", "--out", "", *TINY], "--out"
 
@@ -129,6 +174,11 @@ CASES = {
     "compare --input-high past int64": _compare_input_high_past_int64,
     "compare --input-high without --input-dtype int64": _compare_input_high_without_tokens,
     "train --out ''": _train_out_empty,
+    "eval of an Orbax folder whose manifest is a FIFO": _eval_orbax_with_a_fifo_manifest,
+    "eval of an Orbax folder with a FIFO in d/": _eval_orbax_with_a_fifo_data_file,
+    "convert of an Orbax folder whose sidecar is a FIFO": _convert_orbax_with_a_fifo_sidecar,
+    "eval of an Orbax folder whose sidecar is a folder": _eval_orbax_with_a_folder_sidecar,
+    "eval of a 3 GiB .pt": _eval_a_3_gib_pt,
     "convert IN ''": _convert_to_an_empty_path,
     "bench --json onto a folder of the user's": _bench_json_onto_a_folder,
     "bench --png onto a folder of the user's": _bench_png_onto_a_folder,

@@ -173,3 +173,17 @@ def test_the_exact_tier_accepts_no_difference_at_all():
     b[0] = np.nextafter(b[0], 1.0)                      # one ulp
     assert parity.Row("round trip", "-", *parity.diff(a, a.copy()), EXACT.rtol).ok
     assert not parity.Row("round trip", "-", *parity.diff(b, a), EXACT.rtol).ok
+
+
+def test_a_float32_row_over_its_tolerance_is_judged_by_its_distance_from_float64_up_to_the_ratio():
+    """Over rtol, a float32 row holds when Flax is at most ``TRAJECTORY_FLOAT32_RATIO`` times as
+    far from the float64 run as torch is: at the ratio exactly, and below it; not above it."""
+    from flax_lenet.porting.tolerances import TRAJECTORY_FLOAT32_RATIO as ratio
+
+    def row(torch_d, flax_d):
+        return parity.Row("params after Adam steps (100)", "nnx", 1.0, 1e-3, 1e-5, float64=(torch_d, flax_d))
+    assert row(1e-4, ratio * 1e-4).ok                  # the bound itself holds
+    assert row(1e-4, 0.5 * ratio * 1e-4).ok
+    assert not row(1e-4, 1.01 * ratio * 1e-4).ok
+    assert not row(1e-4, float("nan")).ok
+    assert not parity.Row("loss", "nnx", 1.0, 1e-3, 1e-5).ok   # no float64 run: rtol alone decides

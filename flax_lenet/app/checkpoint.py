@@ -58,6 +58,10 @@ PT_TAG = b"flax-lenet sha256 "          # start of the zip comment of a .pt writ
 _PT_COMMENT = len(PT_TAG) + 64
 _EOCD = b"PK\x05\x06"                   # a zip's end-of-central-directory record, 22 bytes + comment
 
+#: a checkpoint of more is refused before any of it is read: the Net's weights take 0.3 MiB in
+#: float32 (0.7 MiB in float64), and reading a file takes memory of its size
+MAX_CHECKPOINT_BYTES = 256 << 20
+
 TORCH_SUFFIXES = (".pt", ".pth")
 SAFETENSORS_SUFFIX = ".safetensors"
 
@@ -174,10 +178,13 @@ _SIDECAR_LINE = re.compile(r"([0-9a-f]{64})  ([^\n]+)")
 
 def _verify_orbax(path: Path, notes: list | None) -> None:
     side = path / SIDECAR
-    if not side.is_file():
+    if not os.path.lexists(side):
         if notes is not None:
             notes.append(_not_verified(path))
         return
+    if side.is_dir():
+        raise BadFile(f"{path}: expected {SIDECAR} to be a regular file, found a folder: the checkpoint "
+                      "was changed or damaged after it was written")
     try:
         text = side.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -202,15 +209,52 @@ def _verify_orbax(path: Path, notes: list | None) -> None:
             raise _changed(path, name)
 
 
+def _kind(mode: int) -> str:
+    return "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+
+
+def _too_big(path: Path, size: int) -> BadFile:
+    return BadFile(f"{path}: expected {_describe(checkpoint_format(path))} of at most "
+                   f"{MAX_CHECKPOINT_BYTES >> 20} MiB, found {size / (1 << 20):,.0f} MiB; nothing was read")
+
+
 def _regular_file(path: Path) -> None:
-    """Refuse a FIFO, socket or device (reading one can block forever); a folder fails on reading."""
+    """Refuse a FIFO, socket or device (reading one can block forever), and a file over
+    ``MAX_CHECKPOINT_BYTES``, before reading any of it; a folder fails on reading."""
     try:
-        mode = os.stat(path).st_mode
+        st = os.stat(path)
     except OSError as e:
         raise _unreadable(path, e) from None
-    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
-        raise BadFile(f"{path}: expected {_describe(checkpoint_format(path))}, a regular file, found {kind}")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise BadFile(f"{path}: expected {_describe(checkpoint_format(path))}, a regular file, "
+                      f"found {_kind(st.st_mode)}")
+    if stat.S_ISREG(st.st_mode) and st.st_size > MAX_CHECKPOINT_BYTES:
+        raise _too_big(path, st.st_size)
+
+
+def _regular_folder(path: Path) -> None:
+    """An Orbax checkpoint before Orbax or tensorstore opens it: every entry a folder or a regular
+    file (a FIFO there would block a reader forever; a link could lead anywhere), and all of them
+    together at most ``MAX_CHECKPOINT_BYTES``."""
+    total = 0
+    for folder, dirs, names in os.walk(path):
+        for name in dirs + names:
+            p = Path(folder) / name
+            try:
+                st = os.lstat(p)
+            except OSError as e:
+                raise _unreadable(path, e) from None
+            if stat.S_ISDIR(st.st_mode):
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                raise BadFile(f"{path}: expected {_describe('orbax')} of folders and regular files, found "
+                              f"{p.relative_to(path)} a symbolic link")
+            if not stat.S_ISREG(st.st_mode):
+                raise BadFile(f"{path}: expected {_describe('orbax')} of folders and regular files, found "
+                              f"{p.relative_to(path)} {_kind(st.st_mode)}")
+            total += st.st_size
+            if total > MAX_CHECKPOINT_BYTES:
+                raise _too_big(path, total)
 
 
 # --- loading ----------------------------------------------------------------------------------
@@ -305,6 +349,7 @@ def _load_orbax(path: Path, notes: list | None = None) -> dict:
     if not path.is_dir():
         raise BadFile(f"{path}: expected {_describe('orbax')} (or a .pt/.pth/.safetensors file name), "
                       "found a file")
+    _regular_folder(path)
     _verify_orbax(path, notes)
     try:
         _read_ocdbt_store(path)
