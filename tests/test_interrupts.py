@@ -241,3 +241,37 @@ def test_sigterm_during_a_swap_waits_for_its_rename_then_exits_143(tmp_path, env
         assert sorted(p.name for p in tmp_path.iterdir()) == ["new.pt", "w.safetensors"], point
         loaded = checkpoint.load_state(tmp_path / "w.safetensors")
         assert all((loaded[k] == expected[k]).all() for k in expected), point
+
+
+# A command whose work is done, then a Ctrl-C while the process ends, after Python's finalization
+# has given SIGINT its default action back (emulated here by an exit handler that does the same,
+# then signals; it runs before flax-lenet's last one). ``unblocked`` is the broken twin: without
+# the signal held back, the process dies of the raw signal.
+LATE_CTRL_C = """
+import atexit, os, signal, sys
+from flax_lenet.app import cli
+
+def as_at_the_end_of_finalization():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
+
+def done(before=None):
+    atexit.register(as_at_the_end_of_finalization)
+    print("the command's output")
+    return 0
+
+cli.main = done
+if sys.argv[1] == "unblocked":
+    signal.pthread_sigmask = lambda how, mask: set()
+sys.argv = ["flax-lenet", "eval", "w.orbax"]
+cli.run()
+"""
+
+
+@pytest.mark.parametrize("variant, status", [("as shipped", 130), ("unblocked", -signal.SIGINT)])
+def test_ctrl_c_while_the_process_ends_is_one_line_and_exit_130(env, variant, status):
+    proc = python(env, LATE_CTRL_C, variant)
+    assert proc.returncode == status, proc
+    assert proc.stdout == "the command's output\n"
+    if status == 130:
+        assert proc.stderr == "flax-lenet eval: interrupted\n", proc.stderr

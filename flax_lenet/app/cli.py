@@ -18,6 +18,8 @@ _xla_gc_callback") or printed asyncio tracebacks from Orbax's threads.
 """
 
 import argparse
+import atexit
+import contextlib
 import importlib
 import logging
 import os
@@ -205,7 +207,29 @@ def run() -> None:
     directory that cannot be used only costs the speed-up.
     """
     take_over_ctrl_c()
-    sys.exit(main(before=_start_command))
+    prog = _command_name(sys.argv[1:])
+    atexit.register(_end_on_a_held_signal, prog)    # registered first, so it runs last
+    status = main(before=_start_command)
+    signal.pthread_sigmask(signal.SIG_BLOCK, list(SIGNALS))     # the command is done: see below
+    sys.exit(status)
+
+
+def _end_on_a_held_signal(prog: str) -> None:
+    """The last exit handler: a signal that came while the process was ending ends it as one
+    that came during the command does (its line, 128 + its number).
+
+    A command's work done, Python's exit still takes seconds (JAX's and Orbax's teardown), and
+    near its end Python gives SIGINT back its default action: a Ctrl-C there would kill the
+    process with no line and a status of -2. So ``run`` blocks the signals once the command has
+    returned, and this handler, the last to run, reports one that is waiting (a SIGHUP that
+    ``nohup`` set to be ignored stays ignored). One that comes after it is lost with the process."""
+    waiting = [s for s in SIGNALS if s in signal.sigpending() and signal.getsignal(s) is not signal.SIG_IGN]
+    if waiting:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        what, status = SIGNALS[waiting[0]]
+        os.write(2, f"{prog}: {what}\n".encode())
+        os._exit(status)
 
 
 def _start_command() -> None:
