@@ -31,3 +31,9 @@ class BadConfig(BadInput):
 
 class BadFile(BadInput):
     """A file or folder that is missing, in the way, unreadable, unwritable or damaged."""
+
+
+class ModelRaised(Exception):
+    """A user's model raised (or returned what cannot be compared) while the harness ran it:
+    not bad input to ``flax-lenet`` and not a bug of its own. ``flax-lenet compare`` prints the
+    message (which side, which model, the input shape and the exception) and exits 3."""

@@ -249,3 +249,131 @@ def test_leftover_lookalikes_of_the_users_survive_a_run_and_a_swap_of_it(tmp_pat
     rc, _, err = run_cli(capsys, "train", "--out", runs / "s5", *TINY)
     assert rc == 0, err
     assert tree(runs / ".s5.old-backup01") == {"notes.txt": b"the user's own file\n"}
+
+
+# --- port mode: the user's model raises ------------------------------------------------------------
+
+USER_MODELS = '''
+import sys
+import torch.nn as nn
+from flax import nnx
+
+
+class TLin(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class FLin(nnx.Module):
+    def __init__(self, rngs):
+        self.fc = nnx.Linear(4, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.fc(x)
+
+
+class FWide(FLin):
+    def __init__(self, rngs):
+        self.fc = nnx.Linear(4, 5, rngs=rngs)
+
+
+class TTuple(TLin):
+    def forward(self, x):
+        return self.fc(x), x
+
+
+class TDict(TLin):
+    def forward(self, x):
+        return {"logits": self.fc(x)}
+
+
+class FNone(FLin):
+    def __call__(self, x):
+        self.fc(x)
+
+
+class TRaises(nn.Module):
+    def __init__(self):
+        super().__init__()
+        raise RuntimeError("no weights file found")
+
+
+class TExits(TLin):
+    def __init__(self):
+        sys.exit(0)
+
+
+class TTokens(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.e = nn.Embedding(5, 3)
+
+    def forward(self, t):
+        return self.e(t).mean(1)
+
+
+class FTokens(nnx.Module):
+    def __init__(self, rngs):
+        self.e = nnx.Embed(5, 3, rngs=rngs)
+
+    def __call__(self, t):
+        return self.e(t).mean(1)
+
+
+class TFailsInTraining(TLin):
+    def forward(self, x):
+        y = self.fc(x)
+        if y.requires_grad:
+            raise ValueError("cannot train this one")
+        return y
+'''
+
+PORT = {   # id: (--torch, --flax, extra arguments, exit code, words of the one line)
+    "a model returning a tuple": ("m.py:TTuple", "m.py:FLin", [], 3, "--torch m.py:TTuple returned tuple, not one array"),
+    "a model returning a dict": ("m.py:TDict", "m.py:FLin", [], 3, "returned dict, not one array"),
+    "a model returning None": ("m.py:TLin", "m.py:FNone", [], 3, "--flax m.py:FNone returned NoneType"),
+    "an out-of-range token": ("m.py:TTokens", "m.py:FTokens", ["--input-dtype", "int64", "--input-high", "9"], 3,
+                              "--torch m.py:TTokens raised IndexError"),
+    "an input shape the model cannot take": ("m.py:TLin", "m.py:FLin", ["--input-shape", "2,5"], 3,
+                                             "raised RuntimeError: mat1 and mat2 shapes cannot be multiplied"),
+    "outputs of different shapes": ("m.py:TLin", "m.py:FWide", [], 1, "the outputs differ in shape"),
+    "a constructor that raises": ("m.py:TRaises", "m.py:FLin", [], 3,
+                                  "building the model raised RuntimeError: no weights file found"),
+    "--torch sys:exit": ("sys:exit", "m.py:FLin", [], 3, "building the model raised SystemExit(None)"),
+    "a constructor calling sys.exit(0)": ("m.py:TExits", "m.py:FLin", [], 3, "SystemExit(0)"),
+    "a model that raises only when trained": ("m.py:TFailsInTraining", "m.py:FLin", [], 3,
+                                              "(in TFailsInTraining.forward) raised ValueError: cannot train this one"),
+}
+
+
+@pytest.fixture
+def user_models(tmp_path, monkeypatch):
+    (tmp_path / "m.py").write_text(USER_MODELS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FLAX_LENET_DEBUG", raising=False)
+    return tmp_path
+
+
+@pytest.mark.parametrize("case", list(PORT))
+def test_port_mode_reports_a_failing_user_model_in_one_line(user_models, capsys, case):
+    torch_spec, flax_spec, extra, code, says = PORT[case]
+    shape = [] if "--input-shape" in extra else ["--input-shape", "2,4"]
+    rc, out, err = run_cli(capsys, "compare", "--torch", torch_spec, "--flax", flax_spec, *shape, *extra)
+    assert rc == code, (rc, out, err)
+    text = err if code == 3 else out
+    assert says in text and text.count("\n") == 1 and "Traceback" not in text, text
+    if code == 3:
+        assert "input of shape" in text or "building the model" in text or "not one array" in text
+
+
+def test_port_mode_with_debug_shows_the_users_traceback(user_models, capsys, monkeypatch):
+    """The twin: ``FLAX_LENET_DEBUG=1`` lets the exception through, with the user's own one inside."""
+    from flax_lenet.errors import ModelRaised
+    monkeypatch.setenv("FLAX_LENET_DEBUG", "1")
+    with pytest.raises(ModelRaised) as raised:
+        run_cli(capsys, "compare", "--torch", "m.py:TRaises", "--flax", "m.py:FLin", "--input-shape", "2,4")
+    assert isinstance(raised.value.__cause__, RuntimeError)

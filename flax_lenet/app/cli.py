@@ -27,14 +27,19 @@ import signal
 import sys
 
 from flax_lenet.app import files
-from flax_lenet.errors import BadConfig, BadInput
+from flax_lenet.errors import BadConfig, BadInput, ModelRaised
 
 DESCRIPTION = """\
 Run the LeNet of PyTorch's "Neural Networks" tutorial in JAX/Flax and in PyTorch side by side:
 compare the two on the same weights, train both on handwritten digits, and evaluate or convert
 their checkpoints.
 """
-EPILOG = "Run 'flax-lenet COMMAND --help' for the options of a command."
+EPILOG = """\
+Run 'flax-lenet COMMAND --help' for the options of a command.
+
+exit codes: 0 done (compare: everything agrees), 1 compare: they differ, 2 bad input or usage
+(one line), 3 compare --torch/--flax: your model raised (one line; FLAX_LENET_DEBUG=1 shows the
+traceback), 130/143/129 interrupted, terminated, hung up."""
 
 COMMANDS = {
     "compare": "run the tutorial in torch and every Flax flavour from one set of weights and diff them",
@@ -82,7 +87,8 @@ def main(argv=None, *, before=None) -> int:
     """Run one ``flax-lenet`` command and return its exit code.
 
     A ``BadInput`` becomes ``flax-lenet COMMAND: error: <message>`` on stderr and exit code 2
-    (with ``FLAX_LENET_DEBUG=1`` it is re-raised with its traceback); Ctrl-C is one line and
+    (with ``FLAX_LENET_DEBUG=1`` it is re-raised with its traceback); a user's model that raised
+    in port mode (``ModelRaised``) is one line and ``MODEL_RAISED`` (3); Ctrl-C is one line and
     130. Every other exception is a bug and propagates unchanged. ``before()``, if given, runs
     once the arguments are parsed and before the command (so ``--help`` and a usage error never
     reach it).
@@ -98,9 +104,17 @@ def main(argv=None, *, before=None) -> int:
         message = str(e).replace("\n", " ")         # the contract is one line, whatever the message
         print(f"flax-lenet {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except ModelRaised as e:
+        if os.environ.get("FLAX_LENET_DEBUG"):
+            raise
+        print(f"flax-lenet {args.command}: {e}".replace("\n", " "), file=sys.stderr)
+        return MODEL_RAISED
     except KeyboardInterrupt:
         print(f"flax-lenet {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+MODEL_RAISED = 3        # exit codes: 0 agree, 1 differ, 2 bad input or usage, 3 the user's model raised
 
 
 def _command_name(argv) -> str:

@@ -6,7 +6,11 @@ over the run and the step where it happened.
 
 With ``--torch pkg.module:TorchNet --flax pkg.module:FlaxNet --input-shape 8,3,32,32`` it checks
 your own port instead, through the same harness (``flax_lenet.porting.parity.check``); ``pkg.module``
-may be a path to a ``.py`` file.
+may be a path to a ``.py`` file. Exit codes: 0 agree, 1 differ (an output of another shape too), 2
+bad input or usage, 3 your model raised, or returned something other than one array: one line
+naming the side, the model, the input shape and the exception (``FLAX_LENET_DEBUG=1``: the
+traceback). An exception that did not pass through your file is the harness's and keeps its
+traceback.
 """
 
 import json
@@ -14,7 +18,7 @@ import math
 import sys
 
 from flax_lenet.app.cli import positive_int
-from flax_lenet.errors import BadConfig
+from flax_lenet.errors import BadConfig, BadInput, ModelRaised
 from flax_lenet.porting.names import FAULTS, FLAVOURS, LOSSES
 
 
@@ -207,14 +211,64 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def _build(obj, option: str, make):
+def _build(obj, option: str, spec: str, make):
+    """The user's model, built; whatever its constructor raises (``sys.exit`` included) is
+    reported as its own exception, never taken for a pass."""
+    if not callable(obj):
+        raise BadConfig(f"{option}: expected a class or factory callable as described in --help, "
+                        f"found {type(obj).__name__} {spec}")
     try:
         return make(obj)
-    except BadConfig:
-        raise
-    except TypeError as e:          # a class that needs arguments
-        raise BadConfig(f"{option}: expected a class or factory callable as described in --help, "
-                        f"found {getattr(obj, '__name__', obj)!r} ({e})") from None
+    except (Exception, SystemExit) as e:
+        raise ModelRaised(f"{option} {spec}: building the model raised {_exception(e)}") from e
+
+
+def _exception(e: BaseException) -> str:
+    """``TypeName: first line of the message`` (``SystemExit(0)`` for an exit)."""
+    if isinstance(e, SystemExit):
+        return f"SystemExit({e.code!r})"
+    message = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {message}" if message else type(e).__name__
+
+
+def _user_frame(e: BaseException, user_files: set) -> tuple | None:
+    """``'--torch'``/``'--flax'`` and where, for the innermost frame of ``e``'s traceback in one of
+    the user's files (``None``: the exception did not pass through the user's code)."""
+    import torch.nn
+    from flax import nnx
+    found = None
+    tb = e.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_filename in user_files:
+            owner = tb.tb_frame.f_locals.get("self")
+            side = "--torch" if isinstance(owner, torch.nn.Module) else "--flax" if isinstance(owner, nnx.Module) \
+                else None
+            found = (side, f"{type(owner).__name__}.{code.co_name}" if owner is not None else code.co_name)
+        tb = tb.tb_next
+    return found
+
+
+def _module_file(obj) -> str | None:
+    module = sys.modules.get(getattr(obj, "__module__", None) or "")
+    return getattr(module, "__file__", None)
+
+
+def _probe(option: str, spec: str, call, shape) -> object:
+    """Run the user's model once on the input, as the harness will: what it raises, or an output
+    that is not one array, is reported before the comparison starts."""
+    try:
+        return call()
+    except (Exception, SystemExit) as e:
+        raise ModelRaised(f"{option} {spec} raised {_exception(e)} on an input of shape "
+                          f"{tuple(shape)}") from e
+
+
+def _eval_copy(flax_model):
+    from flax import nnx
+    model = nnx.clone(flax_model)
+    model.eval()
+    return model
 
 
 def _main_port(args) -> int:
@@ -242,20 +296,44 @@ def _main_port(args) -> int:
 
     from flax_lenet.porting import parity
     torch.manual_seed(args.seed)
-    torch_model = _build(torch_obj, "--torch", lambda o: o())
+    torch_model = _build(torch_obj, "--torch", args.torch, lambda o: o())
     if not isinstance(torch_model, torch.nn.Module):
         raise BadConfig(f"--torch: expected a torch.nn.Module, found {type(torch_model).__name__}")
     is_nnx_class = isinstance(flax_obj, type) and issubclass(flax_obj, nnx.Module)
-    flax_model = _build(flax_obj, "--flax", lambda o: o(rngs=nnx.Rngs(args.seed)) if is_nnx_class else o())
+    flax_model = _build(flax_obj, "--flax", args.flax,
+                        lambda o: o(rngs=nnx.Rngs(args.seed)) if is_nnx_class else o())
     if not isinstance(flax_model, nnx.Module):
         raise BadConfig(f"--flax: expected an NNX module, found {type(flax_model).__name__}")
     rng = np.random.default_rng(args.seed)
     x = (rng.integers(0, args.input_high, shape) if args.input_dtype == "int64"
          else rng.standard_normal(shape).astype(args.dtype))
+    import copy
+    with torch.no_grad():
+        out_t = _probe("--torch", args.torch, lambda: copy.deepcopy(torch_model).to(
+            getattr(torch, args.dtype)).eval()(torch.from_numpy(x)), shape)
+    out_f = _probe("--flax", args.flax, lambda: _eval_copy(flax_model)(parity.default_flax_input(x)), shape)
+    for option, spec, out, kind in (("--torch", args.torch, out_t, torch.Tensor), ("--flax", args.flax, out_f, jax.Array)):
+        if not isinstance(out, kind):
+            raise ModelRaised(f"{option} {spec} returned {type(out).__name__}, not one array: the harness "
+                              "compares one output; return it (or wrap the model so that it does)")
+    if tuple(out_t.shape) != tuple(out_f.shape):
+        print(f"flax-lenet compare: the outputs differ in shape for an input of shape {tuple(shape)}: "
+              f"torch {tuple(out_t.shape)}, flax {tuple(out_f.shape)}")
+        return 1
     steps = args.steps or 1
     opt = preset(args.optimizer or "sgd", args.lr)
-    report = parity.check(torch_model, flax_model, x, loss=args.loss, optimizer=opt, steps=steps,
-                          dtype=args.dtype, seed=args.seed, tf32=args.tf32)
+    user_files = {f for f in (_module_file(torch_obj), _module_file(flax_obj)) if f}
+    try:
+        report = parity.check(torch_model, flax_model, x, loss=args.loss, optimizer=opt, steps=steps,
+                              dtype=args.dtype, seed=args.seed, tf32=args.tf32)
+    except (Exception, SystemExit) as e:
+        where = _user_frame(e, user_files)
+        if where is None or isinstance(e, BadInput):
+            raise                       # the harness's own error (or a bug): not the user's model
+        side, frame = where
+        who = f"{side} {args.torch if side == '--torch' else args.flax}" if side else "the model"
+        raise ModelRaised(f"{who} (in {frame}) raised {_exception(e)} during the comparison, "
+                          f"on an input of shape {tuple(shape)}") from e
     if args.json:
         print(report.to_json())
     else:
