@@ -5,7 +5,8 @@ Every error that means *what you passed was wrong* (a shape, a value, a file, a 
 ``flax-lenet`` command prints exactly these as one line and exits 2; any other exception is a
 bug (in this project or a library under it) and keeps its traceback, exit 1.
 
-``BadInput`` is a ``ValueError``, so ``except ValueError`` keeps working for callers.
+``BadInput`` is a ``ValueError``, so ``except ValueError`` keeps working for callers. One kind is
+not bad input: ``ModelRaised``, a user's model that failed inside the porting harness (exit 3).
 """
 
 

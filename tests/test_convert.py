@@ -154,3 +154,14 @@ def test_a_kernel_size_the_net_cannot_have_is_one_line():
     state["conv1.weight"] = np.zeros((6, 1, 11, 11), np.float32)
     with pytest.raises(BadWeights, match=r"kernel size in 1\.\.10 .*found shape \(6, 1, 11, 11\)"):
         convert.torch_to_flax(state)
+
+
+@pytest.mark.parametrize("cast", [None, "float32"])
+def test_tensor_to_numpy_copies_even_when_the_cast_changes_nothing(cast):
+    """The array is the caller's own: changing the tensor afterwards (an optimizer step in place)
+    leaves it as it was, with a cast to the tensor's own dtype too."""
+    from flax_lenet.porting import port
+    t = torch.arange(6, dtype=torch.float32)
+    a = port.tensor_to_numpy(t, cast=cast)
+    t.add_(1.0)
+    np.testing.assert_array_equal(a, np.arange(6, dtype=np.float32))

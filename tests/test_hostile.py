@@ -164,6 +164,20 @@ def _eval_a_3_gib_pt(tmp):
     return ["eval", tmp / "big.pt"], "of at most 256 MiB, found 3,072 MiB; nothing was read"
 
 
+def _train_out_of_256_bytes(tmp):
+    return ["train", "--out", tmp / ("a" * 256), *TINY], "expected a file name of at most 191 bytes"
+
+
+def _train_out_not_utf8(tmp):
+    return ["train", "--out", os.fsdecode(bytes(tmp) + b"/x\xff"), *TINY], "expected a file name in UTF-8"
+
+
+def _convert_to_a_name_of_250_bytes(tmp):
+    from flax_lenet.app import checkpoint, training
+    checkpoint.save(tmp / "w.safetensors", training.initial_state(training.TrainConfig()))
+    return ["convert", tmp / "w.safetensors", tmp / ("c" * 238 + ".safetensors")], "OUT: expected a file name"
+
+
 def _train_out_empty(tmp):
     return ["train", "--out", "", *TINY], "--out"
 
@@ -174,6 +188,9 @@ CASES = {
     "compare --input-high past int64": _compare_input_high_past_int64,
     "compare --input-high without --input-dtype int64": _compare_input_high_without_tokens,
     "train --out ''": _train_out_empty,
+    "train --out of 256 bytes": _train_out_of_256_bytes,
+    "train --out not UTF-8": _train_out_not_utf8,
+    "convert OUT of 250 bytes": _convert_to_a_name_of_250_bytes,
     "eval of an Orbax folder whose manifest is a FIFO": _eval_orbax_with_a_fifo_manifest,
     "eval of an Orbax folder with a FIFO in d/": _eval_orbax_with_a_fifo_data_file,
     "convert of an Orbax folder whose sidecar is a FIFO": _convert_orbax_with_a_fifo_sidecar,
@@ -377,3 +394,17 @@ def test_port_mode_with_debug_shows_the_users_traceback(user_models, capsys, mon
     with pytest.raises(ModelRaised) as raised:
         run_cli(capsys, "compare", "--torch", "m.py:TRaises", "--flax", "m.py:FLin", "--input-shape", "2,4")
     assert isinstance(raised.value.__cause__, RuntimeError)
+
+
+@pytest.mark.slow
+def test_a_platform_the_machine_lacks_is_one_line_exit_2(tmp_path):
+    """``JAX_PLATFORMS=rocm`` where JAX has no such backend: one line, not JAX's 70-line
+    RuntimeError (a process of its own: this one's JAX has started already)."""
+    import subprocess
+    import sys
+    env = dict(os.environ, JAX_PLATFORMS="rocm", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run([sys.executable, "-m", "flax_lenet", "train", "--epochs", "1", "--max-steps", "1",
+                           "--quiet"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc
+    assert proc.stderr.startswith("flax-lenet train: error: JAX_PLATFORMS=rocm: expected platforms this machine")
+    assert proc.stderr.count("\n") == 1 and list(tmp_path.iterdir()) == []

@@ -94,9 +94,9 @@ def main(argv=None, *, before=None) -> int:
     reach it).
     """
     args = build_parser().parse_args(argv)
-    if before is not None:
-        before()
     try:
+        if before is not None:
+            before()
         return int(args._main(args) or 0)
     except BadInput as e:
         if os.environ.get("FLAX_LENET_DEBUG"):
@@ -249,6 +249,15 @@ def _end_on_a_held_signal(prog: str) -> None:
 def _start_command() -> None:
     """After the arguments are parsed (``--help`` and usage errors import neither jax nor absl)."""
     quiet_reported_failures()
+    platforms = os.environ.get("JAX_PLATFORMS")
+    if platforms:                       # a platform this machine lacks: JAX's 70-line RuntimeError
+        import jax
+        try:
+            jax.devices()
+        except RuntimeError as e:
+            reason = (str(e).strip().splitlines() or [""])[0]
+            raise BadConfig(f"JAX_PLATFORMS={platforms}: expected platforms this machine has, found "
+                            f"none that JAX could start ({reason})") from None
     if os.environ.get("FLAX_LENET_CACHE", "1") != "0":
         from flax_lenet import cache
         try:

@@ -361,6 +361,7 @@ def atomic_write(path, write: Callable[[Path], None], *, overwrite: bool = False
       folder is missing, another process is writing it, or the OS refused a write (permissions,
       disk full); the old ``path``, if any, is left as it was.
     """
+    check_name(path)
     path = Path(path)
 
     def refuse_existing():
@@ -446,6 +447,34 @@ def regular_file_or_new(path) -> str | None:
     return f"{path}: expected a new or a regular file, found a {_kind(mode)}; it is left as it is"
 
 
+#: room left in a file name for the writer's own names beside it: ``.NAME.tmp-PID-XXXXXXXX`` and
+#: the ``.orbax-checkpoint-tmp-...`` Orbax adds to a temporary folder
+NAME_ROOM = 64
+NAME_MAX = 255
+
+
+def check_name(path, what: str = "") -> None:
+    """Refuse, in one line, a path the writer cannot make beside itself: a last component longer
+    than ``NAME_MAX - NAME_ROOM`` bytes, an empty one, or one that is not UTF-8.
+
+    Raises:
+      BadFile: which, and what was found.
+    """
+    label = f"{what}: " if what else ""
+    text = os.fspath(path)
+    if not text.strip():
+        raise BadFile(f"{label}expected a path, found {text!r}")
+    name = Path(text).name
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise BadFile(f"{label}expected a file name in UTF-8, found {name.encode('utf-8', 'backslashreplace')!r}"
+                      .replace("b'", "'")) from None
+    if size > NAME_MAX - NAME_ROOM:
+        raise BadFile(f"{label}expected a file name of at most {NAME_MAX - NAME_ROOM} bytes (the writer puts "
+                      f"longer names beside it), found {size} bytes: {name[:40]}...")
+
+
 def check_writable(path) -> None:
     """Before long work whose result goes to ``path`` (by ``write_bytes``): its folder exists and
     takes a new file (made and removed at once), and ``path`` is new or a regular file.
@@ -453,6 +482,7 @@ def check_writable(path) -> None:
     Raises:
       BadFile: one line saying which.
     """
+    check_name(path)
     path = Path(path)
     folder = path.parent
     if not folder.is_dir():

@@ -29,8 +29,8 @@ def add_arguments(p):
 def refuse_existing(dst, overwrite: bool) -> None:
     """Refuse an existing OUT unless ``--overwrite`` may replace it, in the command's words, before reading IN."""
     from flax_lenet.app import checkpoint
-    if not str(dst).strip():
-        raise BadFile(f"OUT: expected a path ending in .orbax, .safetensors or .pt, found {str(dst)!r}")
+    from flax_lenet.app.files import check_name
+    check_name(dst, "OUT")
     dst = Path(dst)
     if not (dst.exists() or dst.is_symlink()):
         return

@@ -53,8 +53,8 @@ def add_arguments(p):
 def prepare_out(out, overwrite: bool):
     """``runs.prepare_run_dir`` with its errors worded for this command's ``--out`` and ``--overwrite``."""
     from flax_lenet.app import runs
-    if not str(out).strip():
-        raise BadFile(f"--out: expected a path for the run directory, found {str(out)!r}")
+    from flax_lenet.app.files import check_name
+    check_name(out, "--out")
     earlier = runs.earlier_run(out)
     if earlier and not overwrite:
         raise BadFile(f"--out: expected a new or empty run directory, found an earlier run in {out} "
