@@ -178,6 +178,13 @@ def _convert_to_a_name_of_250_bytes(tmp):
     return ["convert", tmp / "w.safetensors", tmp / ("c" * 238 + ".safetensors")], "OUT: expected a file name"
 
 
+def _eval_safetensors_with_a_list_header(tmp):
+    import struct
+    header = b"[1, 2, 3]"
+    (tmp / "w.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    return ["eval", tmp / "w.safetensors"], "a header that is a JSON list, not an object"
+
+
 def _train_out_empty(tmp):
     return ["train", "--out", "", *TINY], "--out"
 
@@ -188,6 +195,7 @@ CASES = {
     "compare --input-high past int64": _compare_input_high_past_int64,
     "compare --input-high without --input-dtype int64": _compare_input_high_without_tokens,
     "train --out ''": _train_out_empty,
+    "eval of a safetensors file whose header is a JSON list": _eval_safetensors_with_a_list_header,
     "train --out of 256 bytes": _train_out_of_256_bytes,
     "train --out not UTF-8": _train_out_not_utf8,
     "convert OUT of 250 bytes": _convert_to_a_name_of_250_bytes,

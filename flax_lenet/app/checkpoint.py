@@ -305,7 +305,12 @@ def _load_safetensors(path: Path, notes: list | None = None) -> dict:
     _regular_file(path)
     try:
         with open(path, "rb") as f:             # an 8-byte length, then the JSON header
-            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+            size = struct.unpack("<Q", f.read(8))[0]
+            if size > MAX_CHECKPOINT_BYTES:
+                raise ValueError(f"a header of {size} bytes")
+            header = json.loads(f.read(size))
+        if not isinstance(header, dict):
+            raise ValueError(f"a header that is a JSON {type(header).__name__}, not an object")
         if any(isinstance(v, dict) and v.get("dtype") == "BF16" for v in header.values()):
             from safetensors.torch import load_file as load_torch_file
             state = convert.clean_state(load_torch_file(path))   # numpy has no bfloat16: ml_dtypes'
