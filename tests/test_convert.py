@@ -165,3 +165,10 @@ def test_tensor_to_numpy_copies_even_when_the_cast_changes_nothing(cast):
     a = port.tensor_to_numpy(t, cast=cast)
     t.add_(1.0)
     np.testing.assert_array_equal(a, np.arange(6, dtype=np.float32))
+
+
+def test_tensor_to_numpy_casts_and_densifies():
+    from flax_lenet.porting import port
+    assert port.tensor_to_numpy(torch.ones(2, dtype=torch.float64), cast="float32").dtype == np.float32
+    sparse = torch.eye(3).to_sparse()
+    np.testing.assert_array_equal(port.tensor_to_numpy(sparse), np.eye(3, dtype=np.float32))

@@ -187,3 +187,13 @@ def test_a_float32_row_over_its_tolerance_is_judged_by_its_distance_from_float64
     assert not row(1e-4, 1.01 * ratio * 1e-4).ok
     assert not row(1e-4, float("nan")).ok
     assert not parity.Row("loss", "nnx", 1.0, 1e-3, 1e-5).ok   # no float64 run: rtol alone decides
+
+
+def test_a_tie_between_steps_names_the_first_step_of_the_difference():
+    """The worst step of a quantity is where its largest difference first appears: a difference
+    that stays the same at later steps (a tie) is reported at the step it began."""
+    torch_run = [(0.5, {"w": np.ones(3)})] * 3
+    flax_run = [(0.5, {"w": np.ones(3)}), (0.5, {"w": np.array([1.0, 1.5, 1.0])}), (0.5, {"w": np.array([1.0, 1.5, 1.0])})]
+    rows = {r.quantity: r for r in parity.diff_steps("-", torch_run, flax_run, TRAJECTORY_FLOAT32_CPU.rtol)}
+    assert rows["params w"].step == 2 and rows["params w"].max_rel == 0.5
+    assert rows["loss"].step == 1 and rows["loss"].max_rel == 0.0

@@ -99,6 +99,11 @@ EQUIVALENT = {
                                               "port.tensor_to_numpy in flatten_flax and held by nothing else",
 }
 
+EQUIVALENT.update({
+    f"port:{fn}:1->2#{n}": "numpy's reshape takes any negative size as the one dimension it infers, "
+                           "so reshape(out, -2) is reshape(out, -1)"
+    for fn, n in (("_flatten_to_flax", 3), ("_flatten_to_torch", 4))})
+
 SWAPS = {"<=": "<", "<": "<=", ">=": ">", ">": ">=", "==": "!=", "!=": "==", "+": "-", "-": "+",
          "*": "/", "/": "*", "and": "or", "or": "and", "True": "False", "False": "True", "max": "min",
          "array": "asarray", "ascontiguousarray": "asarray"}
