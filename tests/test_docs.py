@@ -457,3 +457,14 @@ def test_browser_check_fails_for_a_hidden_column_and_a_console_error(browser, tm
     sections, _ = layout(browser)
     assert [p.split(":")[0] for p in column_problems(sections, stacked=False)] == ["loss"]
     assert any("boom" in p for p in browser.problems())
+
+
+def test_check_takes_a_figure_one_decade_away_but_not_two_nor_any_other_change():
+    """Figures are powers of ten above a difference measured on this CPU, so ``--check`` lets each
+    move by one decade (a one-ulp change on another CPU) and fails on anything else."""
+    page = "| loss | < 1e-15 (limit ≤ 1e-12) | < 1e-07 (limit ≤ 1e-05) |\n<td>&lt; 1e-07 (limit ≤ 1e-05)</td>\n"
+    assert docs.build.same_but_figures(page, page.replace("< 1e-07", "< 1e-06"))
+    assert docs.build.same_but_figures(page, page.replace("&lt; 1e-07", "&lt; 1e-08"))
+    assert not docs.build.same_but_figures(page, page.replace("< 1e-07", "< 1e-05"))
+    assert not docs.build.same_but_figures(page, page.replace("limit ≤ 1e-05", "limit ≤ 1e-04"))
+    assert not docs.build.same_but_figures(page, page.replace("loss", "grad"))

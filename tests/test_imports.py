@@ -89,7 +89,7 @@ def test_flax_lenet_net_is_model_net_and_builds_alike_whatever_was_imported_firs
 def test_the_snapshot_sees_a_changed_handler_config_value_and_disabled_logger():
     """Broken twin: the same script, with a module that changes each of those on import."""
     evil = ("import jax, signal, logging, sys; jax.config.update('jax_enable_x64', True); "
-            "signal.signal(signal.SIGINT, signal.SIG_IGN); logging.getLogger('absl').disabled = True; "
+            "signal.signal(signal.SIGINT, lambda *a: None); logging.getLogger('absl').disabled = True; "
             "sys.excepthook = lambda *a: None\n")
     script = SCRIPT.replace("after = snapshot()", f"exec({evil!r})\nafter = snapshot()")
     script = script.replace("for info in pkgutil.walk_packages(flax_lenet.__path__, \"flax_lenet.\"):", "for info in []:")
