@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from flax_lenet import convert
-from flax_lenet.app.files import atomic_write, no_interrupt, os_error, os_reason, put_back
+from flax_lenet.app.files import atomic_write, kind, no_interrupt, os_error, os_reason, put_back
 from flax_lenet.errors import BadFile, BadWeights
 
 DIGEST_KEY = "flax_lenet.sha256"        # safetensors metadata key
@@ -209,10 +209,6 @@ def _verify_orbax(path: Path, notes: list | None) -> None:
             raise _changed(path, name)
 
 
-def _kind(mode: int) -> str:
-    return "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
-
-
 def _too_big(path: Path, size: int) -> BadFile:
     return BadFile(f"{path}: expected {_describe(checkpoint_format(path))} of at most "
                    f"{MAX_CHECKPOINT_BYTES >> 20} MiB, found {size / (1 << 20):,.0f} MiB; nothing was read")
@@ -227,7 +223,7 @@ def _regular_file(path: Path) -> None:
         raise _unreadable(path, e) from None
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
         raise BadFile(f"{path}: expected {_describe(checkpoint_format(path))}, a regular file, "
-                      f"found {_kind(st.st_mode)}")
+                      f"found a {kind(st.st_mode)}")
     if stat.S_ISREG(st.st_mode) and st.st_size > MAX_CHECKPOINT_BYTES:
         raise _too_big(path, st.st_size)
 
@@ -251,7 +247,7 @@ def _regular_folder(path: Path) -> None:
                               f"{p.relative_to(path)} a symbolic link")
             if not stat.S_ISREG(st.st_mode):
                 raise BadFile(f"{path}: expected {_describe('orbax')} of folders and regular files, found "
-                              f"{p.relative_to(path)} {_kind(st.st_mode)}")
+                              f"{p.relative_to(path)} a {kind(st.st_mode)}")
             total += st.st_size
             if total > MAX_CHECKPOINT_BYTES:
                 raise _too_big(path, total)

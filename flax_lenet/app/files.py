@@ -94,7 +94,8 @@ def _recorded(path: Path, record: str) -> tuple[list[str], list[str]]:
     return [n for n in names if ".tmp-" in n], [n for n in names if ".old-" in n]
 
 
-def _kind(mode: int) -> str:
+def kind(mode: int) -> str:
+    """What a ``st_mode`` is, in a word: folder, FIFO, socket, device or file."""
     return "folder" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else \
         "socket" if stat.S_ISSOCK(mode) else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "file"
 
@@ -110,7 +111,7 @@ def _open_lock(path: Path, lock: Path, flags: int) -> int:
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise BadFile(f"{path}: expected its lock file {lock.name} to be a regular file, found a {_kind(mode)}")
+        raise BadFile(f"{path}: expected its lock file {lock.name} to be a regular file, found a {kind(mode)}")
     return fd
 
 
@@ -444,7 +445,7 @@ def regular_file_or_new(path) -> str | None:
     mode = os.stat(path).st_mode
     if stat.S_ISREG(mode):
         return None
-    return f"{path}: expected a new or a regular file, found a {_kind(mode)}; it is left as it is"
+    return f"{path}: expected a new or a regular file, found a {kind(mode)}; it is left as it is"
 
 
 #: room left in a file name for the writer's own names beside it: ``.NAME.tmp-PID-XXXXXXXX`` and
