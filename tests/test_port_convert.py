@@ -65,13 +65,39 @@ def test_registered_rule_is_used_for_a_new_layer_type():
             self.gain = nn.Parameter(torch.arange(3.0))
 
     model = nn.Sequential(Scale())
-    with pytest.raises(BadWeights, match="no conversion rule for Scale"):
-        port.torch_to_flax(model)
+    assert list(port.torch_to_flax(model)["params"]) == ["0/gain"]      # a bare parameter: kept by name
     port.register(Scale, port.Rule({"gain": ("params", "g")}, lambda n, a, info: a * 1))
     try:
         assert list(port.torch_to_flax(model)["params"]) == ["0/g"]
     finally:
         del port.RULES["Scale"]
+
+
+def test_a_bare_parameter_converts_by_path_and_back():
+    """A module with no rule keeps its own parameters by name (a learned positional embedding)."""
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pos = nn.Parameter(torch.randn(5, 4))
+            self.proj = nn.Linear(4, 4)
+
+    model = nn.Sequential(Encoder())
+    variables = port.torch_to_flax(model)
+    assert sorted(variables["params"]) == ["0.proj/bias", "0.proj/kernel", "0/pos"]
+    np.testing.assert_array_equal(variables["params"]["0/pos"], model[0].pos.detach().numpy())
+    back = port.flax_to_torch(model, variables)
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(back[key], value.numpy())
+
+
+def test_a_buffer_of_a_layer_without_a_rule_is_refused_by_name():
+    class Counter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("seen", torch.zeros(3))
+
+    with pytest.raises(BadWeights, match="0.seen: no conversion rule for Counter"):
+        port.torch_to_flax(nn.Sequential(Counter()))
 
 
 def test_name_map_renames_module_paths():

@@ -29,7 +29,7 @@ https://flax.readthedocs.io/en/stable/api_reference/flax.nnx/nn/index.html.
 import difflib
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -121,13 +121,23 @@ def warn_notices(notices: list[str]) -> None:
 class Rule:
     """How one torch layer type's tensors map to Flax variables.
 
-    ``names``: torch tensor name -> ``(collection, flax leaf name)``. ``to_flax(name, array, info)``
-    and ``to_torch(name, array, info)`` move one tensor's layout (default: unchanged); ``info`` is
-    a dict with the module and, for a Linear after a flatten, ``'flatten'``: the ``(C, *S)`` shape.
+    Tensor by tensor: ``names``: torch tensor name -> ``(collection, flax leaf name)``;
+    ``to_flax(name, array, info)`` and ``to_torch(name, array, info)`` move one tensor's layout
+    (default: unchanged); ``info`` is a dict with the module and, for a Linear after a flatten,
+    ``'flatten'``: the ``(C, *S)`` shape.
+
+    Whole layer, for a layer whose tensors do not map one to one (attention's packed
+    projection, a recurrent layer's gates): ``convert(tensors, info)`` takes every torch tensor
+    of the layer, its children's included (``{'out_proj.weight': a, ...}``), and returns
+    ``{(collection, 'sub.path/leaf'): array}`` relative to the layer's Flax path;
+    ``invert(get, info)`` gives them back (``get(collection, 'sub.path/leaf')`` reads one Flax
+    variable). The layer's children get no rule of their own.
     """
-    names: Mapping[str, tuple[str, str]]
+    names: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     to_flax: Callable[[str, np.ndarray, dict], np.ndarray] = lambda name, a, info: a
     to_torch: Callable[[str, np.ndarray, dict], np.ndarray] = lambda name, a, info: a
+    convert: Callable[[dict, dict], dict] | None = None
+    invert: Callable[[Callable, dict], dict] | None = None
 
 
 def _flatten_to_flax(w: np.ndarray, feature_shape: tuple) -> np.ndarray:
@@ -274,18 +284,38 @@ def _rename(path: str, name_map: Mapping[str, str] | None) -> str:
     return path
 
 
+def _join(flax_path: str, relative: str) -> str:
+    """A Flax module path and a key relative to it (``'leaf'`` or ``'sub.path/leaf'``) as one key;
+    a model that is itself one layer (path ``''``) has just the relative key."""
+    if not flax_path:
+        return relative
+    return f"{flax_path}.{relative}" if "/" in relative else f"{flax_path}/{relative}"
+
+
 def _flax_key(path: str, leaf: str, name_map) -> str:
-    """``'module.path/leaf'``; a model that is itself one layer (path ``''``) has just ``'leaf'``."""
-    renamed = _rename(path, name_map)
-    return f"{renamed}/{leaf}" if renamed else leaf
+    """``'module.path/leaf'`` for torch module ``path``, renamed by ``name_map``."""
+    return _join(_rename(path, name_map), leaf)
 
 
 def _layers(model, flatten: Mapping[str, tuple] | None):
-    """``(module path, module, rule, info)`` for every module with a rule and tensors of its own."""
+    """``(module path, module, rule, info)`` for every module with a rule and tensors of its own.
+
+    A module with no rule but parameters of its own (a bare ``nn.Parameter``, e.g. a learned
+    positional embedding) keeps them by name: ``pos`` of module ``enc`` is Flax ``enc/pos``.
+    The children of a whole-layer rule belong to it and are not visited.
+    """
+    owners: list[str] = []
     for path, module in model.named_modules():
+        if any(o == "" or path.startswith(o + ".") for o in owners):
+            continue
         rule = rule_for(module)
         if rule is None:
-            continue
+            own = [name for name, _ in module.named_parameters(recurse=False)]
+            if not own:
+                continue
+            rule = Rule({name: (PARAMS, name) for name in own})
+        if rule.convert is not None:
+            owners.append(path)
         info = {"module": module}
         if flatten and path in flatten:
             info["flatten"] = tuple(flatten[path])
@@ -328,20 +358,31 @@ def torch_to_flax(model, state_dict=None, *, flatten=None, name_map=None, cast=N
     expected = _state_with_shapes(model)
     out: dict[str, dict[str, np.ndarray]] = {PARAMS: {}, BATCH_STATS: {}}
     used = set()
+
+    def take(key):
+        if key not in state:
+            unmatched = [k for k in state if k not in expected]
+            raise BadWeights(f"missing key {key!r} (expected shape {expected[key]})"
+                             f"{nearest(key, unmatched or state)}")
+        if state[key].shape != expected[key]:
+            raise BadWeights(f"{key}: expected shape {expected[key]}, found {state[key].shape}")
+        used.add(key)
+        return state[key]
+
     for path, _, rule, info in _layers(model, flatten):
+        if rule.convert is not None:
+            prefix = f"{path}." if path else ""
+            tensors = {k[len(prefix):]: take(k) for k in expected
+                       if k.startswith(prefix) and k.rsplit(".", 1)[-1] not in SKIPPED}
+            for (collection, relative), a in rule.convert(tensors, info).items():
+                out[collection][_join(_rename(path, name_map), relative)] = np.array(a, order="C")
+            continue
         for tname, (collection, leaf) in rule.names.items():
             key = f"{path}.{tname}" if path else tname
             if key not in expected:
                 continue                                        # e.g. bias=False, affine=False
-            if key not in state:
-                unmatched = [k for k in state if k not in expected]
-                raise BadWeights(f"missing key {key!r} (expected shape {expected[key]})"
-                                 f"{nearest(key, unmatched or state)}")
-            if state[key].shape != expected[key]:
-                raise BadWeights(f"{key}: expected shape {expected[key]}, found {state[key].shape}")
-            moved = np.array(rule.to_flax(tname, state[key], info), order="C")
+            moved = np.array(rule.to_flax(tname, take(key), info), order="C")
             out[collection][_flax_key(path, leaf, name_map)] = moved
-            used.add(key)
     extra = [k for k in state if k not in used and k.rsplit(".", 1)[-1] not in SKIPPED]
     for key in extra:
         if key not in expected:
@@ -361,21 +402,34 @@ def flax_to_torch(model, variables: Mapping[str, Mapping[str, Any]], *, flatten=
     """
     expected = model.state_dict()
     state = {}
+
+    def flax_array(collection, flax_key, key):
+        found = variables.get(collection, {})
+        if flax_key not in found:
+            raise BadWeights(f"missing Flax {collection} {flax_key!r} for {key} "
+                             f"(expected shape {tuple(expected[key].shape)}){nearest(flax_key, found)}")
+        return tensor_to_numpy(found[flax_key])
+
+    def put(key, a, flax_key):
+        state[key] = np.array(a, order="C")
+        if state[key].shape != tuple(expected[key].shape):
+            raise BadWeights(f"Flax {flax_key}: expected shape for {key} "
+                             f"{tuple(expected[key].shape)}, found {state[key].shape} in torch layout")
+
     for path, _, rule, info in _layers(model, flatten):
+        if rule.convert is not None:
+            prefix, flax_path = (f"{path}." if path else ""), _rename(path, name_map)
+            first = next(k for k in expected if k.startswith(prefix))
+            tensors = rule.invert(lambda c, rel: flax_array(c, _join(flax_path, rel), first), info)
+            for relative, a in tensors.items():
+                put(prefix + relative, a, flax_path or "the model")
+            continue
         for tname, (collection, leaf) in rule.names.items():
             key = f"{path}.{tname}" if path else tname
             if key not in expected:
                 continue
             flax_key = _flax_key(path, leaf, name_map)
-            found = variables.get(collection, {})
-            if flax_key not in found:
-                raise BadWeights(f"missing Flax {collection} {flax_key!r} for {key} "
-                                 f"(expected shape {tuple(expected[key].shape)}){nearest(flax_key, found)}")
-            a = tensor_to_numpy(found[flax_key])
-            state[key] = np.array(rule.to_torch(tname, a, info), order="C")
-            if state[key].shape != tuple(expected[key].shape):
-                raise BadWeights(f"Flax {collection} {flax_key}: expected shape for {key} "
-                                 f"{tuple(expected[key].shape)}, found {state[key].shape} in torch layout")
+            put(key, rule.to_torch(tname, flax_array(collection, flax_key, key), info), f"{collection} {flax_key}")
     for key, value in expected.items():
         if key not in state:
             state[key] = tensor_to_numpy(value)
