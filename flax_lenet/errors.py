@@ -36,5 +36,6 @@ class BadFile(BadInput):
 
 class ModelRaised(Exception):
     """A user's model raised (or returned what cannot be compared) while the harness ran it:
-    not bad input to ``flax-lenet`` and not a bug of its own. ``flax-lenet compare`` prints the
-    message (which side, which model, the input shape and the exception) and exits 3."""
+    not bad input to ``flax-lenet`` and not a bug of its own. ``flax-lenet compare`` and
+    ``convert --torch/--flax`` print the message (which side, which model, the input shape and
+    the exception) and exit 3."""

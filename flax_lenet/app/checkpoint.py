@@ -30,6 +30,10 @@ Orbax's and tensorstore's threads print beside it (absl logs, asyncio reports, "
 closed") is left to the process: the ``flax-lenet`` command drops exactly those
 (``cli.quiet_reported_failures``); nothing in this module changes a process-wide hook or logger.
 
+Any other model's weights (``flax-lenet convert --torch/--flax``) are read by ``read_torch_state``
+(the same safe reading, no Net check) and written by ``save_flax_tree`` (Flax layout, Orbax or
+safetensors, through the same writer and with the same SHA-256).
+
 Before reading, ``load_state`` puts back an Orbax folder (or the run folder above a checkpoint)
 that a writer killed in the middle of a folder swap left moved aside (``files.put_back``).
 """
@@ -367,6 +371,28 @@ def _load_orbax(path: Path, notes: list | None = None) -> dict:
         raise BadWeights(f"{path}: {e}") from None
 
 
+class NotTheNet(BadWeights):
+    """A checkpoint of some other model than the tutorial's Net (it has no ``conv1.weight``)."""
+
+
+def read_torch_state(path, *, notes: list | None = None) -> dict[str, np.ndarray]:
+    """Any model's torch ``state_dict`` from a ``.pt``/``.pth`` or ``.safetensors`` file, as numpy
+    arrays: the same safe reading as ``load_state`` (``torch.load(weights_only=True)``, the size cap,
+    the SHA-256 check, ``notes`` for another tool's file), without checking it against the Net.
+
+    Raises:
+      BadFile: no such file, an Orbax directory name, or anything ``load_state`` refuses as a file.
+    """
+    path = Path(path)
+    fmt = checkpoint_format(path)
+    if fmt == "orbax":
+        raise BadFile(f"{path}: expected a torch state_dict (.pt/.pth or .safetensors), found a name that "
+                      "means an Orbax directory (Flax layout)")
+    if not path.exists():
+        raise BadFile(f"{path}: expected {_describe(fmt)}, found no such file")
+    return {"torch": _load_torch_pickle, "safetensors": _load_safetensors}[fmt](path, notes)
+
+
 def load_state(path, *, kernel_size: int | None = None, notes: list | None = None) -> dict[str, np.ndarray]:
     """Load a checkpoint in any of the three formats as a torch-layout ``state_dict`` of numpy arrays.
 
@@ -390,6 +416,9 @@ def load_state(path, *, kernel_size: int | None = None, notes: list | None = Non
         raise BadFile(f"{path}: expected {_describe(fmt)}, found no such "
                       f"{'directory' if fmt == 'orbax' else 'file'}")
     state = {"torch": _load_torch_pickle, "safetensors": _load_safetensors, "orbax": _load_orbax}[fmt](path, notes)
+    if "conv1.weight" not in state:         # another model's weights: one line, not a list of all their keys
+        raise NotTheNet(f"{path}: expected the tutorial Net's state_dict (conv1.weight ... fc3.bias), found "
+                        f"{len(state)} tensors and no conv1.weight (the first: {next(iter(state))!r})")
     try:
         params = convert.torch_to_flax(state)               # checks keys and shapes
     except BadWeights as e:
@@ -501,10 +530,14 @@ def write_new(target, state: dict, fmt: str | None = None) -> None:
         torch.save({k: _to_torch(v) for k, v in state.items()}, buf)
         target.write_bytes(_tag_zip(buf.getvalue()))        # written here: a full disk is an OSError
     elif fmt == "safetensors":
-        from safetensors.numpy import save as save_bytes
-        target.write_bytes(save_bytes(state, metadata={DIGEST_KEY: tensor_digest(state)}))
+        _write_safetensors(target, state)
     else:
         _write_orbax(target, params)
+
+
+def _write_safetensors(target: Path, flat: dict) -> None:
+    from safetensors.numpy import save as save_bytes
+    target.write_bytes(save_bytes(flat, metadata={DIGEST_KEY: tensor_digest(flat)}))
 
 
 def save(path, state: dict[str, np.ndarray], *, overwrite: bool = False) -> None:
@@ -527,6 +560,44 @@ def save(path, state: dict[str, np.ndarray], *, overwrite: bool = False) -> None
         raise BadWeights(f"{path}: expected finite weights to save, found NaN or Inf in {bad}; nothing was written")
     fmt = checkpoint_format(path)
     atomic_write(path, lambda tmp: write_new(tmp, state, fmt), overwrite=overwrite, may_replace=replaceable)
+
+
+def check_flax_tree_name(path) -> str:
+    """``'orbax'`` or ``'safetensors'`` for a path ``save_flax_tree`` may write; ``BadFile`` for a .pt/.pth name."""
+    fmt = checkpoint_format(path)
+    if fmt == "torch":
+        raise BadFile(f"{path}: expected an Orbax directory or a .safetensors name for Flax variables, found a "
+                      "torch file name (.pt/.pth)")
+    return fmt
+
+
+def save_flax_tree(path, tree: dict, *, overwrite: bool = False) -> None:
+    """Save any Flax model's variables, a nested dict of numpy arrays (``nnx.to_pure_dict`` of its
+    state), atomically and with a SHA-256, as ``save`` saves the Net's.
+
+    Args:
+      path: an Orbax directory (the nested dict as it is, its keys made strings: Orbax's own
+        restore gives it back; ``nnx.restore_int_paths`` turns ``'0'`` back into ``0``), or
+        ``*.safetensors`` (one tensor per leaf, its path joined with ``.``:
+        ``flax.traverse_util.unflatten_dict(load_file(path), sep='.')`` gives the tree back).
+      tree: ``{'conv': {'kernel': array, 'bias': array}, ...}``.
+      overwrite: replace an existing ``path`` -- only a checkpoint of the same format (``replaceable``).
+
+    Raises:
+      BadWeights: NaN or Inf in ``tree``. BadFile: a ``.pt``/``.pth`` name (a torch layout, which
+      this tree is not), or what ``save`` refuses.
+    """
+    from flax import traverse_util
+    fmt = check_flax_tree_name(path)
+    flat = {".".join(map(str, k)): np.ascontiguousarray(v) for k, v in traverse_util.flatten_dict(tree).items()}
+    bad = _nonfinite_key(flat)
+    if bad is not None:
+        raise BadWeights(f"{path}: expected finite weights to save, found NaN or Inf in {bad}; nothing was written")
+    strings = traverse_util.unflatten_dict({tuple(map(str, k)): v
+                                            for k, v in traverse_util.flatten_dict(tree).items()})
+    write = (lambda tmp: _write_safetensors(tmp, flat)) if fmt == "safetensors" else \
+        (lambda tmp: _write_orbax(tmp, strings))
+    atomic_write(path, write, overwrite=overwrite, may_replace=replaceable)
 
 
 def convert_checkpoint(src, dst, *, overwrite: bool = False, kernel_size: int | None = None,

@@ -38,8 +38,8 @@ EPILOG = """\
 Run 'flax-lenet COMMAND --help' for the options of a command.
 
 exit codes: 0 done (compare: everything agrees), 1 compare: they differ, 2 bad input or usage
-(one line), 3 compare --torch/--flax: your model raised (one line; FLAX_LENET_DEBUG=1 shows the
-traceback), 130/143/129 interrupted, terminated, hung up."""
+(one line), 3 compare/convert --torch/--flax: your model raised (one line; FLAX_LENET_DEBUG=1
+shows the traceback), 130/143/129 interrupted, terminated, hung up."""
 
 COMMANDS = {
     "compare": "run the tutorial in torch and every Flax flavour from one set of weights and diff them",
