@@ -38,10 +38,11 @@ TRAJECTORY_TIERS = {
 }
 TRAIN_TIERS = {"TRAIN_FLOAT64": (1e-9, "float64"), "TRAIN_FLOAT32_FIRST_STEPS": (1e-5, "float32")}
 SHARDED_TIERS = {"SHARDED_FLOAT32": (1e-6, "float32"), "SHARDED_FLOAT64": (1e-14, "float64")}
+ZERO_TIERS = {"ZERO_GRADIENT": (1e-12, "float64")}
 #: tier name -> (the bound it is meant to be, the dtype it guards, where it is used)
 INTENDED = {name: (bound, dtype, use)
             for use, tiers in (("step", STEP_TIERS), ("trajectory", TRAJECTORY_TIERS),
-                               ("train", TRAIN_TIERS), ("sharded", SHARDED_TIERS))
+                               ("train", TRAIN_TIERS), ("sharded", SHARDED_TIERS), ("zero", ZERO_TIERS))
             for name, (bound, dtype) in tiers.items()}
 ABOVE, BELOW = 2.0, 0.5     # multiples of the intended bound
 
@@ -132,6 +133,12 @@ def test_tier_draws_its_line_where_intended(torch_results, name, multiple):
         torch_losses = _loss_curve(dtype)
         flax_losses = moved(torch_losses, bound, multiple)
         assert (step_loss_diff(flax_losses, torch_losses) <= tol.rtol) == should_pass
+    elif used_in == "zero":                    # parity.check: a gradient zero in exact arithmetic
+        grads = dict(ref["grads"])
+        largest = max(float(np.max(np.abs(g))) for g in grads.values())
+        g = grads["fc2.bias"]
+        grads["fc2.bias"] = g / np.max(np.abs(g)) * multiple * bound * largest
+        assert list(parity.zero_gradients(grads, tol.rtol)) == (["fc2.bias"] if should_pass else [])
     # and through the suite's own checker, on a gradient of the tier's dtype
     expected = ref["grads"]["fc2.weight"]
     if should_pass:

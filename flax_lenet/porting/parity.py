@@ -11,7 +11,7 @@ between the frameworks.
 
 import contextlib
 import functools
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +23,8 @@ from flax_lenet import convert, functional, linen, optim, train
 from flax_lenet.errors import BadConfig
 from flax_lenet.porting import port
 from flax_lenet.porting.names import FAULTS as FAULT_NAMES, FLAVOURS, LOSSES
-from flax_lenet.porting.tolerances import EXACT, TRAJECTORY_FLOAT32_RATIO, Tolerance, tolerance
+from flax_lenet.porting.tolerances import (EXACT, TRAJECTORY_FLOAT32_RATIO, ZERO_GRADIENT, Tolerance,
+                                           tolerance, trajectory_tolerance)
 
 DTYPES = ("float32", "float64")
 
@@ -40,6 +41,8 @@ class Row:
     tensor: str = ""     # the tensor (torch name) with the largest relative difference
     step: int | None = None   # for a quantity over several optimizer steps: the step of that difference
     float64: tuple | None = None   # float32 rows over rtol: (torch's, Flax's) distance from a float64 run
+    zero: tuple | None = None      # a gradient zero in exact arithmetic: (its size in float64, the larger
+    #                                side's size), each relative to the largest gradient of the run
 
     @property
     def within_rtol(self) -> bool:
@@ -47,20 +50,50 @@ class Row:
 
     @property
     def ok(self) -> bool:
-        """Within ``rtol`` of torch; or, in float32, as close to a float64 run as torch's own run
-        is, to within ``TRAJECTORY_FLOAT32_RATIO`` (``trajectory.with_float64_truth``)."""
+        """Within ``rtol`` of torch. Otherwise, for a gradient that is zero in exact arithmetic
+        (``zero``): both sides are rounding noise within ``rtol`` of the run's largest gradient;
+        for a float32 row (``float64``): Flax's run is as close to a float64 run as torch's own
+        run is, to within ``TRAJECTORY_FLOAT32_RATIO``."""
         if self.within_rtol:
             return True
+        if self.zero is not None:
+            return bool(self.zero[1] <= self.rtol)
         if self.float64 is None:
             return False
         torch_d, flax_d = self.float64
         return bool(flax_d <= TRAJECTORY_FLOAT32_RATIO * torch_d)          # False for NaN
 
+    @property
+    def mark(self) -> str:
+        """'ok', 'FAIL', or 'ok*' (judged against a float64 run), 'ok0' (a gradient zero in exact arithmetic)."""
+        if not self.ok:
+            return "FAIL"
+        return "ok" if self.within_rtol else "ok0" if self.zero is not None else "ok*"
+
+    def explain(self) -> str:
+        """What 'ok*', 'ok0' or a failure judged that way means for this row ('' otherwise)."""
+        if self.within_rtol:
+            return ""
+        if self.zero is not None:
+            size, noise = self.zero
+            return (f"0 {self.quantity}: zero in exact arithmetic (float64: {size:.1e} of the largest gradient); "
+                    f"the larger float32 side is {noise:.1e} of it, " + ("within" if self.ok else "over")
+                    + f" {self.rtol:.0e}")
+        if self.float64 is None:
+            return ""
+        torch_d, flax_d = self.float64
+        return (f"* {self.quantity}: over the tolerance, so measured against a float64 run from the same start: "
+                f"torch's own float32 run is {torch_d:.1e} from it, Flax's {flax_d:.1e}: "
+                + (f"within {TRAJECTORY_FLOAT32_RATIO:g}x torch's (float32 runs part where a relu or max-pool "
+                   "input is within rounding of a tie)" if self.ok else f"over {TRAJECTORY_FLOAT32_RATIO:g}x torch's"))
+
     def as_dict(self) -> dict:
         d = {**asdict(self), "ok": self.ok}
-        float64 = d.pop("float64")
+        float64, zero = d.pop("float64"), d.pop("zero")
         if float64 is not None:
             d["from_float64"] = {"torch": float64[0], "flax": float64[1], "ratio_bound": TRAJECTORY_FLOAT32_RATIO}
+        if zero is not None:
+            d["zero_in_exact_arithmetic"] = {"float64_size": zero[0], "float32_size": zero[1]}
         return d
 
 
@@ -449,6 +482,8 @@ class Report:
     tolerance: Tolerance
     config: dict
     notices: list = field(default_factory=list)   # what may explain a difference, e.g. a fixed layer dtype
+    steps_tolerance: Tolerance | None = None      # the tier of the steps rows (a training run's, past one step)
+    divergences: list = field(default_factory=list)   # where a failing NNX port first departs (localise.Divergence)
 
     @property
     def ok(self) -> bool:
@@ -459,8 +494,12 @@ class Report:
         return [r for r in self.rows if not r.ok]
 
     def as_dict(self) -> dict:
+        steps = self.steps_tolerance
         return {"config": self.config, "tolerance": {"rtol": self.tolerance.rtol, "reason": self.tolerance.reason},
-                "rows": [r.as_dict() for r in self.rows], "notices": self.notices, "ok": self.ok}
+                **({"steps_tolerance": {"rtol": steps.rtol, "reason": steps.reason}}
+                   if steps is not None and steps != self.tolerance else {}),
+                "rows": [r.as_dict() for r in self.rows], "notices": self.notices, "ok": self.ok,
+                "first_difference": [d.as_dict() for d in self.divergences]}
 
     def to_json(self) -> str:
         import json
@@ -469,11 +508,13 @@ class Report:
     def table(self) -> str:
         from flax_lenet.table import format_table
         body = [[r.quantity, r.flavour, r.tensor, "" if r.step is None else str(r.step), f"{r.max_abs:.3e}",
-                 f"{r.max_rel:.3e}", f"{r.rtol:.0e}", "ok" if r.ok else "FAIL"] for r in self.rows]
+                 f"{r.max_rel:.3e}", f"{r.rtol:.0e}", r.mark] for r in self.rows]
         lines = [format_table(["quantity", "flavour", "worst tensor", "step", "max abs diff", "max rel diff",
                                "tolerance", "ok"], body)]
         lines += [f"not finite: {r.note}" for r in self.rows if r.note]
+        lines += [r.explain() for r in self.rows if r.explain()]
         lines += [f"notice: {n}" for n in self.notices]
+        lines += [d.line() for d in self.divergences]
         bad = len(self.failures)
         lines.append(f"all {len(self.rows)} quantities agree" if not bad
                      else f"{bad} of {len(self.rows)} quantities differ: " + describe_failures(self.failures))
@@ -483,7 +524,8 @@ class Report:
         """Raise ``AssertionError`` naming each failing quantity and its worst tensor (for pytest)."""
         if not self.ok:
             raise AssertionError(f"{len(self.failures)} of {len(self.rows)} quantities differ: "
-                                 + describe_failures(self.failures))
+                                 + describe_failures(self.failures)
+                                 + "".join(f"\n{d.line()}" for d in self.divergences))
 
 
 def describe_failures(rows) -> str:
@@ -566,7 +608,8 @@ def check(torch_model, flax_model, inputs, *, target=None, loss="mse", optimizer
     models = flax_model if isinstance(flax_model, dict) else {flax_kind(flax_model): flax_model}
     optimizer = optimizer if optimizer is not None else optim.Optimizer.of("sgd", lr=0.01)
     dev = torch_device()
-    tol = tolerance(dtype, "cpu" if dev.type == "cpu" else "gpu", tf32)
+    tol_platform = "cpu" if dev.type == "cpu" else "gpu"
+    tol = tolerance(dtype, tol_platform, tf32)
     net = copy.deepcopy(torch_model).to(getattr(torch, dtype)).to(dev)
     x = np.asarray(inputs)
     if np.issubdtype(x.dtype, np.floating):
@@ -607,16 +650,48 @@ def check(torch_model, flax_model, inputs, *, target=None, loss="mse", optimizer
     with precision(tf32):
         ref = torch_side(net, x, target, criterion=criterion, optimizer=optimizer,
                          manual_lr=manual_lr, modes=modes, batches=batches)
+        sides = {}
         for label, model in models.items():
             fn = step_fn.get(label) if isinstance(step_fn, dict) else step_fn
             got = flax_side(model, variables, x_flax, y_flax, loss=flax_loss, optimizer=optimizer,
                             manual_lr=manual_lr, modes=modes, step_fn=fn, batches=flax_batches)
-            rows += _diff_sides(label, net, ref, got, flatten, name_map, rtol, tol, output_name, step_label,
-                                per_tensor_steps)
+            sides[label] = in_torch_layout(net, got, ref, flatten, name_map)
+        steps_tol = trajectory_tolerance(dtype, tol_platform, tf32) if steps > 1 else tol
+        judge = functools.partial(_rows, rtol=rtol, tol=tol, steps_rtol=_rtol_of(rtol, "steps", steps_tol.rtol),
+                                  output_name=output_name, step_label=step_label, per_tensor_steps=per_tensor_steps)
+        found = {label: judge(label, ref, side) for label, side in sides.items()}
+        notices = []
+        if not all(r.within_rtol for rs in found.values() for r in rs):
+            # judge what rounding alone explains against a float64 torch run from the same start
+            truth = ref if dtype == "float64" else torch_side(
+                copy.deepcopy(net).double(), _float64(x), _float64(target), criterion=criterion,
+                optimizer=optimizer, manual_lr=manual_lr, modes=modes,
+                batches=tuple([_float64(b) for b in part] for part in batches))
+            zero = zero_gradients(truth["grads"], ZERO_GRADIENT.rtol)
+            notices += [f"grad {name} is zero in exact arithmetic (float64: {size:.1e} of the largest gradient): "
+                        "left out of the steps, where an optimizer that divides by a gradient's size (Adam) "
+                        "turns its rounding noise into steps" for name, size in zero.items() if ref["steps"]]
+            found = {label: judge(label, ref, side, zero=zero) for label, side in sides.items()}
+            if dtype == "float32":
+                torch_d = judge("torch", truth, ref, zero=zero)
+                for label, rs in found.items():
+                    flax_d = judge(label, truth, sides[label], zero=zero)
+                    found[label] = [r if r.within_rtol or r.zero else replace(r, float64=(t.max_rel, f.max_rel))
+                                    for r, t, f in zip(rs, torch_d, flax_d)]
+        rows += [r for rs in found.values() for r in rs]
+        # only for a failing NNX port: where it first departs (a port that agrees pays nothing)
+        from flax_lenet.porting.localise import first_divergence
+        divergences = [d for label, rs in found.items() if flax_kind(models[label]) == "nnx"
+                       and not all(r.ok for r in rs)
+                       for d in first_divergence(net, models[label], x, target, variables=variables, flatten=flatten,
+                                                 name_map=name_map, criterion=criterion, flax_loss=flax_loss,
+                                                 rtol=_rtol_of(rtol, "output", tol.rtol), dtype=dtype,
+                                                 flax_input=to_flax, tf32=tf32)]
     config = {"torch": type(torch_model).__name__, "flax": sorted(models), "dtype": dtype,
               "input_shape": list(x.shape), "loss": loss if isinstance(loss, str) else "custom",
               "optimizer": str(optimizer), "steps": steps, "device": jax.default_backend(), "flatten": flatten}
-    return Report(rows, tol, config, [n for m in models.values() for n in fixed_dtypes(m, dtype)])
+    notices += [n for m in models.values() for n in fixed_dtypes(m, dtype)]
+    return Report(rows, tol, config, notices, steps_tolerance=steps_tol, divergences=divergences)
 
 
 def fixed_dtypes(flax_model, dtype: str) -> list[str]:
@@ -635,6 +710,12 @@ def fixed_dtypes(flax_model, dtype: str) -> list[str]:
     return found
 
 
+def _float64(a):
+    """A float array as float64 (exact from float32); integers (tokens, classes) as they are."""
+    a = np.asarray(a)
+    return a.astype(np.float64) if np.issubdtype(a.dtype, np.floating) else a
+
+
 def _jax_array(a: np.ndarray):
     a = np.asarray(a)
     if np.issubdtype(a.dtype, np.integer) and not jax.config.jax_enable_x64:
@@ -646,45 +727,70 @@ def _flax_target(target: np.ndarray, to_flax) -> np.ndarray:
     return to_flax(target) if target.ndim == 4 else target
 
 
-def _diff_sides(label, net, ref, got, flatten, name_map, rtol, tol, output_name, step_label,
-                per_tensor_steps=False) -> list[Row]:
-    """The rows for one Flax model against the torch run, everything in torch layout."""
-    def torch_layout(variables):
+def in_torch_layout(net, got: dict, ref: dict, flatten, name_map) -> dict:
+    """``flax_side``'s results in the form and layout of ``torch_side``'s (states as torch ``state_dict``s)."""
+    def state(variables):
         return port.flax_to_torch(net, variables, flatten=flatten, name_map=name_map)
 
+    return {"output": {mode: _to_torch_layout(np.asarray(got["output"][mode]), e) for mode, e in ref["output"].items()},
+            "loss": got["loss"], "grads": state(got["grads"]),
+            "manual": None if got["manual"] is None else state(got["manual"]),
+            "steps": [(loss, state(variables)) for loss, variables in got["steps"]]}
+
+
+def zero_gradients(grads: dict, rtol: float) -> dict[str, float]:
+    """``{name: size}`` for the gradients of a float64 run that are zero in exact arithmetic: at
+    most ``rtol`` (``ZERO_GRADIENT``) of the run's largest gradient, each size relative to it. A
+    bias before a normalisation, or attention's key bias (a softmax ignores a constant added to a
+    row), has one; in float32 it is rounding noise that Adam divides by its own size."""
+    sizes = {name: float(np.max(np.abs(g))) if np.size(g) else 0.0 for name, g in grads.items()}
+    scale = max(sizes.values(), default=0.0)
+    return {name: size / scale for name, size in sizes.items() if scale > 0 and size <= rtol * scale}
+
+
+def _rows(label, ref, side, *, rtol, tol, steps_rtol, output_name, step_label, per_tensor_steps,
+          zero=None) -> list[Row]:
+    """The rows for one side (``side``, in torch layout) against the reference run ``ref``.
+
+    A gradient in ``zero`` is judged as rounding noise (``Row.zero``) and its tensor is left out
+    of the steps: an optimizer that divides by the gradient's size turns that noise into steps."""
+    zero = zero or {}
     rows = []
     out_tol = _rtol_of(rtol, "output", tol.rtol)
     for mode, expected in ref["output"].items():
         name = output_name if mode == "-" else f"{output_name} ({mode})"
-        actual = _to_torch_layout(np.asarray(got["output"][mode]), expected)
-        rows.append(row(name, label, {name: (actual, expected)}, out_tol))
-    rows.append(row("loss", label, {"loss": (got["loss"], ref["loss"])}, _rtol_of(rtol, "loss", tol.rtol)))
-    grads = torch_layout(got["grads"])
+        rows.append(row(name, label, {name: (side["output"][mode], expected)}, out_tol))
+    rows.append(row("loss", label, {"loss": (side["loss"], ref["loss"])}, _rtol_of(rtol, "loss", tol.rtol)))
+    scale = max((float(np.max(np.abs(g))) for g in ref["grads"].values() if np.size(g)), default=0.0)
     for name in ref["grads"]:
-        rows.append(row(f"grad {name}", label, {f"grad {name}": (grads[name], ref["grads"][name])},
-                        _rtol_of(rtol, "grad", tol.rtol)))
+        r = row(f"grad {name}", label, {f"grad {name}": (side["grads"][name], ref["grads"][name])},
+                _rtol_of(rtol, "grad", tol.rtol))
+        if name in zero and scale > 0:
+            noise = max(float(np.max(np.abs(a))) if np.size(a) else 0.0 for a in (side["grads"][name], ref["grads"][name]))
+            r = replace(r, zero=(zero[name], noise / scale))
+        rows.append(r)
     if ref["manual"] is not None:
-        manual = torch_layout(got["manual"])
         q = "params after w - lr*g"
-        rows.append(row(q, label, {f"{q}: {n}": (manual[n], ref["manual"][n]) for n in ref["manual"]},
+        rows.append(row(q, label, {f"{q}: {n}": (side["manual"][n], ref["manual"][n]) for n in ref["manual"]},
                         _rtol_of(rtol, "manual", tol.rtol)))
+    if not ref["steps"]:
+        return rows
+
+    def compared(state):
+        return {n: a for n, a in state.items() if n.rpartition(".")[2] not in port.SKIPPED and n not in zero}
+
     if per_tensor_steps:
-        flax_run = [(f_loss, torch_layout(f_vars)) for f_loss, f_vars in got["steps"]]
-        return rows + diff_steps(label, ref["steps"], flax_run, _rtol_of(rtol, "steps", tol.rtol))
+        torch_run = [(loss, compared(state)) for loss, state in ref["steps"]]
+        return rows + diff_steps(label, torch_run, side["steps"], steps_rtol)
     worst = None
-    for step, ((t_loss, t_state), (f_loss, f_vars)) in enumerate(zip(ref["steps"], got["steps"]), start=1):
-        f_state = torch_layout(f_vars)
-        pairs = {f"{step_label}: {n}": (f_state[n], t_state[n]) for n in t_state
-                 if n.rpartition(".")[2] not in port.SKIPPED}
+    for step, ((t_loss, t_state), (f_loss, f_state)) in enumerate(zip(ref["steps"], side["steps"]), start=1):
+        pairs = {f"{step_label}: {n}": (f_state[n], t) for n, t in compared(t_state).items()}
         if len(ref["steps"]) > 1:
             pairs[f"{step_label}: loss"] = (f_loss, t_loss)
-        r = row(step_label, label, pairs, _rtol_of(rtol, "steps", tol.rtol))
+        r = row(step_label, label, pairs, steps_rtol)
         if worst is None or not r.max_rel <= worst.max_rel:
-            worst = Row(*[getattr(r, f) for f in ("quantity", "flavour", "max_abs", "max_rel", "rtol", "note",
-                                                   "tensor")], step=step if len(ref["steps"]) > 1 else None)
-    if worst is not None:
-        rows.append(worst)
-    return rows
+            worst = replace(r, step=step if len(ref["steps"]) > 1 else None)
+    return rows + [worst]
 
 
 def diff_steps(label: str, torch_run, flax_run, rtol: float) -> list[Row]:

@@ -75,6 +75,16 @@ def tolerance(dtype: str, platform: str = "cpu", tf32: bool = False) -> Toleranc
     return TF32_GPU if tf32 else FLOAT32_GPU
 
 
+# A gradient that is zero in exact arithmetic: a bias before a normalisation, attention's key bias
+# (a softmax is unchanged by a constant added to a row of its logits). Rounding leaves noise there
+# which no relative tolerance can judge (noise against noise), and Adam divides it by its own size
+# into full steps. Such a gradient is recognised in a float64 run and judged by its size instead.
+ZERO_GRADIENT = Tolerance(1e-12, _text("""
+    a float64 gradient at most 1e-12 of the run's largest is zero in exact arithmetic: float64
+    rounding leaves ~1e-16 of the largest there, a gradient genuinely that small would not move
+    a float32 weight (float32 resolves 6e-8), and the float32 noise itself must stay within the
+    float32 tier of the largest gradient"""))
+
 # --- whole training runs (flax_lenet.porting.trajectory) ----------------------------------------------
 # A run's difference is the worst, over every step and every parameter tensor, of the relative
 # measure above. Measured with `flax_lenet.porting.trajectory.compare` (batch 4, kernel 3, 100 steps).

@@ -498,4 +498,6 @@ def _main_port(args) -> int:
               + "".join(f", {k}={' '.join(v)}" for k, v in given.items() if v))
         print(report.table())
         print(f"relative = max|flax - torch| / max|torch|; tolerance: {report.tolerance.reason}")
+        if report.steps_tolerance not in (None, report.tolerance):
+            print(f"tolerance of the steps (a training run): {report.steps_tolerance.reason}")
     return 0 if report.ok else 1
