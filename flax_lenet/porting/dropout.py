@@ -29,7 +29,7 @@ def dropout_notes(torch_model, flax_model, name_map=None) -> list[str]:
     kinds = tuple(getattr(nn, name) for name in TORCH_DROPOUTS)
     notes = []
     for path, module in torch_model.named_modules():
-        flax_path = port._rename(path, name_map)         # the rename the weights get
+        flax_path = port.rename(path, name_map)         # the rename the weights get
         if not isinstance(module, kinds) or flax_path not in rates or float(rates[flax_path]) == float(module.p):
             continue
         where = (path or "the model") + ("" if flax_path == path else f" (flax: {flax_path})")

@@ -13,7 +13,7 @@ from the same converted weights while every module's input and output is recorde
   w.r.t. a probe is the gradient w.r.t. that input (through this module only) or that output
   (``torch.autograd.grad``; ``nnx.grad``, https://flax.readthedocs.io/en/stable/api_reference/flax.nnx/transforms.html).
 
-Modules are matched by path (torch ``p``, Flax ``port._rename(p, name_map)``; list items are
+Modules are matched by path (torch ``p``, Flax ``port.rename(p, name_map)``; list items are
 numbers: ``blocks.0``) and compared with ``parity.diff``, a Flax channels-last array moved to
 channels-first where that fits, a Linear's input also in its declared flatten order. Only modules
 called once on each side with an array as first argument take part.
@@ -273,7 +273,7 @@ def _walk(order, upstream, local, rtol):
 
 
 def _localise(direction, t, f, name_map, flatten, rtol):
-    renamed = {p: port._rename(p, name_map) for p in t.order}
+    renamed = {p: port.rename(p, name_map) for p in t.order}
     pairs = {p: q for p, q in renamed.items() if t.calls[p] == f.calls[q] == 1 and q in f.types}
 
     def compare(t_rec, f_rec, p, flat=None):
@@ -343,7 +343,7 @@ def first_divergence(torch_model, flax_model, x, target, *, variables=None, flat
         if seen and seen[1] is None and seen[0] <= rtol:
             found = replace(found, hint=f"its input is flattened channels-last: convert with "
                                         f"flatten={{{found.torch_path!r}: {flat}}} (or flatten='auto')")
-    top = port._rename("", name_map)
+    top = port.rename("", name_map)
     output = _compare(f.outputs[top], t.outputs[""]) if "" in t.outputs and top in f.outputs else (0.0, None)
     backward = None
     if output[1] is None and output[0] <= rtol:        # the output agrees: so does the loss's gradient

@@ -276,7 +276,7 @@ def record_flattens(model, example_input) -> dict[str, tuple]:
 
 # --- conversion --------------------------------------------------------------------------------
 
-def _rename(path: str, name_map: Mapping[str, str] | None) -> str:
+def rename(path: str, name_map: Mapping[str, str] | None) -> str:
     """``path`` with the longest matching module-path prefix in ``name_map`` replaced."""
     for old in sorted(name_map or {}, key=len, reverse=True):
         if path == old or path.startswith(old + "."):
@@ -294,7 +294,7 @@ def _join(flax_path: str, relative: str) -> str:
 
 def _flax_key(path: str, leaf: str, name_map) -> str:
     """``'module.path/leaf'`` for torch module ``path``, renamed by ``name_map``."""
-    return _join(_rename(path, name_map), leaf)
+    return _join(rename(path, name_map), leaf)
 
 
 def _layers(model, flatten: Mapping[str, tuple] | None):
@@ -375,7 +375,7 @@ def torch_to_flax(model, state_dict=None, *, flatten=None, name_map=None, cast=N
             tensors = {k[len(prefix):]: take(k) for k in expected
                        if k.startswith(prefix) and k.rsplit(".", 1)[-1] not in SKIPPED}
             for (collection, relative), a in rule.convert(tensors, info).items():
-                out[collection][_join(_rename(path, name_map), relative)] = np.array(a, order="C")
+                out[collection][_join(rename(path, name_map), relative)] = np.array(a, order="C")
             continue
         for tname, (collection, leaf) in rule.names.items():
             key = f"{path}.{tname}" if path else tname
@@ -418,7 +418,7 @@ def flax_to_torch(model, variables: Mapping[str, Mapping[str, Any]], *, flatten=
 
     for path, _, rule, info in _layers(model, flatten):
         if rule.convert is not None:
-            prefix, flax_path = (f"{path}." if path else ""), _rename(path, name_map)
+            prefix, flax_path = (f"{path}." if path else ""), rename(path, name_map)
             first = next(k for k in expected if k.startswith(prefix))
             tensors = rule.invert(lambda c, rel: flax_array(c, _join(flax_path, rel), first), info)
             for relative, a in tensors.items():
