@@ -14,38 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from flax import nnx
 
-
-# --- BatchNorm as torch computes it ------------------------------------------------------------
-
-class TorchBatchNorm(nnx.Module):
-    """``nn.BatchNorm{1,2}d`` in NNX: channels last, torch's momentum and running variance.
-
-    torch: ``running = (1 - momentum) * running + momentum * batch`` with ``momentum=0.1``, and
-    the running variance takes the *unbiased* batch variance (``n / (n - 1)``), while the
-    normalisation uses the biased one (https://pytorch.org/docs/stable/generated/torch.nn.BatchNorm2d.html).
-    ``nnx.BatchNorm(momentum=0.9)`` matches the first, never the second.
-    """
-
-    def __init__(self, features: int, *, momentum: float = 0.1, eps: float = 1e-5, unbiased: bool = True):
-        self.scale = nnx.Param(jnp.ones((features,)))
-        self.bias = nnx.Param(jnp.zeros((features,)))
-        self.mean = nnx.BatchStat(jnp.zeros((features,)))
-        self.var = nnx.BatchStat(jnp.ones((features,)))
-        self.momentum, self.eps, self.unbiased = momentum, eps, unbiased
-        self.use_running_average = False
-
-    def __call__(self, x):
-        if self.use_running_average:
-            mean, var = self.mean[...], self.var[...]
-        else:
-            axes = tuple(range(x.ndim - 1))
-            mean, var = x.mean(axes), x.var(axes)
-            n = x.size // x.shape[-1]
-            running_var = var * n / (n - 1) if self.unbiased else var
-            m = self.momentum
-            self.mean[...] = (1 - m) * self.mean[...] + m * mean
-            self.var[...] = (1 - m) * self.var[...] + m * running_var
-        return (x - mean) / jnp.sqrt(var + self.eps) * self.scale[...] + self.bias[...]
+from flax_lenet.porting.modules import TorchBatchNorm   # torch's BatchNorm in NNX, used by FlaxCNN
 
 
 # --- 1. a CNN with BatchNorm2d, Dropout and an adaptive average pool --------------------------
@@ -212,4 +181,116 @@ def make_conv1d(broken: bool = False, batch: int = 4, dtype: str = "float32"):
     return TorchConv1d(), FlaxConv1d(rngs=nnx.Rngs(0)), x, options
 
 
-ARCHITECTURES = {"cnn": make_cnn, "block": make_block, "autoencoder": make_autoencoder, "conv1d": make_conv1d}
+
+
+# --- 5. a transformer block with nn.MultiheadAttention (flax_lenet.porting.attention's rule) ------
+
+class TorchTransformer(nn.Module):
+    def __init__(self, vocab: int = 32, d: int = 16, heads: int = 4, classes: int = 5):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.norm1 = nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, 4 * d)
+        self.fc2 = nn.Linear(4 * d, d)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, tokens):                              # (N, T) integers
+        x = self.embed(tokens)                              # (N, T, d)
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        x = x + self.fc2(F.gelu(self.fc1(self.norm2(x))))   # exact (erf) GELU
+        return self.head(x.mean(dim=1))                     # (N, classes)
+
+
+class FlaxTransformer(nnx.Module):
+    def __init__(self, vocab: int = 32, d: int = 16, heads: int = 4, classes: int = 5, *, broken: str | None = None,
+                 param_dtype=jnp.float32, attention_fn=nnx.dot_product_attention, rngs: nnx.Rngs):
+        eps = 1e-6 if broken == "epsilon" else 1e-5          # broken: Flax's LayerNorm default 1e-6
+        self.embed = nnx.Embed(vocab, d, param_dtype=param_dtype, rngs=rngs)
+        self.norm1 = nnx.LayerNorm(d, epsilon=eps, rngs=rngs)
+        # attention_fn: the default computes its softmax in float32 even for float64 inputs (pitfalls table)
+        self.attn = nnx.MultiHeadAttention(heads, d, decode=False, attention_fn=attention_fn, rngs=rngs)
+        self.norm2 = nnx.LayerNorm(d, epsilon=eps, rngs=rngs)
+        self.fc1 = nnx.Linear(d, 4 * d, rngs=rngs)
+        self.fc2 = nnx.Linear(4 * d, d, rngs=rngs)
+        self.head = nnx.Linear(d, classes, rngs=rngs)
+
+    def __call__(self, tokens):
+        x = self.embed(tokens)
+        x = x + self.attn(self.norm1(x))                    # self-attention: key = value = query
+        x = x + self.fc2(jax.nn.gelu(self.fc1(self.norm2(x)), approximate=False))
+        return self.head(x.mean(axis=1))
+
+
+def swap_key_value(state, variables):
+    """A broken port: the attention's key and value projections swapped, as a rule splitting q|k|v wrongly would."""
+    params = variables["params"]
+    for leaf in ("kernel", "bias"):
+        params[f"attn.key/{leaf}"], params[f"attn.value/{leaf}"] = params[f"attn.value/{leaf}"], params[f"attn.key/{leaf}"]
+
+
+def make_transformer(broken: str | None = None, batch: int = 4, dtype: str = "float32"):
+    """``broken``: ``'kv'`` (key and value swapped) or ``'epsilon'`` (LayerNorm epsilon 1e-6)."""
+    from flax_lenet.porting.attention import attention_in_input_dtype
+    torch.manual_seed(0)
+    tokens = np.random.default_rng(1).integers(0, 32, (batch, 6))
+    attention_fn = attention_in_input_dtype if dtype == "float64" else nnx.dot_product_attention
+    flax_model = FlaxTransformer(broken=broken, param_dtype=jnp.dtype(dtype), attention_fn=attention_fn,
+                                 rngs=nnx.Rngs(0))
+    return TorchTransformer(), flax_model, tokens, {"loss": "cross_entropy",
+                                                     "tamper": swap_key_value if broken == "kv" else None}
+
+
+# --- 6. an LSTM text classifier: Embedding, LSTM(batch_first=True), the last step, Linear -------
+
+class TorchLSTMClassifier(nn.Module):
+    """Tokens -> nn.Embedding -> nn.LSTM(batch_first=True) -> the last step's output -> nn.Linear.
+
+    ``bias_hh_l0`` starts at zero and is frozen: nnx.LSTMCell has one bias per gate where torch
+    adds two, so the port stores their sum, and with both trained each optimizer step would move
+    that sum by two updates where the Flax bias moves by one (pitfalls table). ``two_biases=True``
+    trains both, as torch does by default.
+    """
+
+    def __init__(self, vocab: int = 16, d: int = 6, hidden: int = 5, classes: int = 3, *, two_biases: bool = False):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.lstm = nn.LSTM(d, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, classes)
+        if not two_biases:
+            with torch.no_grad():
+                self.lstm.bias_hh_l0.zero_()
+            self.lstm.bias_hh_l0.requires_grad_(False)
+
+    def forward(self, tokens):                              # (N, T) integers
+        out, _ = self.lstm(self.embed(tokens))              # (N, T, hidden)
+        return self.head(out[:, -1])                        # (N, classes)
+
+
+class FlaxLSTMClassifier(nnx.Module):
+    def __init__(self, vocab: int = 16, d: int = 6, hidden: int = 5, classes: int = 3, *,
+                 broken: str | None = None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.embed = nnx.Embed(vocab, d, param_dtype=param_dtype, rngs=rngs)
+        # nnx.RNN takes (N, T, d) as torch's batch_first=True; broken: time_major, a scan over the batch
+        # param_dtype: the LSTM's carry (zeros) is made in it, whatever weights are loaded later
+        self.lstm = nnx.RNN(nnx.LSTMCell(d, hidden, param_dtype=param_dtype, rngs=rngs),
+                            time_major=broken == "time_major")
+        self.head = nnx.Linear(hidden, classes, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, tokens):
+        return self.head(self.lstm(self.embed(tokens))[:, -1])
+
+
+def make_lstm_classifier(broken: str | None = None, batch: int = 4, dtype: str = "float32"):
+    """``broken``: 'time_major' (the Flax port scans over the batch axis) or 'two_biases' (torch
+    trains both of its LSTM biases, which one Flax bias cannot follow)."""
+    torch.manual_seed(0)
+    tokens = np.random.default_rng(1).integers(0, 16, (batch, 7))
+    flax_model = FlaxLSTMClassifier(broken=broken, param_dtype=jnp.dtype(dtype), rngs=nnx.Rngs(0))
+    return TorchLSTMClassifier(two_biases=broken == "two_biases"), flax_model, tokens, {"loss": "cross_entropy"}
+
+
+ARCHITECTURES = {"cnn": make_cnn, "block": make_block, "autoencoder": make_autoencoder, "conv1d": make_conv1d,
+                 "transformer": make_transformer, "lstm": make_lstm_classifier}

@@ -16,7 +16,8 @@ from the same converted weights while every module's input and output is recorde
 Modules are matched by path (torch ``p``, Flax ``port.rename(p, name_map)``; list items are
 numbers: ``blocks.0``) and compared with ``parity.diff``, a Flax channels-last array moved to
 channels-first where that fits, a Linear's input also in its declared flatten order. Only modules
-called once on each side with an array as first argument take part.
+called once on each side with an array as first argument take part; of a tuple output
+(``nn.MultiheadAttention``'s, ``nn.LSTM``'s) the first item is compared.
 
 The rule, forward, in the order torch's pre-hooks fire (a container before its children): the
 first module whose input agrees and whose output differs (or has another shape), then within it
@@ -54,6 +55,8 @@ HINTS = {
     "ConvTranspose2d": "check padding (k - 1 - p per side) and the kernel flip",
     "Linear": "check the weight transpose and the flatten order of its input",
     "GELU": "check approximate (torch: erf, jax.nn.gelu: tanh)",
+    "MultiheadAttention": "check the q/k/v order, the head split and the mask (torch True = masked, Flax True = attend)",
+    **dict.fromkeys(("LSTM", "GRU"), "check batch_first / time_major, the gate order and the biases"),
 }
 
 
@@ -113,12 +116,13 @@ class _Tape:
         elif (path, "in") in self.probes:
             x = x + self.probes[path, "in"]
         out = module(x, *args[1:], **kwargs)
-        if isinstance(out, jax.Array):
+        first, rebuild = _first_array(out, jax.Array)
+        if first is not None:
             self.done.append(path)
             if self.probes is None:
-                self._keep(self.outputs, path, out)
+                self._keep(self.outputs, path, first)
             elif (path, "out") in self.probes:
-                out = out + self.probes[path, "out"]
+                out = rebuild(first + self.probes[path, "out"])
         return out
 
     @staticmethod
@@ -162,6 +166,17 @@ def _wrap(model) -> _Recorder:
         else:
             setattr(parent, path[-1], rec)
     return _Recorder(model, "")
+
+
+def _first_array(out, kind):
+    """``(array, rebuild)``: a module's output array, or the first item of a tuple output
+    (``nn.MultiheadAttention``'s ``(output, weights)``, ``nn.LSTM``'s ``(output, (h, c))``), and
+    how to put a changed one back; ``(None, None)`` for anything else."""
+    if isinstance(out, kind):
+        return out, lambda a: a
+    if isinstance(out, tuple) and out and isinstance(out[0], kind):
+        return out[0], lambda a: (a, *out[1:])
+    return None, None
 
 
 def _flax_tape(model, x, y, loss, grads: bool) -> _Tape:
@@ -211,13 +226,14 @@ def _torch_tape(net, x, y, criterion, grads: bool) -> _Tape:
 
     def post(path):
         def hook(module, args, out):
-            if tape.calls[path] != 1 or path in tape.done or path not in tape.inputs or not torch.is_tensor(out):
+            first, rebuild = _first_array(out, torch.Tensor)
+            if tape.calls[path] != 1 or path in tape.done or path not in tape.inputs or first is None:
                 return None
             tape.done.append(path)
-            tape.outputs[path] = out.detach().cpu().numpy().copy()
-            if grads and out.is_floating_point():
-                probes[path, "out"] = p = torch.zeros_like(out, requires_grad=True)
-                return out + p
+            tape.outputs[path] = first.detach().cpu().numpy().copy()
+            if grads and first.is_floating_point():
+                probes[path, "out"] = p = torch.zeros_like(first, requires_grad=True)
+                return rebuild(first + p)
         return hook
 
     for path, m in net.named_modules():

@@ -41,8 +41,9 @@ class Row:
     tensor: str = ""     # the tensor (torch name) with the largest relative difference
     step: int | None = None   # for a quantity over several optimizer steps: the step of that difference
     float64: tuple | None = None   # float32 rows over rtol: (torch's, Flax's) distance from a float64 run
-    zero: tuple | None = None      # a gradient zero in exact arithmetic: (its size in float64, the larger
-    #                                side's size), each relative to the largest gradient of the run
+    zero: tuple | None = None      # elements of a gradient zero in exact arithmetic: (their size in float64,
+    #                                the larger float32 side's size there, the difference elsewhere), each
+    #                                relative to the tensor's largest (the first two: the run's largest gradient)
 
     @property
     def within_rtol(self) -> bool:
@@ -50,14 +51,15 @@ class Row:
 
     @property
     def ok(self) -> bool:
-        """Within ``rtol`` of torch. Otherwise, for a gradient that is zero in exact arithmetic
-        (``zero``): both sides are rounding noise within ``rtol`` of the run's largest gradient;
+        """Within ``rtol`` of torch. Otherwise, for a gradient with elements zero in exact arithmetic
+        (``zero``): both sides are rounding noise there, within ``rtol`` of the run's largest
+        gradient, and within ``rtol`` of torch everywhere else;
         for a float32 row (``float64``): Flax's run is as close to a float64 run as torch's own
         run is, to within ``TRAJECTORY_FLOAT32_RATIO``."""
         if self.within_rtol:
             return True
         if self.zero is not None:
-            return bool(self.zero[1] <= self.rtol)
+            return bool(self.zero[1] <= self.rtol and self.zero[2] <= self.rtol)
         if self.float64 is None:
             return False
         torch_d, flax_d = self.float64
@@ -75,10 +77,10 @@ class Row:
         if self.within_rtol:
             return ""
         if self.zero is not None:
-            size, noise = self.zero
-            return (f"0 {self.quantity}: zero in exact arithmetic (float64: {size:.1e} of the largest gradient); "
-                    f"the larger float32 side is {noise:.1e} of it, " + ("within" if self.ok else "over")
-                    + f" {self.rtol:.0e}")
+            size, noise, rest = self.zero
+            return (f"0 {self.quantity}: zero in exact arithmetic where float64 gives {size:.1e} of the largest "
+                    f"gradient; the larger float32 side is {noise:.1e} of it there, the difference elsewhere "
+                    f"{rest:.1e}: " + ("within" if self.ok else "over") + f" {self.rtol:.0e}")
         if self.float64 is None:
             return ""
         torch_d, flax_d = self.float64
@@ -93,7 +95,7 @@ class Row:
         if float64 is not None:
             d["from_float64"] = {"torch": float64[0], "flax": float64[1], "ratio_bound": TRAJECTORY_FLOAT32_RATIO}
         if zero is not None:
-            d["zero_in_exact_arithmetic"] = {"float64_size": zero[0], "float32_size": zero[1]}
+            d["zero_in_exact_arithmetic"] = {"float64_size": zero[0], "float32_size": zero[1], "elsewhere": zero[2]}
         return d
 
 
@@ -557,7 +559,7 @@ def _to_torch_layout(flax_out: np.ndarray, torch_out: np.ndarray) -> np.ndarray:
 def check(torch_model, flax_model, inputs, *, target=None, loss="mse", optimizer=None, steps: int = 1,
           dtype: str = "float32", manual_lr=None, rtol=None, flatten="auto", name_map=None, flax_input=None,
           output_name="output", tf32=False, seed: int = 0, tamper=None, step_fn=None, batches=None,
-          per_tensor_steps: bool = False) -> Report:
+          per_tensor_steps: bool = False, rules=None) -> Report:
     """Check a Flax port against its torch model: converted weights, outputs, loss, every gradient, N steps.
 
     Weights go torch -> Flax through ``flax_lenet.porting.port`` (by module path and layer type); inputs
@@ -582,6 +584,8 @@ def check(torch_model, flax_model, inputs, *, target=None, loss="mse", optimizer
       rtol: per-quantity overrides ``{quantity: float | Tolerance}``, quantities in ``QUANTITIES``.
       flatten: 'auto' (``port.record_flattens``), or ``{linear path: (C, *S)}``, or ``None``.
       name_map: torch module path prefix -> Flax module path prefix (``flax_lenet.porting.port``).
+      rules: ``{torch class name: port.Rule}`` to use before port's built-in ones, e.g.
+        ``{'GRU': recurrent.GRU_TORCH_CELL}`` for a port with ``modules.TorchGRUCell``.
       output_name: the name of the output row. tamper: ``tamper(state, variables)`` edits the
         converted weights in place before the Flax side runs (to show a broken port failing).
       step_fn: the NNX training step, ``step_fn(model, optimizer, x, y, loss_fn=...)`` (default
@@ -633,8 +637,8 @@ def check(torch_model, flax_model, inputs, *, target=None, loss="mse", optimizer
     modes = _has_modes(net)
 
     state = convert.state_to_numpy(net.state_dict())
-    variables = port.torch_to_flax(net, flatten=flatten, name_map=name_map)
-    back = port.flax_to_torch(net, variables, flatten=flatten, name_map=name_map)
+    variables = port.torch_to_flax(net, flatten=flatten, name_map=name_map, rules=rules)
+    back = port.flax_to_torch(net, variables, flatten=flatten, name_map=name_map, rules=rules)
     rows = [row("params round trip", "-", {k: (back[k], state[k]) for k in state},
                 _rtol_of(rtol, "round trip", EXACT.rtol))]
     if tamper is not None:
@@ -655,27 +659,30 @@ def check(torch_model, flax_model, inputs, *, target=None, loss="mse", optimizer
             fn = step_fn.get(label) if isinstance(step_fn, dict) else step_fn
             got = flax_side(model, variables, x_flax, y_flax, loss=flax_loss, optimizer=optimizer,
                             manual_lr=manual_lr, modes=modes, step_fn=fn, batches=flax_batches)
-            sides[label] = in_torch_layout(net, got, ref, flatten, name_map)
+            sides[label] = in_torch_layout(net, got, ref, flatten, name_map, rules)
         steps_tol = trajectory_tolerance(dtype, tol_platform, tf32) if steps > 1 else tol
         judge = functools.partial(_rows, rtol=rtol, tol=tol, steps_rtol=_rtol_of(rtol, "steps", steps_tol.rtol),
                                   output_name=output_name, step_label=step_label, per_tensor_steps=per_tensor_steps)
         found = {label: judge(label, ref, side) for label, side in sides.items()}
         notices = []
-        if not all(r.within_rtol for rs in found.values() for r in rs):
+        if dtype == "float64" or not all(r.within_rtol for rs in found.values() for r in rs):
             # judge what rounding alone explains against a float64 torch run from the same start
             truth = ref if dtype == "float64" else torch_side(
                 copy.deepcopy(net).double(), _float64(x), _float64(target), criterion=criterion,
                 optimizer=optimizer, manual_lr=manual_lr, modes=modes,
                 batches=tuple([_float64(b) for b in part] for part in batches))
             zero = zero_gradients(truth["grads"], ZERO_GRADIENT.rtol)
-            notices += [f"grad {name} is zero in exact arithmetic (float64: {size:.1e} of the largest gradient): "
-                        "left out of the steps, where an optimizer that divides by a gradient's size (Adam) "
-                        "turns its rounding noise into steps" for name, size in zero.items() if ref["steps"]]
-            found = {label: judge(label, ref, side, zero=zero) for label, side in sides.items()}
+            notices += [f"grad {name} is zero in exact arithmetic at {int(mask.sum())} of {mask.size} elements "
+                        f"(a float64 run gives at most {ZERO_GRADIENT.rtol:.0e} of the largest gradient there): "
+                        "rounding noise, left out of the steps, where an optimizer that divides by a gradient's "
+                        "size (Adam) turns it into steps" for name, mask in zero.items()
+                        if ref["steps"] and np.any(ref["grads"][name][mask] != 0)]
+            judge = functools.partial(judge, zero=zero, truth_grads=truth["grads"])
+            found = {label: judge(label, ref, side) for label, side in sides.items()}
             if dtype == "float32":
-                torch_d = judge("torch", truth, ref, zero=zero)
+                torch_d = judge("torch", truth, ref)
                 for label, rs in found.items():
-                    flax_d = judge(label, truth, sides[label], zero=zero)
+                    flax_d = judge(label, truth, sides[label])
                     found[label] = [r if r.within_rtol or r.zero else replace(r, float64=(t.max_rel, f.max_rel))
                                     for r, t, f in zip(rs, torch_d, flax_d)]
         rows += [r for rs in found.values() for r in rs]
@@ -727,10 +734,10 @@ def _flax_target(target: np.ndarray, to_flax) -> np.ndarray:
     return to_flax(target) if target.ndim == 4 else target
 
 
-def in_torch_layout(net, got: dict, ref: dict, flatten, name_map) -> dict:
+def in_torch_layout(net, got: dict, ref: dict, flatten, name_map, rules=None) -> dict:
     """``flax_side``'s results in the form and layout of ``torch_side``'s (states as torch ``state_dict``s)."""
     def state(variables):
-        return port.flax_to_torch(net, variables, flatten=flatten, name_map=name_map)
+        return port.flax_to_torch(net, variables, flatten=flatten, name_map=name_map, rules=rules)
 
     return {"output": {mode: _to_torch_layout(np.asarray(got["output"][mode]), e) for mode, e in ref["output"].items()},
             "loss": got["loss"], "grads": state(got["grads"]),
@@ -738,22 +745,24 @@ def in_torch_layout(net, got: dict, ref: dict, flatten, name_map) -> dict:
             "steps": [(loss, state(variables)) for loss, variables in got["steps"]]}
 
 
-def zero_gradients(grads: dict, rtol: float) -> dict[str, float]:
-    """``{name: size}`` for the gradients of a float64 run that are zero in exact arithmetic: at
-    most ``rtol`` (``ZERO_GRADIENT``) of the run's largest gradient, each size relative to it. A
-    bias before a normalisation, or attention's key bias (a softmax ignores a constant added to a
-    row), has one; in float32 it is rounding noise that Adam divides by its own size."""
-    sizes = {name: float(np.max(np.abs(g))) if np.size(g) else 0.0 for name, g in grads.items()}
-    scale = max(sizes.values(), default=0.0)
-    return {name: size / scale for name, size in sizes.items() if scale > 0 and size <= rtol * scale}
+def zero_gradients(grads: dict, rtol: float) -> dict[str, np.ndarray]:
+    """``{name: mask}`` of the gradient elements of a float64 run that are zero in exact
+    arithmetic: at most ``rtol`` (``ZERO_GRADIENT``) of the run's largest gradient. A bias before a
+    normalisation has them, and attention's key bias (a softmax ignores a constant added to a
+    row), a slice of torch's packed ``in_proj_bias``; in float32 they are rounding noise, which
+    Adam divides by its own size into full steps. Tensors with none are left out."""
+    scale = max((float(np.max(np.abs(g))) for g in grads.values() if np.size(g)), default=0.0)
+    masks = {name: np.abs(np.asarray(g)) <= rtol * scale for name, g in grads.items()}
+    return {name: m for name, m in masks.items() if scale > 0 and m.any()}
 
 
 def _rows(label, ref, side, *, rtol, tol, steps_rtol, output_name, step_label, per_tensor_steps,
-          zero=None) -> list[Row]:
+          zero=None, truth_grads=None) -> list[Row]:
     """The rows for one side (``side``, in torch layout) against the reference run ``ref``.
 
-    A gradient in ``zero`` is judged as rounding noise (``Row.zero``) and its tensor is left out
-    of the steps: an optimizer that divides by the gradient's size turns that noise into steps."""
+    Gradient elements in ``zero`` (``zero_gradients`` of the float64 run ``truth_grads``) are
+    judged as rounding noise (``Row.zero``) and left out of the steps: an optimizer that divides
+    by a gradient's size turns that noise into steps."""
     zero = zero or {}
     rows = []
     out_tol = _rtol_of(rtol, "output", tol.rtol)
@@ -765,9 +774,12 @@ def _rows(label, ref, side, *, rtol, tol, steps_rtol, output_name, step_label, p
     for name in ref["grads"]:
         r = row(f"grad {name}", label, {f"grad {name}": (side["grads"][name], ref["grads"][name])},
                 _rtol_of(rtol, "grad", tol.rtol))
-        if name in zero and scale > 0:
-            noise = max(float(np.max(np.abs(a))) if np.size(a) else 0.0 for a in (side["grads"][name], ref["grads"][name]))
-            r = replace(r, zero=(zero[name], noise / scale))
+        if name in zero and not r.within_rtol:
+            a, e, m = np.asarray(side["grads"][name]), np.asarray(ref["grads"][name]), zero[name]
+            noise = max(float(np.max(np.abs(a[m]))), float(np.max(np.abs(e[m]))))
+            rest = diff(np.where(m, 0, a), np.where(m, 0, e))[0] / max(float(np.max(np.abs(e))), 1e-300)
+            size = float(np.max(np.abs(truth_grads[name][m]))) if truth_grads else 0.0
+            r = replace(r, zero=(size / scale, noise / scale, rest))
         rows.append(r)
     if ref["manual"] is not None:
         q = "params after w - lr*g"
@@ -777,13 +789,15 @@ def _rows(label, ref, side, *, rtol, tol, steps_rtol, output_name, step_label, p
         return rows
 
     def compared(state):
-        return {n: a for n, a in state.items() if n.rpartition(".")[2] not in port.SKIPPED and n not in zero}
+        return {n: np.where(zero[n], 0, a) if n in zero else a for n, a in state.items()
+                if n.rpartition(".")[2] not in port.SKIPPED}
 
     if per_tensor_steps:
-        torch_run = [(loss, compared(state)) for loss, state in ref["steps"]]
-        return rows + diff_steps(label, torch_run, side["steps"], steps_rtol)
+        runs = [[(loss, compared(state)) for loss, state in run] for run in (ref["steps"], side["steps"])]
+        return rows + diff_steps(label, *runs, steps_rtol)
     worst = None
     for step, ((t_loss, t_state), (f_loss, f_state)) in enumerate(zip(ref["steps"], side["steps"]), start=1):
+        f_state = compared(f_state)
         pairs = {f"{step_label}: {n}": (f_state[n], t) for n, t in compared(t_state).items()}
         if len(ref["steps"]) > 1:
             pairs[f"{step_label}: loss"] = (f_loss, t_loss)

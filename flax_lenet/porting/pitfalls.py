@@ -35,7 +35,7 @@ PITFALLS = (
     Pitfall("batchnorm_running_var", "BatchNorm",
             "the running variance takes the unbiased batch variance (n / (n - 1)); normalising uses the biased one",
             "nnx.BatchNorm puts the biased variance into its running average",
-            "a BatchNorm that updates with var * n / (n - 1) (tests/port_models.py: TorchBatchNorm)"),
+            "flax_lenet.porting.modules.TorchBatchNorm, which updates with var * n / (n - 1)"),
     Pitfall("batchnorm_train_eval", "BatchNorm",
             "net.eval() normalises with the running statistics",
             "nnx.BatchNorm uses batch statistics until told otherwise (use_running_average=False)",
@@ -77,11 +77,40 @@ PITFALLS = (
             "within the float32 tier over 10 steps)"),
     Pitfall("bias_before_batchnorm", "Conv2d + BatchNorm",
             "a conv bias followed by BatchNorm has gradient 0 in exact arithmetic",
-            "both frameworks return rounding noise there, which no relative tolerance can compare",
-            "bias=False / use_bias=False, as is usual before BatchNorm"),
+            "both frameworks return rounding noise there: noise against noise fails any relative tolerance, and "
+            "Adam divides it by its own size into full steps",
+            "parity.check finds such gradients in a float64 run and judges them by size (ok0), out of the steps; "
+            "or bias=False / use_bias=False, as is usual before BatchNorm"),
     Pitfall("embed_dtype_fixed_at_build", "Embedding",
             "computes in the dtype of its weight",
             "nnx.Embed computes in the dtype it was built with (dtype defaults to param_dtype), "
             "whatever weights are loaded later",
             "build with param_dtype=float64 for a float64 check (parity.check prints a notice)"),
+    Pitfall("rnn_two_biases", "LSTM, GRU",
+            "each gate adds two trained biases, b_ih + b_hh: an optimizer step moves their sum by two updates",
+            "nnx.LSTMCell and nnx.GRUCell have one bias per gate: loading bias_ih alone drops b_hh, "
+            "and a step moves the one bias by one update",
+            "convert b_ih + b_hh (flax_lenet.porting.recurrent does); to train step for step like torch, "
+            "keep torch's bias_hh zero and frozen, or use a cell with both biases "
+            "(flax_lenet.porting.modules.TorchGRUCell)"),
+    Pitfall("gru_b_hn", "GRU",
+            "n = tanh(W_in x + b_in + r * (W_hn h + b_hn)): the reset gate scales b_hn",
+            "nnx.GRUCell has no hidden bias: n = tanh(W_in x + b_in + r * W_hn h), and b_hn cannot be "
+            "folded into b_in",
+            "flax_lenet.porting.modules.TorchGRUCell, converted by flax_lenet.porting.recurrent.GRU_TORCH_CELL "
+            "(recurrent.GRU, to nnx.GRUCell, refuses a nonzero b_hn)"),
+    Pitfall("attention_softmax_float32", "MultiheadAttention",
+            "float64 attention computes in float64 (measured 1.9e-16 from a numpy float64 reference)",
+            "nnx.MultiHeadAttention's default attention_fn calls jax.nn.dot_product_attention, which computes "
+            "the softmax in float32 whatever the input dtype: 4e-8 to 7e-8 from it with float64 weights",
+            "attention_fn=flax_lenet.porting.attention.attention_in_input_dtype for a float64 check "
+            "(softmax in the input dtype)"),
+    Pitfall("attention_mask_polarity", "MultiheadAttention",
+            "a bool attn_mask or key_padding_mask is True where a key is NOT attended",
+            "nnx.MultiHeadAttention's mask is True where a key IS attended, shape [batch, heads, q, k]",
+            "mask = ~(attn_mask | key_padding_mask[:, None, None, :])"),
+    Pitfall("groupnorm_epsilon", "GroupNorm, InstanceNorm",
+            "eps=1e-5",
+            "nnx.GroupNorm and nnx.InstanceNorm epsilon=1e-6",
+            "epsilon=1e-5"),
 )

@@ -8,7 +8,12 @@
                                        running_mean/var    batch_stats mean, var        as is
     LayerNorm, GroupNorm               weight, bias        params  scale, bias          as is
     Embedding                          weight [n, d]       params  embedding [n, d]     as is
+    PReLU (num_parameters=1)           weight [1]          params  negative_slope []    reshape
+    InstanceNorm1d/2d/3d (affine)      weight, bias        params  scale, bias          as is
     any of them                        bias [O]            params  bias [O]             as is
+    MultiheadAttention                 in_proj_weight ...  query/key/value/out          whole layer (attention.py)
+    LSTM, GRU                          weight_ih_l0 ...    nnx.RNN cells                whole layer (recurrent.py)
+    a module with no rule              its own Parameters  params  by name              as is
 
 Every change is a permutation of elements (a transpose, a flip, a reshape), so a round trip is
 bit-identical. ``register(torch_class, Rule(...))`` adds a layer type; ``name_map`` renames module
@@ -29,14 +34,14 @@ https://flax.readthedocs.io/en/stable/api_reference/flax.nnx/nn/index.html.
 import difflib
 import math
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from flax_lenet.errors import BadWeights
+from flax_lenet.porting import attention, recurrent
+from flax_lenet.porting.rule import BATCH_STATS, PARAMS, Rule
 
-PARAMS, BATCH_STATS = "params", "batch_stats"
 #: prefixes that torch wrappers put before every key: nn.DataParallel / DistributedDataParallel, torch.compile
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
@@ -117,29 +122,6 @@ def warn_notices(notices: list[str]) -> None:
 
 # --- rules -------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Rule:
-    """How one torch layer type's tensors map to Flax variables.
-
-    Tensor by tensor: ``names``: torch tensor name -> ``(collection, flax leaf name)``;
-    ``to_flax(name, array, info)`` and ``to_torch(name, array, info)`` move one tensor's layout
-    (default: unchanged); ``info`` is a dict with the module and, for a Linear after a flatten,
-    ``'flatten'``: the ``(C, *S)`` shape.
-
-    Whole layer, for a layer whose tensors do not map one to one (attention's packed
-    projection, a recurrent layer's gates): ``convert(tensors, info)`` takes every torch tensor
-    of the layer, its children's included (``{'out_proj.weight': a, ...}``), and returns
-    ``{(collection, 'sub.path/leaf'): array}`` relative to the layer's Flax path;
-    ``invert(get, info)`` gives them back (``get(collection, 'sub.path/leaf')`` reads one Flax
-    variable). The layer's children get no rule of their own.
-    """
-    names: Mapping[str, tuple[str, str]] = field(default_factory=dict)
-    to_flax: Callable[[str, np.ndarray, dict], np.ndarray] = lambda name, a, info: a
-    to_torch: Callable[[str, np.ndarray, dict], np.ndarray] = lambda name, a, info: a
-    convert: Callable[[dict, dict], dict] | None = None
-    invert: Callable[[Callable, dict], dict] | None = None
-
-
 def _flatten_to_flax(w: np.ndarray, feature_shape: tuple) -> np.ndarray:
     """``[out, C * prod(S)]`` in (C, *S) order -> ``[out, prod(S) * C]`` in (*S, C) order."""
     out = w.shape[0]
@@ -197,6 +179,32 @@ def _conv_transpose_to_torch(name, a, info):
     return _spatial_flip(a.transpose(a.ndim - 2, a.ndim - 1, *range(a.ndim - 2)))
 
 
+def _prelu_to_flax(name, a, info):
+    if a.shape != (1,):
+        raise BadWeights(f"PReLU: expected num_parameters=1 (nnx.PReLU has one scalar slope), "
+                         f"found weight of shape {a.shape}")
+    return a.reshape(())
+
+
+def _prelu_to_torch(name, a, info):
+    return a.reshape(1)
+
+
+PRELU = Rule({"weight": (PARAMS, "negative_slope")}, _prelu_to_flax, _prelu_to_torch)
+
+
+def _instance_norm_to_flax(name, a, info):
+    if name.startswith("running_"):
+        raise BadWeights(f"InstanceNorm: expected track_running_stats=False (nnx.InstanceNorm keeps no "
+                         f"running statistics), found {name}")
+    return a
+
+
+INSTANCE_NORM = Rule({"weight": (PARAMS, "scale"), "bias": (PARAMS, "bias"),
+                      "running_mean": (PARAMS, "mean"), "running_var": (PARAMS, "var")},
+                     _instance_norm_to_flax)
+
+
 _AFFINE = {"weight": (PARAMS, "scale"), "bias": (PARAMS, "bias")}
 _BATCHNORM = {**_AFFINE, "running_mean": (BATCH_STATS, "mean"), "running_var": (BATCH_STATS, "var")}
 _WEIGHT_BIAS = {"weight": (PARAMS, "kernel"), "bias": (PARAMS, "bias")}
@@ -215,7 +223,12 @@ for _names, _rule in ((("Linear",), Rule(_WEIGHT_BIAS, _linear_to_flax, _linear_
                        Rule(_WEIGHT_BIAS, _conv_transpose_to_flax, _conv_transpose_to_torch)),
                       (("BatchNorm1d", "BatchNorm2d", "BatchNorm3d"), Rule(_BATCHNORM)),
                       (("LayerNorm", "GroupNorm"), Rule(_AFFINE)),
-                      (("Embedding",), Rule({"weight": (PARAMS, "embedding")}))):
+                      (("Embedding",), Rule({"weight": (PARAMS, "embedding")})),
+                      (("PReLU",), PRELU),
+                      (("InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"), INSTANCE_NORM),
+                      (("MultiheadAttention",), attention.MULTIHEAD_ATTENTION),
+                      (("LSTM",), recurrent.LSTM),
+                      (("GRU",), recurrent.GRU)):
     for _name in _names:
         register(_name, _rule)
 
@@ -223,10 +236,13 @@ for _names, _rule in ((("Linear",), Rule(_WEIGHT_BIAS, _linear_to_flax, _linear_
 SKIPPED = {"num_batches_tracked"}
 
 
-def rule_for(module) -> Rule | None:
+def rule_for(module, rules: Mapping[str, Rule] | None = None) -> Rule | None:
+    """The rule for ``module``'s class or its nearest base: from ``rules`` (a per-call choice,
+    e.g. ``{'GRU': recurrent.GRU_TORCH_CELL}``) first, then from ``RULES``."""
     for klass in type(module).__mro__:
-        if klass.__name__ in RULES:
-            return RULES[klass.__name__]
+        for table in (rules or {}, RULES):
+            if klass.__name__ in table:
+                return table[klass.__name__]
     return None
 
 
@@ -297,7 +313,7 @@ def _flax_key(path: str, leaf: str, name_map) -> str:
     return _join(rename(path, name_map), leaf)
 
 
-def _layers(model, flatten: Mapping[str, tuple] | None):
+def _layers(model, flatten: Mapping[str, tuple] | None, rules=None):
     """``(module path, module, rule, info)`` for every module with a rule and tensors of its own.
 
     A module with no rule but parameters of its own (a bare ``nn.Parameter``, e.g. a learned
@@ -308,7 +324,7 @@ def _layers(model, flatten: Mapping[str, tuple] | None):
     for path, module in model.named_modules():
         if any(o == "" or path.startswith(o + ".") for o in owners):
             continue
-        rule = rule_for(module)
+        rule = rule_for(module, rules)
         if rule is None:
             own = [name for name, _ in module.named_parameters(recurse=False)]
             if not own:
@@ -316,7 +332,7 @@ def _layers(model, flatten: Mapping[str, tuple] | None):
             rule = Rule({name: (PARAMS, name) for name in own})
         if rule.convert is not None:
             owners.append(path)
-        info = {"module": module}
+        info = {"module": module, "path": path}
         if flatten and path in flatten:
             info["flatten"] = tuple(flatten[path])
         yield path, module, rule, info
@@ -333,7 +349,7 @@ def nearest(key: str, candidates) -> str:
 
 
 def torch_to_flax(model, state_dict=None, *, flatten=None, name_map=None, cast=None,
-                  warn: bool = True) -> dict[str, dict[str, np.ndarray]]:
+                  warn: bool = True, rules=None) -> dict[str, dict[str, np.ndarray]]:
     """A torch model's weights as Flax variables: ``{'params': {path: leaf}, 'batch_stats': {...}}``.
 
     Args:
@@ -343,6 +359,7 @@ def torch_to_flax(model, state_dict=None, *, flatten=None, name_map=None, cast=N
       flatten: ``{linear path: (C, *S)}``, from ``record_flattens`` or declared.
       name_map: torch module path prefix -> Flax module path prefix.
       cast: a dtype name to cast every tensor to (e.g. ``'float32'``), or keep the dtypes.
+      rules: ``{torch class name: Rule}`` used before ``RULES``, for this call only.
 
     Returns:
       ``{collection: {'flax.module.path/leaf': array}}`` (see ``load`` and ``to_nested``).
@@ -369,7 +386,7 @@ def torch_to_flax(model, state_dict=None, *, flatten=None, name_map=None, cast=N
         used.add(key)
         return state[key]
 
-    for path, _, rule, info in _layers(model, flatten):
+    for path, _, rule, info in _layers(model, flatten, rules):
         if rule.convert is not None:
             prefix = f"{path}." if path else ""
             tensors = {k[len(prefix):]: take(k) for k in expected
@@ -394,7 +411,7 @@ def torch_to_flax(model, state_dict=None, *, flatten=None, name_map=None, cast=N
 
 
 def flax_to_torch(model, variables: Mapping[str, Mapping[str, Any]], *, flatten=None,
-                  name_map=None) -> dict[str, np.ndarray]:
+                  name_map=None, rules=None) -> dict[str, np.ndarray]:
     """The inverse of ``torch_to_flax``: a torch ``state_dict`` (numpy) for ``model``.
 
     ``variables`` is ``{collection: {'path/leaf': array}}``. Tensors with no Flax counterpart
@@ -416,7 +433,7 @@ def flax_to_torch(model, variables: Mapping[str, Mapping[str, Any]], *, flatten=
             raise BadWeights(f"Flax {flax_key}: expected shape for {key} "
                              f"{tuple(expected[key].shape)}, found {state[key].shape} in torch layout")
 
-    for path, _, rule, info in _layers(model, flatten):
+    for path, _, rule, info in _layers(model, flatten, rules):
         if rule.convert is not None:
             prefix, flax_path = (f"{path}." if path else ""), rename(path, name_map)
             first = next(k for k in expected if k.startswith(prefix))
