@@ -294,3 +294,8 @@ def make_lstm_classifier(broken: str | None = None, batch: int = 4, dtype: str =
 
 ARCHITECTURES = {"cnn": make_cnn, "block": make_block, "autoencoder": make_autoencoder, "conv1d": make_conv1d,
                  "transformer": make_transformer, "lstm": make_lstm_classifier}
+
+
+def flax_lstm_scanning_the_batch():
+    """The LSTM classifier's broken port as a zero-argument factory, for ``flax-lenet compare --flax``."""
+    return FlaxLSTMClassifier(broken="time_major", rngs=nnx.Rngs(0))

@@ -334,3 +334,29 @@ def test_compare_help_and_docstring_document_every_exit_code(capsys):
     for says in ("0 every quantity agrees", "1 one differs", "2 bad input or usage", "3 your model raised"):
         assert says in doc, says
     assert "the batch is the first number of --input-shape" in text          # --batch's help
+
+
+# --- the layers people port, from the command line ----------------------------------------------
+
+PORT_MODELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "port_models.py")
+TOKENS = ("--input-dtype", "int64", "--loss", "cross_entropy", "--steps", "10", "--optimizer", "adam", "--lr", "0.001")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("torch_cls,flax_cls,shape,high", [
+    ("TorchTransformer", "FlaxTransformer", "4,6", "32"),          # nn.MultiheadAttention -> nnx.MultiHeadAttention
+    ("TorchLSTMClassifier", "FlaxLSTMClassifier", "4,7", "16"),    # nn.LSTM -> nnx.RNN(nnx.LSTMCell)
+])
+def test_attention_and_lstm_ports_pass_ten_float32_adam_steps(compare, torch_cls, flax_cls, shape, high):
+    proc = compare("--torch", f"{PORT_MODELS}:{torch_cls}", "--flax", f"{PORT_MODELS}:{flax_cls}",
+                   "--input-shape", shape, "--input-high", high, *TOKENS)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "quantities agree" in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_broken_lstm_port_fails_and_the_cli_names_the_layer(compare):
+    proc = compare("--torch", f"{PORT_MODELS}:TorchLSTMClassifier", "--flax", f"{PORT_MODELS}:flax_lstm_scanning_the_batch",
+                   "--input-shape", "4,7", "--input-high", "16", *TOKENS)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "first difference: lstm (torch LSTM ↔ flax RNN): output max rel" in proc.stdout
