@@ -416,3 +416,24 @@ def test_a_platform_the_machine_lacks_is_one_line_exit_2(tmp_path):
     assert proc.returncode == 2, proc
     assert proc.stderr.startswith("flax-lenet train: error: JAX_PLATFORMS=rocm: expected platforms this machine")
     assert proc.stderr.count("\n") == 1 and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_xla_flags_xla_does_not_know_are_one_line_exit_2(tmp_path):
+    """``XLA_FLAGS=--this_is_garbage=1``: XLA aborts the process on an unknown flag, with no Python
+    exception to catch; the command asks a child process first and says so in one line."""
+    import subprocess
+    import sys
+    env = dict(os.environ, XLA_FLAGS="--this_is_garbage=1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run([sys.executable, "-m", "flax_lenet", "train", "--epochs", "1", "--max-steps", "1",
+                           "--quiet"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc
+    assert proc.stderr == ("flax-lenet train: error: XLA_FLAGS=--this_is_garbage=1: expected flags that XLA knows, "
+                           "found Unknown flag in XLA_FLAGS: --this_is_garbage=1\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_xla_flags_that_xla_knows_pass_the_probe():
+    """The twin: a flag XLA knows is not refused (and the probe's answer is kept for the process)."""
+    from flax_lenet.app.cli import xla_flags_refusal
+    assert xla_flags_refusal("--xla_cpu_max_isa=AVX2") == ""

@@ -20,6 +20,7 @@ _xla_gc_callback") or printed asyncio tracebacks from Orbax's threads.
 import argparse
 import atexit
 import contextlib
+import functools
 import importlib
 import logging
 import os
@@ -246,9 +247,33 @@ def _end_on_a_held_signal(prog: str) -> None:
         os._exit(status)
 
 
+@functools.lru_cache(maxsize=None)
+def xla_flags_refusal(flags: str) -> str:
+    """``''`` when XLA starts with ``XLA_FLAGS=flags``, else the line it refused them with.
+
+    XLA reads ``XLA_FLAGS`` when JAX first starts a backend and aborts the process on a flag it
+    does not know, with no Python exception to catch; so a child process starts one first. Asked
+    once per process and value."""
+    import subprocess
+    try:
+        probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], capture_output=True,
+                               text=True, timeout=120, env={**os.environ, "XLA_FLAGS": flags})
+    except subprocess.TimeoutExpired:
+        return ""                       # slow, not refused: the command itself will say more
+    if probe.returncode == 0:
+        return ""
+    lines = [line for line in probe.stderr.splitlines() if "XLA_FLAGS" in line] or probe.stderr.splitlines()[-1:]
+    return (lines[0].rpartition("] ")[2] if lines else f"exit {probe.returncode}").strip()[:200]
+
+
 def _start_command() -> None:
     """After the arguments are parsed (``--help`` and usage errors import neither jax nor absl)."""
     quiet_reported_failures()
+    flags = os.environ.get("XLA_FLAGS")
+    if flags:
+        refused = xla_flags_refusal(flags)
+        if refused:
+            raise BadConfig(f"XLA_FLAGS={flags}: expected flags that XLA knows, found {refused}")
     platforms = os.environ.get("JAX_PLATFORMS")
     if platforms:                       # a platform this machine lacks: JAX's 70-line RuntimeError
         import jax
