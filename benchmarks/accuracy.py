@@ -46,7 +46,8 @@ from flax_lenet.porting import parity, trajectory
 from flax_lenet.porting.tolerances import TRAJECTORY_FLOAT32_RATIO
 
 STEPS = 30
-MEMBERS = 5
+MEMBERS = parity.MEMBERS
+float32_copies = parity.float32_copies      # the copies parity.check judges a failing float32 row over
 
 #: name -> (function in flax_lenet.optim, its keyword arguments in torch's names, learning-rate scale)
 SETTINGS = {
@@ -106,22 +107,6 @@ def geometric_mean(values) -> float:
 def distance(run, truth) -> float:
     """The worst, over steps and tensors, of ``max|run - truth| / max|truth|`` (NaN if a run held NaN)."""
     return float(np.max([d for q, d in trajectory.distances_from(run, truth).items() if q != "loss"]))
-
-
-def float32_copies(state64: dict, members: int) -> list[dict]:
-    """The nearest float32 rounding of ``state64``, then ``members - 1`` random roundings (each
-    element to the float32 just below or just above its float64 value; seeds 1, 2, ...)."""
-    copies = [{n: v.astype(np.float32) for n, v in state64.items()}]
-    for m in range(1, members):
-        rng = np.random.default_rng(m)
-        copy = {}
-        for n, v in state64.items():
-            near = v.astype(np.float32)
-            toward = np.where(near.astype(np.float64) > v, -np.inf, np.inf).astype(np.float32)
-            other = np.nextafter(near, toward)
-            copy[n] = np.where(rng.random(v.shape) < 0.5, near, other)
-        copies.append(copy)
-    return copies
 
 
 def point(setting: str, kernel_size: int, batch: int, lr: float, seed: int, *, steps: int = STEPS,
