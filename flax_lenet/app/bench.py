@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass, field
 
 
-from flax_lenet.porting import parity
+from flax_lenet.porting import common, parity
 from flax_lenet.app import files
 from flax_lenet.table import format_table
 
@@ -145,7 +145,7 @@ class _TorchRunner:
         torch = self.torch
         torch.set_num_threads(self.threads)
         try:
-            with parity.torch_tf32(False if self.precision == "highest" else None):
+            with common.torch_tf32(False if self.precision == "highest" else None):
                 for _ in range(n):
                     self.opt.zero_grad(set_to_none=True)
                     loss = self.crit(self.model(self.x), self.y)

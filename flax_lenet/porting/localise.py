@@ -14,7 +14,7 @@ from the same converted weights while every module's input and output is recorde
   (``torch.autograd.grad``; ``nnx.grad``, https://flax.readthedocs.io/en/stable/api_reference/flax.nnx/transforms.html).
 
 Modules are matched by path (torch ``p``, Flax ``port.rename(p, name_map)``; list items are
-numbers: ``blocks.0``) and compared with ``parity.diff``, a Flax channels-last array moved to
+numbers: ``blocks.0``) and compared with ``common.diff``, a Flax channels-last array moved to
 channels-first where that fits, a Linear's input also in its declared flatten order. Only modules
 called once on each side with an array as first argument take part; of a tuple output
 (``nn.MultiheadAttention``'s, ``nn.LSTM``'s) the first item is compared.
@@ -41,7 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from flax_lenet.porting import parity, port
+from flax_lenet import functional
+from flax_lenet.porting import common, port
 
 #: what to look at first when a torch layer of this type is where the port departs
 HINTS = {
@@ -265,7 +266,7 @@ def _compare(flax_a, torch_a, flat=None):
     fits = [v for v in views if v.shape == e.shape]
     if not fits:
         return None, (a.shape, e.shape)
-    return min(parity.diff(v, e)[1] for v in fits), None
+    return min(common.diff(v, e)[1] for v in fits), None
 
 
 def _walk(order, upstream, local, rtol):
@@ -325,7 +326,7 @@ def first_divergence(torch_model, flax_model, x, target, *, variables=None, flat
     MSE). Returns ``[]`` when nothing localises, or when ``flax_model`` is not an NNX module.
     """
     import torch
-    if parity.flax_kind(flax_model) != "nnx":
+    if common.flax_kind(flax_model) != "nnx":
         return []
     net = copy.deepcopy(torch_model).to(getattr(torch, dtype))
     dev = next(net.parameters(), torch.empty(0)).device
@@ -338,16 +339,16 @@ def first_divergence(torch_model, flax_model, x, target, *, variables=None, flat
     if variables is None:
         variables = port.torch_to_flax(net, flatten=flatten, name_map=name_map)
     criterion = criterion if criterion is not None else torch.nn.MSELoss()
-    flax_loss = flax_loss if flax_loss is not None else parity.FLAX_LOSSES["mse"]
-    model = port.load(nnx.clone(flax_model), variables, dtype=parity.variables_dtype(variables))
-    to_flax = flax_input or parity.default_flax_input
-    x_f, y_f = parity._jax_array(to_flax(x)), parity._jax_array(parity._flax_target(target, to_flax))
-    with parity.precision(tf32):
-        t = _torch_tape(parity._torch_train_mode(copy.deepcopy(net)), x_t, y_t, criterion, grads=True)
-        f = _flax_tape(parity._nnx_train_mode(nnx.clone(model)), x_f, y_f, flax_loss, grads=True)
+    flax_loss = flax_loss if flax_loss is not None else functional.mse_loss
+    model = port.load(nnx.clone(flax_model), variables, dtype=common.variables_dtype(variables))
+    to_flax = flax_input or common.default_flax_input
+    x_f, y_f = common.jax_array(to_flax(x)), common.jax_array(common.flax_target(target, to_flax))
+    with common.precision(tf32):
+        t = _torch_tape(common.torch_train_mode(copy.deepcopy(net)), x_t, y_t, criterion, grads=True)
+        f = _flax_tape(common.nnx_train_mode(nnx.clone(model)), x_f, y_f, flax_loss, grads=True)
         forward = (t, f)
         found = _localise("forward", t, f, name_map, flatten, rtol)
-        if found is None and parity._has_modes(net):
+        if found is None and common.has_modes(net):
             evaluated = nnx.clone(model)
             evaluated.eval()
             forward = (_torch_tape(copy.deepcopy(net).eval(), x_t, y_t, criterion, False),

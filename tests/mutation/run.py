@@ -41,7 +41,9 @@ TIMEOUT_S = 300
 
 #: module -> (file, functions whose bodies are mutated, test files run against its mutants)
 TARGETS = {
-    "parity": ("flax_lenet/porting/parity.py", ["diff", "_count", "nonfinite", "row", "Row.ok", "diff_steps"],
+    "common": ("flax_lenet/porting/common.py", ["diff", "_count", "nonfinite"],
+               ["tests/test_metric.py", "tests/test_tolerance_guards.py"]),
+    "parity": ("flax_lenet/porting/parity.py", ["row", "Row.ok", "diff_steps"],
                ["tests/test_metric.py", "tests/test_tolerance_guards.py"]),
     "port": ("flax_lenet/porting/port.py",
              ["_flatten_to_flax", "_flatten_to_torch", "_linear_to_flax", "_linear_to_torch", "_conv_to_flax",
@@ -63,9 +65,9 @@ TARGETS = {
 
 #: (name, module, text in the file, replacement): the survivors a reviewer found, and two tiers loosened.
 HAND = [
-    ("diff-mean-not-max", "parity", "max_abs = float(np.max(np.abs(a - e)))", "max_abs = float(np.mean(np.abs(a - e)))"),
-    ("diff-nonfinite-is-zero", "parity", 'return float("inf"), float("inf")', "return 0.0, 0.0"),
-    ("diff-scale-by-flax", "parity", "scale = float(np.max(np.abs(e)))", "scale = float(np.max(np.abs(a)))"),
+    ("diff-mean-not-max", "common", "max_abs = float(np.max(np.abs(a - e)))", "max_abs = float(np.mean(np.abs(a - e)))"),
+    ("diff-nonfinite-is-zero", "common", 'return float("inf"), float("inf")', "return 0.0, 0.0"),
+    ("diff-scale-by-flax", "common", "scale = float(np.max(np.abs(e)))", "scale = float(np.max(np.abs(a)))"),
     ("load-without-weights-only", "checkpoint", 'map_location="cpu", weights_only=True)', 'map_location="cpu")'),
     ("decay-step-in-epochs", "schedule", "return round(cfg.lr_decay_at * cfg.epochs) * steps_per_epoch",
      "return round(cfg.lr_decay_at * cfg.epochs)"),
@@ -77,7 +79,7 @@ HAND = [
 
 #: generated mutant id -> why its survival is acceptable (it computes the same thing, or cannot matter)
 EQUIVALENT = {
-    "parity:diff:0.0->1.0#2": "the scale of an empty reference: max|a - e| is 0 there, and 0 / any "
+    "common:diff:0.0->1.0#2": "the scale of an empty reference: max|a - e| is 0 there, and 0 / any "
                               "positive scale is 0, so 1.0 and 0.0 give the same (0.0, 0.0)",
     "convert:flax_to_torch:0->1#1": "reads the kernel size off kW instead of kH; the Net's kernels are "
                                     "square and every shape is checked right after, so only the kernel "
