@@ -12,7 +12,7 @@ This script counts such runs, one configuration at a time, over many seeds.
 
 Configurations: every Adam setting of the grid (``accuracy.SETTINGS`` entries whose function is
 ``adam`` or ``adamw``) at ``--lr`` times the setting's learning-rate scale, and AdamW with lr 3e-3 and
-weight_decay 0.05 (a reviewer's configuration, where each framework had one far run in 12 seeds).
+weight_decay 0.05 (where, on another machine, each framework had one far run in 12 seeds).
 Kernel size 3.
 
 For each configuration and seed 0 .. ``--seeds``-1:
@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 FACTOR = 10            # an outlier is more than FACTOR x its framework's median distance
 KERNEL_SIZE = 3
-#: the reviewer's configuration: (function, keyword arguments, learning rate), lr not scaled by --lr
+#: the configuration seen far on another machine: (function, keyword arguments, learning rate), lr not scaled by --lr
 REVIEWER = ("adamw-lr3e-3-wd0.05", ("adamw", {"weight_decay": 0.05}, 3e-3))
 #: the three float32 runs at each seed, in the order they are printed
 RUNS = ("flax", "torch-onednn", "torch-no-onednn")
