@@ -187,6 +187,21 @@ def test_a_float32_row_over_its_tolerance_is_judged_by_its_distance_from_float64
     assert not row(1e-4, 1.01 * ratio * 1e-4).ok
     assert not row(1e-4, float("nan")).ok
     assert not parity.Row("loss", "nnx", 1.0, 1e-3, 1e-5).ok   # no float64 run: rtol alone decides
+    assert [row(1e-4, ratio * 1e-4).mark, row(1e-4, 2 * ratio * 1e-4).mark] == ["ok*", "FAIL"]
+    assert not parity.Row("loss", "nnx", math.inf, math.inf, 1e-5, float64=(math.inf, math.inf)).ok   # never Inf
+
+
+def test_a_gradient_zero_in_exact_arithmetic_is_judged_by_its_noise_and_the_rest_by_rtol():
+    """``Row.zero`` = (float64 size, the larger float32 side's size there, the difference
+    elsewhere): ok when the noise and the rest are each within rtol (the bound itself holds)."""
+    def row(noise, rest):
+        return parity.Row("grad fc.bias", "nnx", 1e-8, 4.0, 1e-5, zero=(1e-16, noise, rest))
+    assert row(1e-5, 1e-5).ok and row(3e-6, 2e-6).ok and row(3e-6, 2e-6).mark == "ok0"
+    assert not row(2e-5, 1e-6).ok                       # the noise is too large to be noise
+    assert not row(1e-6, 2e-5).ok                       # the other elements differ
+    assert "the larger float32 side is 3.0e-06 of it there, the difference elsewhere 2.0e-06" in \
+        row(3e-6, 2e-6).explain()
+    assert not parity.Row("grad fc.bias", "nnx", math.inf, math.inf, 1e-5, zero=(0.0, 0.0, 0.0)).ok
 
 
 def test_a_tie_between_steps_names_the_first_step_of_the_difference():
