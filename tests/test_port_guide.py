@@ -31,3 +31,15 @@ def test_readme_links_the_guide_and_shows_the_harness_in_ten_lines():
     section = readme.split("## Copy this suite for your own port", 1)[1].split("\n## ", 1)[0]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     assert "parity.check(" in code and len(code.strip().splitlines()) <= 10
+
+
+def test_guide_layer_table_links_tests_that_exist_and_names_every_rule():
+    table = portguide._layers_table()            # asserts each linked test and parameter id is in its file
+    from flax_lenet.porting import port
+    for name in port.RULES:
+        assert name in table or name in ("MultiheadAttention", "LSTM", "GRU"), name
+
+
+def test_guide_cli_block_uses_only_options_the_cli_has():
+    block = portguide._cli_block()               # asserts each option against `flax-lenet COMMAND --help`
+    assert "--name-map" in block and "flax-lenet convert" in block
