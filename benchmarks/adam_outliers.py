@@ -113,21 +113,12 @@ def witness(run: str, seed: int, flagged: dict) -> list[str]:
     return [r for r in others if seed in flagged[r]]
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def environment() -> dict:
     import flax
     import jax
     import torch
+
+    from flax_lenet.app.bench import cpu_name
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join(["python", "benchmarks/adam_outliers.py"] + sys.argv[1:]),

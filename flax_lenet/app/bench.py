@@ -334,7 +334,7 @@ def environment(cfg: BenchConfig) -> dict:
         "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
         "device": cfg.device,
         "jax_device": dev.device_kind,
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(),
@@ -347,7 +347,7 @@ def environment(cfg: BenchConfig) -> dict:
     return env
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
