@@ -32,10 +32,7 @@ the same rule. A witnessed outlier is a tie that the float32 rounding decides, n
 """
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import sys
 import time
 from contextlib import contextmanager
@@ -114,22 +111,11 @@ def witness(run: str, seed: int, flagged: dict) -> list[str]:
 
 
 def environment() -> dict:
-    import flax
-    import jax
+    """bench's record of the machine (CPU, versions, threads, load), and whether oneDNN is there."""
     import torch
 
-    from flax_lenet.app.bench import cpu_name
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": " ".join(["python", "benchmarks/adam_outliers.py"] + sys.argv[1:]),
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "python": platform.python_version(),
-        "jax": jax.__version__, "flax": flax.__version__, "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "torch_onednn_available": torch.backends.mkldnn.is_available(),
-    }
+    from flax_lenet.app.bench import BenchConfig, environment as bench_environment
+    return {**bench_environment(BenchConfig()), "torch_onednn_available": torch.backends.mkldnn.is_available()}
 
 
 def _row(distances) -> str:
