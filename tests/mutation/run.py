@@ -61,6 +61,10 @@ TARGETS = {
     "checkpoint": ("flax_lenet/app/checkpoint.py", ["_load_torch_pickle", "load_state"],
                    ["tests/test_claims_parity_cannot_check.py", "tests/test_checkpoint.py"]),
     "schedule": ("flax_lenet/app/training.py", ["decay_step", "build_optimizers"], ["tests/test_claims_parity_cannot_check.py"]),
+    # the layer rules and the localiser: hand-written mutants only (their tests run whole models)
+    "recurrent": ("flax_lenet/porting/recurrent.py", [], ["tests/test_port_recurrent.py"]),
+    "attention": ("flax_lenet/porting/attention.py", [], ["tests/test_port_attention.py"]),
+    "localise": ("flax_lenet/porting/localise.py", [], ["tests/test_localise.py"]),
 }
 
 #: (name, module, text in the file, replacement): the survivors a reviewer found, and two tiers loosened.
@@ -73,6 +77,17 @@ HAND = [
      "return round(cfg.lr_decay_at * cfg.epochs)"),
     ("torch-to-flax-aliases-bias", "convert", '"bias": np.array(arrays[f"{layer}.bias"])',
      '"bias": arrays[f"{layer}.bias"]'),
+    ("lstm-gates-i-g-f-o", "recurrent", 'LSTM_INPUT = ("ii", "if_", "ig", "io")',
+     'LSTM_INPUT = ("ii", "ig", "if_", "io")'),
+    ("lstm-hidden-bias-dropped", "recurrent", "= b_ih[rows] + b_hh[rows]", "= b_ih[rows]"),
+    ("gru-nonzero-b-hn-accepted", "recurrent", "if np.any(b_hn != 0):", "if False:"),
+    ("attention-key-value-swapped", "attention", '_PROJECTIONS = ("query", "key", "value")',
+     '_PROJECTIONS = ("query", "value", "key")'),
+    ("attention-heads-split-column-major", "attention", "w.T.reshape(-1, h, d)",
+     "w.T.reshape(-1, d, h).swapaxes(1, 2)"),
+    ("localise-never-blames-the-input", "localise", "        if not agrees(up):\n", "        if False:\n"),
+    ("localise-worst-layout", "localise", "return min(common.diff(v, e)[1] for v in fits)",
+     "return max(common.diff(v, e)[1] for v in fits)"),
     ("float64-tier-1e-9", "tolerances", "FLOAT64 = Tolerance(1e-12,", "FLOAT64 = Tolerance(1e-9,"),
     ("float32-cpu-tier-1e-2", "tolerances", "FLOAT32_CPU = Tolerance(1e-5,", "FLOAT32_CPU = Tolerance(1e-2,"),
 ]
