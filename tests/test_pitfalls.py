@@ -122,6 +122,8 @@ def test_same_padding_stride_2():
 
 @pytest.mark.x64
 def test_avgpool_count_include_pad():
+    """The row's case: a padded torch AvgPool2d with count_include_pad=False; and its limit: torch's
+    default (count_include_pad=True) is Flax's default, so that layer needs no fix."""
     pool = nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
     x = RNG.standard_normal((2, 5, 5, 3))
     expected = pool(torch.from_numpy(nchw(x))).numpy()
@@ -130,6 +132,8 @@ def test_avgpool_count_include_pad():
     fixed = nnx.avg_pool(jnp.asarray(x), (3, 3), strides=(1, 1), padding=pad, count_include_pad=False)
     assert rel(nchw(default), expected) > FLOAT64.rtol
     assert rel(nchw(fixed), expected) <= FLOAT64.rtol
+    torch_default = nn.AvgPool2d(3, stride=1, padding=1)(torch.from_numpy(nchw(x))).numpy()
+    assert rel(nchw(default), torch_default) <= FLOAT64.rtol
 
 
 def test_dropout_eval():

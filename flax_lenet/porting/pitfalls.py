@@ -54,9 +54,13 @@ PITFALLS = (
             "(0, 1) instead of (1, 1)",
             "explicit padding ((1, 1), (1, 1)); SAME equals torch's symmetric padding only when the total is even"),
     Pitfall("avgpool_count_include_pad", "AvgPool2d",
-            "count_include_pad=False divides by the cells inside the image",
-            "nnx.avg_pool counts the padding (count_include_pad=True)",
-            "nnx.avg_pool(..., count_include_pad=False), as the torch layer says"),
+            "with padding > 0 and count_include_pad=False, a window on the border is divided by its cells "
+            "inside the image; the default, count_include_pad=True, divides by the whole window, padding "
+            "included",
+            "nnx.avg_pool's default is count_include_pad=True too, so only a torch layer that sets "
+            "count_include_pad=False (and pads) differs: Flax still divides by the whole window",
+            "nnx.avg_pool(..., count_include_pad=False) where the torch layer sets it; nothing to do for "
+            "torch's default"),
     Pitfall("dropout_eval", "Dropout",
             "identity in eval mode; masks from torch's RNG in train mode",
             "nnx.Dropout drops unless deterministic; JAX's RNG never gives torch's masks",
@@ -71,10 +75,14 @@ PITFALLS = (
             "nnx.ConvTranspose (transpose_kernel=False) correlates with its kernel as stored, [kH, kW, I, O]",
             "flip the kernel's spatial axes in the conversion (flax_lenet.porting.port does) and pad k - 1 - p per side"),
     Pitfall("adam_bias_correction_float32", "Adam",
-            "bias corrections 1 - beta**t in Python floats (double)",
-            "computed in float32, 1 - 0.999**1 loses 1.3e-5 of its value to cancellation",
-            "-expm1(t * log(beta)) (flax_lenet.optim uses it for AMSGrad; its plain Adam is optax.adam's, "
-            "within the float32 tier over 10 steps)"),
+            "bias corrections 1 - beta**t in Python floats (double), applied as step_size = lr / (1 - b1**t) "
+            "on m and denominator sqrt(v) / sqrt(1 - b2**t) + eps",
+            "optax.adam (and optax.adamw) compute 1 - beta**t in float32, where 1 - 0.999**1 loses 1.3e-5 of its "
+            "value to cancellation, and divide m and v by it before sqrt(v_hat) + eps: the same equation "
+            "(eps outside the square root) in another rounding order",
+            "flax_lenet.optim.adam and optim.adamw (AMSGrad or not) use neither optax step: 1 - beta**t is "
+            "-expm1(t * log(beta)) in float32 and enters in torch's order, lr / (1 - b1**t) on m and eps "
+            "added to sqrt(v) / sqrt(1 - b2**t); 10 Adam steps stay within parity.check's float32 steps tier"),
     Pitfall("bias_before_batchnorm", "Conv2d + BatchNorm",
             "a conv bias followed by BatchNorm has gradient 0 in exact arithmetic",
             "both frameworks return rounding noise there: noise against noise fails any relative tolerance, and "

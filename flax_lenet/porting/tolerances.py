@@ -6,8 +6,9 @@ gradients, and still O(1) for a missing transpose or a wrong flatten order (whic
 weights to other positions), so no tolerance below can hide one.
 
 Every "measured" figure below comes from this project's own code (``flax_lenet.porting.parity``,
-``flax_lenet.porting.trajectory``, ``flax-lenet train``), on CPU unless it says otherwise. Facts about
-the frameworks come from their documentation, cited beside the tier that relies on them.
+``flax_lenet.porting.trajectory``, ``flax-lenet train``), on CPU: no GPU has run this project, so
+the GPU tiers are estimates, marked "not measured". Facts about the frameworks come from their
+documentation, cited beside the tier that relies on them.
 """
 
 from dataclasses import dataclass
@@ -50,18 +51,22 @@ FLOAT32_CPU = Tolerance(1e-5, _text("""
 # NVIDIA GPUs) unless jax_default_matmul_precision asks for more:
 #   https://docs.jax.dev/en/latest/201/precision.html
 #   https://docs.jax.dev/en/latest/_autosummary/jax.default_matmul_precision.html
-# TF32 keeps 10 explicit mantissa bits, so its unit roundoff is 2**-11 = 4.9e-4. Neither GPU tier
-# has been measured on a GPU yet (benchmarks/gpu.sh and `pytest -m gpu` will): both are set from
-# these facts, and test_parity.py::test_compare_on_gpu checks them on any CUDA machine.
+# TF32 keeps 10 explicit mantissa bits, so its unit roundoff is 2**-11 = 4.9e-4 (the TF32 section
+# of torch's CUDA notes above). Neither GPU tier is measured: no GPU has run this project. Both are
+# estimates from the documented precisions (TF32 off: the same IEEE float32 arithmetic as on CPU;
+# TF32 on: TF32's unit roundoff), not from a GPU run; benchmarks/gpu.sh and `pytest -m gpu`
+# (test_parity.py::test_compare_on_gpu) check them on any CUDA machine.
 FLOAT32_GPU = Tolerance(1e-5, _text("""
     float32 on a GPU with TF32 off in both frameworks (jax_default_matmul_precision='highest',
-    torch cudnn/matmul allow_tf32=False): assumed as CPU (the same IEEE float32 arithmetic in
-    other orders); not measured on a GPU yet"""))
+    torch cudnn/matmul allow_tf32=False): not measured, an estimate: CPU's tier, because the
+    documented precision is then IEEE float32 as on CPU, summed in other orders (torch's CUDA
+    notes on TF32, JAX's default_matmul_precision)"""))
 
 TF32_GPU = Tolerance(2e-2, _text("""
     float32 on a GPU with TF32 on (both frameworks' default for convs, JAX's for dots): 10-bit
-    mantissa, unit roundoff 4.9e-4, the two frameworks round different operands, and gradients
-    pass through two more TF32 products; not measured on a GPU yet"""))
+    mantissa, unit roundoff 4.9e-4 (torch's CUDA notes on TF32), the two frameworks round
+    different operands, and gradients pass through two more TF32 products; not measured, an
+    estimate from that unit roundoff"""))
 
 
 def tolerance(dtype: str, platform: str = "cpu", tf32: bool = False) -> Tolerance:
@@ -125,12 +130,13 @@ TRAJECTORY_FLOAT32_RATIO_REASON = _text("""
     against its own second copy is over 10x, one way or the other, at 10 of the 96 points""")
 
 TRAJECTORY_GPU = Tolerance(3e-3, _text("""
-    float32 on a GPU with TF32 off: not measured for whole runs; assumed as CPU because one step
-    agrees as on CPU (FLOAT32_GPU)"""))
+    float32 on a GPU with TF32 off: not measured, an estimate: CPU's tier, because the one-step
+    tier FLOAT32_GPU is CPU's (itself an estimate from the documented float32 precision)"""))
 
 TRAJECTORY_TF32_GPU = Tolerance(5e-2, _text("""
-    float32 on a GPU with TF32 on: not measured for whole runs; per-step TF32 differences
-    (~1e-3) grow through the same kinks as float32, so only a loose sanity bound is given"""))
+    float32 on a GPU with TF32 on: not measured, an estimate; per-step TF32 differences, expected
+    ~1e-3 from TF32's unit roundoff 4.9e-4, would grow through the same kinks as float32, so only
+    a loose sanity bound is given"""))
 
 
 def trajectory_tolerance(dtype: str, platform: str = "cpu", tf32: bool = False) -> Tolerance:
