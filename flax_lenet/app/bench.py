@@ -383,7 +383,7 @@ def table(results: list[Result], cfg: BenchConfig) -> str:
                      (r.note + (f" spread={r.spread:.0%}" if r.spread is not None else "")).strip()])
     flops = FLOPS_PER_SAMPLE.get(cfg.kernel_size)
     foot = (f"training FLOPs per sample ~{flops / 1e6:.2f} M; spread = (max - min) / median over "
-            f"{cfg.rounds} interleaved rounds; peak MB: device memory of the step (GPU torch, or "
+            f"{cfg.rounds} rounds (interleaved with --processes one); peak MB: device memory of the step (GPU torch, or "
             f"Flax's compiled buffers); peak RSS MB: the peak resident memory of the process that "
             f"ran the implementation (with --processes one, of everything set up before it too)")
     return format_table(header, rows, right=range(2, 9)) + "\n" + foot

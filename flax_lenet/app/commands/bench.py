@@ -1,4 +1,4 @@
-"""``flax-lenet bench``: train-step throughput of Flax and torch side by side; table, JSON, PNG."""
+"""``flax-lenet bench``: train-step throughput of Flax and torch, each at its best; table, JSON, PNG."""
 
 import json
 import os
