@@ -2,7 +2,7 @@
 
 Each ``make_*`` returns ``(torch_model, flax_model, inputs, options)``: ``options`` are the extra
 ``parity.check`` arguments the port needs (a loss, a declared flatten, an input layout). Each
-port follows the pitfalls table in docs/port_your_model.md; the ``broken`` argument builds the
+port follows the pitfalls table in docs/porting.md; the ``broken`` argument builds the
 port as it is easy to get wrong, which the harness must report as failing.
 """
 

@@ -327,3 +327,15 @@ def test_linen_and_keras_sgd_steps_equal_torch_optim_sgd(tutorial):
     for how in got:
         for name, value in state_numpy(net).items():
             assert_close(got[how][name], value, FLOAT64, f"{how} after step {name}")
+
+
+def test_nnx_jaxpr_has_the_nets_layers(tutorial):
+    """The NNX tab's ``jax.make_jaxpr`` over ``nnx.split`` traces the Net's layers, in order."""
+    from flax_lenet import Net
+    from flax_lenet.porting import graph
+    model = Net(3, rngs=nnx.Rngs(0))
+    names = [eqn.primitive.name for eqn in examples.nnx_graph(model, tutorial["x"], tutorial["y"]).jaxpr.eqns]
+    convs = [i for i, n in enumerate(names) if n == "conv_general_dilated"]
+    dots = [i for i, n in enumerate(names) if n == "dot_general"]
+    assert len(convs) == 2 and len(dots) == 3 and convs[-1] < dots[0], names
+    assert names.count("reduce_window_max") == 2 and graph.JAX_OPS["reduce_window_max"] == "max_pool"

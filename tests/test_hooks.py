@@ -278,6 +278,24 @@ def test_linen_apply_runs_interceptors_but_a_cached_jit_trace_does_not(setup):
     assert_close(cached, plain, FLOAT64, "cached jit ignores interceptors")
 
 
+
+def test_a_new_jit_wrapper_of_apply_replays_the_trace_made_inside_the_block(setup):
+    """jax.jit keeps traces per wrapped function, and bound methods of one module compare equal:
+    while the wrapper traced inside the block lives, a new ``jax.jit(net.apply)`` after the block
+    replays the intercepted trace; once it is gone, a new wrapper traces afresh, without it."""
+    net = linen.Net(3, param_dtype=jnp.float64)
+    variables, x = {"params": setup["params"]}, setup["x"]
+    interceptor = linen_hooks("fc3", post=lambda m, a, out: 2 * out)
+    plain = np.asarray(net.apply(variables, x))
+    traced_inside = jax.jit(net.apply)
+    with nn.intercept_methods(interceptor):
+        np.testing.assert_array_equal(np.asarray(traced_inside(variables, x)), 2 * plain)
+    np.testing.assert_array_equal(np.asarray(jax.jit(net.apply)(variables, x)), 2 * plain)
+    del traced_inside
+    import gc
+    gc.collect()
+    np.testing.assert_array_equal(np.asarray(jax.jit(net.apply)(variables, x)), plain)
+
 def test_nnx_hooks_run_under_call_and_nnx_jit_but_not_the_base_class_call(setup):
     model, x = setup["model"], setup["x"]
     counter = Counter()

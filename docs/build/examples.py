@@ -28,7 +28,7 @@ def flax_layer_two_ways(conv: nnx.Conv, x):
 
 
 def torch_single_image(net, image):
-    """torch.nn takes mini-batches only: ``(1, 32, 32)`` -> ``(1, 1, 32, 32)``."""
+    """The Net needs a batch dimension: ``(1, 32, 32)`` -> ``(1, 1, 32, 32)``."""
     return net(image.unsqueeze(0))             # (1, 10)
 
 
@@ -57,6 +57,12 @@ def torch_backprop(net, input, target):
 def flax_backprop(model, x, target):
     """``nnx.grad`` returns fresh gradients, a tree shaped like the parameters: nothing to zero."""
     return nnx.grad(loss_fn)(model, x, target)
+
+
+def nnx_graph(model, x, target):
+    """``jax.make_jaxpr`` of the loss as a function of the model's state (``nnx.split``)."""
+    graphdef, state = nnx.split(model)
+    return jax.make_jaxpr(lambda state: loss_fn(nnx.merge(graphdef, state), x, target))(state)
 
 
 @jax.jit

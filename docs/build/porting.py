@@ -1,13 +1,15 @@
 """The rows a porter still misses: one small function per framework, run by tests/test_porting_rows.py.
 
-Each row is PyTorch, then NNX, Linen and Keras (JAX backend, ``keras_reference``); the page shows
-these functions' source. Weights and data are shared through numpy, never through seeds.
+Each row is PyTorch, then NNX, then Linen and Keras (JAX backend, ``keras_reference``) where their
+idiom differs from NNX's; the page shows these functions' source. Weights and data are shared
+through numpy, never through seeds.
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import torch
 import torch.nn as tnn
 from flax import linen as nn
@@ -30,12 +32,14 @@ def torch_train_eval(linear: tnn.Linear, x):
 
 
 def nnx_train_eval(linear: nnx.Linear, x):
-    """``model.train()`` / ``model.eval()`` set ``deterministic`` on every ``nnx.Dropout``."""
+    """``model.train()`` / ``model.eval()`` set ``deterministic`` on every ``nnx.Dropout``, in place;
+    ``nnx.view(model, deterministic=True)`` is a new eval-mode model sharing the same Variables."""
     model = nnx.Sequential(linear, nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=0)))
     model.train()
     trained = model(x)
+    viewed = nnx.view(model, deterministic=True)(x)   # functional: model itself still trains
     model.eval()
-    return trained, model(x)
+    return trained, model(x), viewed
 
 
 def linen_train_eval(variables, x):
@@ -352,3 +356,494 @@ def keras_call_vs_call(model, x):
     direct = model.call(x, training=True)  # no Model.__call__: unbuilt, layers see no training flag
     built_before = model.built
     return model(x, training=True), direct, built_before
+
+
+# --- torch.device("meta") / functional_call vs nnx.eval_shape / nnx.split / nnx.merge ---------
+
+
+def torch_meta_functional_call(net_class, state, x):
+    """``torch.device('meta')`` builds shapes without memory; ``torch.func.functional_call`` runs
+    the module on a dict of tensors in place of its own."""
+    with torch.device("meta"):
+        net = net_class()                  # meta tensors: shape and dtype, no data, no init
+    shapes = {name: tuple(p.shape) for name, p in net.named_parameters()}
+    net = net.to_empty(device="cpu")       # real, uninitialised memory
+    return shapes, torch.func.functional_call(net, state, (x,))
+
+
+def nnx_eval_shape_split_merge(net_class, params, x):
+    """``nnx.eval_shape``: a model of ``jax.ShapeDtypeStruct`` leaves (no memory, no init);
+    ``nnx.split`` gives its static ``GraphDef`` and its ``State``; ``nnx.merge`` rebuilds a model
+    from a graphdef and any state of that structure."""
+    abstract = nnx.eval_shape(lambda: net_class(rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    shapes = nnx.to_pure_dict(state)       # ShapeDtypeStruct leaves
+    nnx.replace_by_pure_dict(state, params)
+    return shapes, nnx.merge(graphdef, state)(x)
+
+
+def linen_eval_shape_split_merge(net, params, x):
+    """A Linen module is split already: the module is the graph definition, ``variables`` the state;
+    ``jax.eval_shape(net.init, ...)`` gives the variables' shapes without memory."""
+    shapes = jax.eval_shape(net.init, jax.random.key(0), x)["params"]
+    variables = {"params": params}
+    return shapes, net.apply(variables, x)
+
+
+def keras_eval_shape_split_merge(model, weights, x):
+    """``model.stateless_call`` is ``functional_call``; Keras has no meta device (a built model holds memory)."""
+    outputs, _ = model.stateless_call(weights, [], x)
+    return outputs
+
+
+# --- register_buffer: state that is not a parameter ------------------------------------------
+
+
+def torch_buffer(linear, x, lr=0.1):
+    """``register_buffer``: in ``state_dict()``, not in ``parameters()``, so no optimizer sees it."""
+    class Tracked(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = linear
+            self.register_buffer("mean", torch.zeros(linear.out_features))
+
+        def forward(self, x):
+            y = self.linear(x)
+            with torch.no_grad():
+                self.mean.mul_(0.9).add_(0.1 * y.mean(0))     # a running mean of the outputs
+            return y
+
+    net = Tracked()
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+    (net(x) ** 2).mean().backward()
+    optimizer.step()
+    return [name for name, _ in net.named_parameters()], list(net.state_dict()), net
+
+
+def nnx_buffer(linear, x, lr=0.1):
+    """A Variable that is not an ``nnx.Param`` (``nnx.BatchStat``, as ``nnx.BatchNorm`` keeps its
+    running mean): in ``nnx.state(model)``, not in ``nnx.state(model, nnx.Param)``, which is what
+    ``nnx.grad`` differentiates and ``nnx.Optimizer(wrt=nnx.Param)`` updates."""
+    class Tracked(nnx.Module):
+        def __init__(self):
+            self.linear = linear
+            self.mean = nnx.BatchStat(jnp.zeros(linear.out_features))
+
+        def __call__(self, x):
+            y = self.linear(x)
+            self.mean[...] = 0.9 * self.mean[...] + 0.1 * jax.lax.stop_gradient(y).mean(0)
+            return y
+
+    model = Tracked()
+    optimizer = nnx.Optimizer(model, optax.sgd(lr), wrt=nnx.Param)
+    grads = nnx.grad(lambda model: (model(x) ** 2).mean())(model)   # the mean's update is kept
+    optimizer.update(model, grads)
+    names = lambda state: [".".join(map(str, path)) for path, _ in nnx.to_flat_state(state)]  # noqa: E731
+    return names(nnx.state(model, nnx.Param)), names(nnx.state(model)), model
+
+
+def linen_buffer(variables, x, lr=0.1):
+    """``self.variable('batch_stats', ...)``: a collection beside ``params``; ``apply`` returns its
+    update when it is ``mutable``, and the optimizer is given ``variables['params']`` only."""
+    class Tracked(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            y = nn.Dense(8)(x)
+            mean = self.variable("batch_stats", "mean", jnp.zeros, (8,))
+            mean.value = 0.9 * mean.value + 0.1 * jax.lax.stop_gradient(y).mean(0)
+            return y
+
+    def loss(params):
+        y, updates = Tracked().apply({**variables, "params": params}, x, mutable=["batch_stats"])
+        return (y ** 2).mean(), updates
+
+    grads, updates = jax.grad(loss, has_aux=True)(variables["params"])
+    tx = optax.sgd(lr)
+    steps, _ = tx.update(grads, tx.init(variables["params"]))
+    return {"params": optax.apply_updates(variables["params"], steps), **updates}
+
+
+def keras_buffer(dense, x):
+    """``add_weight(trainable=False)``: in ``model.weights``, not in ``trainable_weights`` (what
+    the optimizer gets); ``assign`` writes it."""
+    class Tracked(keras.layers.Layer):
+        def __init__(self):
+            super().__init__()
+            self.dense = dense
+
+        def build(self, input_shape):
+            self.mean = self.add_weight(shape=(dense.units,), initializer="zeros", trainable=False)
+
+        def call(self, x):
+            y = self.dense(x)
+            self.mean.assign(0.9 * self.mean + 0.1 * keras.ops.mean(keras.ops.stop_gradient(y), axis=0))
+            return y
+
+    layer = Tracked()
+    layer(x)
+    return layer
+
+
+# --- nn.Sequential / nn.ModuleList ------------------------------------------------------------
+
+
+def torch_sequential(first, second, x):
+    """``nn.Sequential`` calls its children in order; ``nn.ModuleList`` registers a list of them
+    (a plain Python list would hide their parameters)."""
+    seq = tnn.Sequential(first, tnn.ReLU(), second)
+
+    class Stack(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = tnn.ModuleList([first, second])
+
+    names = lambda net: [name for name, _ in net.named_parameters()]  # noqa: E731
+    return names(seq), seq(x), names(Stack())
+
+
+def nnx_sequential(first, second, x):
+    """``nnx.Sequential`` (layers in its ``layers`` attribute); ``nnx.List`` for a list of
+    submodules: in Flax 0.12 a plain list of modules as an attribute is an error."""
+    seq = nnx.Sequential(first, nnx.relu, second)
+
+    class Stack(nnx.Module):
+        def __init__(self):
+            self.blocks = nnx.List([first, second])
+
+    def names(model):
+        return [".".join(map(str, path)) for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))]
+
+    return names(seq), seq(x), names(Stack())
+
+
+def linen_sequential(variables, x):
+    """``nn.Sequential([...])`` names its layers ``layers_0``, ``layers_2`` in ``variables``; a
+    list of submodules assigned in ``setup`` is registered too (``blocks_0``, ``blocks_1``)."""
+    seq = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(8)])
+
+    class Stack(nn.Module):
+        def setup(self):
+            self.blocks = [nn.Dense(8), nn.Dense(8)]
+
+        def __call__(self, x):
+            return self.blocks[1](nn.relu(self.blocks[0](x)))
+
+    names = lambda net: sorted(jax.eval_shape(net.init, jax.random.key(0), x)["params"])  # noqa: E731
+    return names(seq), seq.apply(variables, x), names(Stack())
+
+
+def keras_sequential(first, second, x):
+    """``keras.Sequential([...])``; in a subclassed ``keras.Model`` a plain list of layers is tracked."""
+    seq = keras.Sequential([first, keras.layers.ReLU(), second])
+
+    class Stack(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.blocks = [first, second]
+
+    return seq(x), len(Stack().trainable_weights)
+
+
+# --- lr_scheduler.MultiStepLR vs optax.piecewise_constant_schedule ---------------------------
+
+
+def torch_multistep_lr(lr, milestones, gamma, epochs, steps_per_epoch):
+    """``MultiStepLR`` counts epochs: ``scheduler.step()`` once per epoch, after ``optimizer.step()``."""
+    param = tnn.Parameter(torch.zeros(()))
+    optimizer = torch.optim.SGD([param], lr=lr)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma)
+    used = []
+    for epoch in range(epochs):
+        for _ in range(steps_per_epoch):
+            used.append(optimizer.param_groups[0]["lr"])
+            param.grad = torch.ones(())
+            optimizer.step()
+        scheduler.step()
+    return used
+
+
+def nnx_multistep_lr(lr, milestones, gamma, epochs, steps_per_epoch):
+    """optax counts updates, from 0: milestone epoch m is the boundary ``m * steps_per_epoch``;
+    the schedule goes where the learning rate goes (``optax.sgd(schedule)``, ``nnx.Optimizer``)."""
+    schedule = optax.piecewise_constant_schedule(lr, {m * steps_per_epoch: gamma for m in milestones})
+    tx = optax.sgd(schedule)
+    state, used = tx.init(jnp.zeros(())), []
+    for _ in range(epochs * steps_per_epoch):
+        updates, state = tx.update(jnp.ones(()), state)   # sgd's update is -lr * grad
+        used.append(-float(updates))
+    return used
+
+
+def keras_multistep_lr(lr, milestones, gamma, epochs, steps_per_epoch):
+    """``PiecewiseConstantDecay`` switches after a boundary (``step > b``): epoch m is ``m * S - 1``."""
+    boundaries = [m * steps_per_epoch - 1 for m in milestones]
+    values = [lr * gamma ** i for i in range(len(milestones) + 1)]
+    optimizer = keras.optimizers.SGD(keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values))
+    param, used = keras.Variable(0.0), []
+    for _ in range(epochs * steps_per_epoch):
+        used.append(float(optimizer.learning_rate))
+        optimizer.apply([keras.ops.ones(())], [param])
+    return used
+
+
+# --- clip_grad_norm_ vs optax.clip_by_global_norm --------------------------------------------
+
+
+def torch_clip_grad_norm(params, max_norm):
+    """``clip_grad_norm_`` multiplies every ``.grad`` in place by min(1, max_norm / (norm + 1e-6))."""
+    norm = tnn.utils.clip_grad_norm_(params, max_norm)
+    return norm, [p.grad for p in params]
+
+
+def nnx_clip_grad_norm(grads, max_norm):
+    """``optax.clip_by_global_norm``: unchanged below max_norm, else ``g / norm * max_norm`` (no 1e-6);
+    in training it goes first in the chain: ``optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(lr))``."""
+    tx = optax.clip_by_global_norm(max_norm)
+    clipped, _ = tx.update(grads, tx.init(grads))
+    return optax.tree.norm(grads), clipped
+
+
+def keras_clip_grad_norm(grads, max_norm):
+    """Keras clips inside the optimizer, ``global_clipnorm=``: scale ``max_norm * min(1/norm, 1/max_norm)``."""
+    optimizer = keras.optimizers.SGD(learning_rate=1.0, global_clipnorm=max_norm)
+    variables = [keras.Variable(keras.ops.zeros(g.shape)) for g in grads]
+    optimizer.apply(grads, variables)                  # 0 - 1.0 * clipped: the clipped gradients, negated
+    return [-v.value for v in variables]
+
+
+# --- nn.CrossEntropyLoss vs optax.softmax_cross_entropy_with_integer_labels -------------------
+
+
+def torch_cross_entropy(logits, labels):
+    """``nn.CrossEntropyLoss`` takes logits (log-softmax inside) and int64 labels; mean over the batch."""
+    return tnn.CrossEntropyLoss()(logits, labels)
+
+
+def nnx_cross_entropy(logits, labels):
+    """optax's loss is per example: ``.mean()`` is torch's default ``reduction='mean'``."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def keras_cross_entropy(logits, labels):
+    """``SparseCategoricalCrossentropy``: ``(labels, logits)`` order, and ``from_logits`` defaults to False."""
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, logits)
+
+
+# --- loss.item(), async dispatch, block_until_ready ------------------------------------------
+
+
+def torch_item(linear, x):
+    """``loss.item()`` copies the value to a Python float, waiting for it (on a GPU: a sync)."""
+    loss = (linear(x) ** 2).mean()
+    return loss, loss.item()
+
+
+def nnx_item(model, x):
+    """A jitted call returns at once (asynchronous dispatch); ``float(loss)`` (``loss.item()``) waits
+    and converts; ``loss.block_until_ready()`` (``jax.block_until_ready(tree)``) waits and returns
+    the same array: put it before reading a timer."""
+    loss = nnx.jit(lambda model, x: (model(x) ** 2).mean())(model, x)
+    ready = loss.block_until_ready()
+    return loss, ready, float(loss)
+
+
+# --- torch.save / torch.load vs Orbax --------------------------------------------------------
+
+
+def torch_checkpoint(net, new_net, path):
+    """``torch.save`` pickles the state_dict; ``torch.load(weights_only=True)`` unpickles tensors only."""
+    torch.save(net.state_dict(), path)
+    new_net.load_state_dict(torch.load(path, weights_only=True))
+    return new_net
+
+
+def nnx_checkpoint(model, net_class, path):
+    """Orbax saves ``nnx.state(model)``; a restore is given the target's structure (from
+    ``nnx.eval_shape``: no memory) and ``nnx.update`` loads it into the new model."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(path, nnx.state(model))
+        checkpointer.wait_until_finished()
+        new_model = nnx.eval_shape(lambda: net_class(rngs=nnx.Rngs(0)))
+        nnx.update(new_model, checkpointer.restore(path, nnx.state(new_model)))
+    return new_model
+
+
+def linen_checkpoint(net, variables, x, path):
+    """The same for a ``variables`` dict; its structure comes from ``jax.eval_shape(net.init, ...)``."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(path, variables)
+        checkpointer.wait_until_finished()
+        return checkpointer.restore(path, jax.eval_shape(net.init, jax.random.key(0), x))
+
+
+def keras_checkpoint(model, new_model, path):
+    """``save_weights`` / ``load_weights`` (an ``.weights.h5`` file; ``model.save`` for a ``.keras`` archive)."""
+    model.save_weights(path)
+    new_model.load_weights(path)
+    return new_model
+
+
+# --- donation: jax.jit / nnx.jit donate_argnames ---------------------------------------------
+
+
+def torch_donated_step(linear, x, target, lr=0.01):
+    """torch updates in place: the new weights overwrite the old tensors' memory."""
+    tnn.MSELoss()(linear(x), target).backward()
+    with torch.no_grad():
+        for p in linear.parameters():
+            p.sub_(lr * p.grad)
+
+
+def nnx_donated_step(model, x, target, lr=0.01, donate=("model", "optimizer")):
+    """``donate_argnames``: XLA may write the result into the donated buffers, and the caller's
+    old arrays are deleted; ``model`` and ``optimizer`` hold the new ones after the call."""
+    optimizer = nnx.Optimizer(model, optax.sgd(lr), wrt=nnx.Param)
+
+    @nnx.jit(donate_argnames=donate)
+    def step(model, optimizer, x, target):
+        grads = nnx.grad(lambda model: mse_loss(model(x), target))(model)
+        optimizer.update(model, grads)
+
+    step(model, optimizer, x, target)
+
+
+def linen_donated_step(net, variables, x, target, lr=0.01, donate="variables"):
+    """``jax.jit(..., donate_argnames='variables')``: the donated dict's arrays are deleted; use the returned one."""
+    @jax.jit(donate_argnames=donate)
+    def step(variables, x, target):
+        grads = jax.grad(lambda variables: mse_loss(net.apply(variables, x), target))(variables)
+        return jax.tree.map(lambda p, g: p - lr * g, variables, grads)
+
+    return step(variables, x, target)
+
+
+# --- in-place ops vs .at[].set ---------------------------------------------------------------
+
+
+def torch_in_place(t):
+    """Tensors are mutable: ``t[0] = 1`` and ``t.add_(1)`` change ``t`` and every alias of it."""
+    alias = t
+    t[0] = 1
+    t.add_(1)
+    return alias
+
+
+def nnx_in_place(x):
+    """JAX arrays are immutable: ``x.at[0].set(1)`` returns a new array and ``x`` is unchanged; an
+    ``nnx.Variable`` is the mutable box: ``v[0] = 1`` puts a new array in it."""
+    y = x.at[0].set(1) + 1
+    v = nnx.Variable(x)
+    v[0] = 1
+    v[...] += 1
+    return x, y, v[...]
+
+
+# --- int64 vs int32: the default integer --------------------------------------------------------
+
+
+def torch_int_default(logits):
+    """Python ints become int64 (``torch.long``), the dtype ``CrossEntropyLoss`` wants for labels."""
+    labels = torch.tensor([3, 1])
+    return labels.dtype, tnn.CrossEntropyLoss()(logits, labels)
+
+
+def nnx_int_default(logits):
+    """JAX's default integer is int32 unless x64 is on (``with jax.enable_x64(True):``); optax takes
+    int32 labels; an int64 numpy array becomes int32 without a word."""
+    labels = jnp.array([3, 1])
+    return labels.dtype, optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def keras_int_default(logits):
+    """Keras on JAX follows JAX: int32 without x64."""
+    labels = keras.ops.convert_to_tensor([3, 1])
+    return labels.dtype, keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, logits)
+
+
+# --- print(net) and the parameter count ------------------------------------------------------
+
+
+def torch_summary(net):
+    """``print(net)`` lists the submodules; the count sums ``numel()`` over ``parameters()`` (no buffers)."""
+    return str(net), sum(p.numel() for p in net.parameters())
+
+
+def nnx_summary(model):
+    """``print(model)`` (``nnx.display(model)`` in a notebook) shows every Variable with counts;
+    the count is over ``nnx.Param`` only."""
+    count = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    return str(model), count
+
+
+def linen_summary(net, variables, x):
+    """``net.tabulate(key, x)`` makes the table; the count walks ``variables['params']``."""
+    return net.tabulate(jax.random.key(0), x), sum(p.size for p in jax.tree.leaves(variables["params"]))
+
+
+def keras_summary(model):
+    """``model.summary()`` prints a table; ``count_params()`` counts every weight, trainable or not."""
+    lines = []
+    model.summary(print_fn=lambda line, line_break=True: lines.append(line))
+    return "\n".join(lines), model.count_params()
+
+
+# --- the dropout random stream ---------------------------------------------------------------
+
+
+def torch_dropout_stream(x, seed):
+    """Dropout draws from torch's global generator: each call draws anew; re-seeding repeats."""
+    dropout = tnn.Dropout(0.5)
+    torch.manual_seed(seed)
+    first, second = dropout(x), dropout(x)
+    torch.manual_seed(seed)
+    return first, second, dropout(x)
+
+
+def nnx_dropout_stream(x, seed):
+    """``nnx.Dropout(rngs=nnx.Rngs(dropout=seed))`` keeps its own ``dropout`` stream: each call
+    advances it; a new stream from the same seed repeats."""
+    dropout = nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=seed))
+    first, second = dropout(x), dropout(x)
+    return first, second, nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=seed))(x)
+
+
+def linen_dropout_stream(x, seed):
+    """Linen takes the key at every ``apply``: the same key, the same mask; split a new one per step."""
+    dropout, variables = nn.Dropout(0.5, deterministic=False), {}
+    key = jax.random.key(seed)
+    first = dropout.apply(variables, x, rngs={"dropout": key})
+    again = dropout.apply(variables, x, rngs={"dropout": key})          # the same mask
+    _, step_key = jax.random.split(key)
+    return first, again, dropout.apply(variables, x, rngs={"dropout": step_key})
+
+
+def keras_dropout_stream(x, seed):
+    """``Dropout(seed=)`` keeps a ``SeedGenerator``: each call advances it; a new layer repeats."""
+    dropout = keras.layers.Dropout(0.5, seed=seed)
+    first, second = dropout(x, training=True), dropout(x, training=True)
+    return first, second, keras.layers.Dropout(0.5, seed=seed)(x, training=True)
+
+
+# --- out.backward(v) vs jax.vjp ----------------------------------------------------------------
+
+
+def torch_vjp(net, x, v):
+    """``out.backward(v)``: the vector-Jacobian product vᵀJ, into ``x.grad`` and every ``p.grad``."""
+    x = x.clone().requires_grad_(True)
+    net(x).backward(v)
+    return x.grad, {name: p.grad for name, p in net.named_parameters()}
+
+
+def nnx_vjp(model, x, v):
+    """``jax.vjp`` returns the output and a function of v; for the parameters, ``nnx.grad`` of
+    ``jnp.vdot(model(x), v)`` is the same product."""
+    _, vjp_fn = jax.vjp(lambda x: model(x), x)
+    (x_bar,) = vjp_fn(v)
+    return x_bar, nnx.grad(lambda model: jnp.vdot(model(x), v))(model)
+
+
+def linen_vjp(net, variables, x, v):
+    """One ``jax.vjp`` over both arguments of ``net.apply``: the variables' and the input's products."""
+    _, vjp_fn = jax.vjp(net.apply, variables, x)
+    variables_bar, x_bar = vjp_fn(v)
+    return x_bar, variables_bar

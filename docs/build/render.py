@@ -1,11 +1,11 @@
-"""Render ``content.SECTIONS`` to Markdown and to one self-contained HTML page.
+"""Render ``content.SECTIONS``, the porting reference, to Markdown and to one self-contained HTML page.
 
 Code comes from ``inspect.getsource`` of the named objects at generation time; the figures come
 from running ``flax_lenet.porting.parity.compare`` (seed 0, batch 1, kernel size 3, float64 and float32).
 A figure is printed as the power of ten above the measured difference beside its tolerance
 ("< 1e-15 (limit ≤ 1e-12)"), or as "= 0": the measured digits themselves vary from machine to
-machine in their last places, the decade does not, so the output changes (and ``--check``
-fails) only when a difference moves by a factor of ten or a claim stops holding.
+machine in their last places, and so can the decade (a one-ulp difference on another CPU), so
+``--check`` checks each figure against its limit, not byte for byte.
 """
 
 import functools
@@ -17,9 +17,16 @@ from pathlib import Path
 from docs.build import content, mapping
 
 ROOT = Path(__file__).resolve().parents[2]          # the repository
-FILES = ("side_by_side.md", "side_by_side.html")
+FILES = ("porting.md", "porting.html")
 DTYPES = ("float64", "float32")
 GENERATOR = "python -m docs.build"
+TITLE = "PyTorch to JAX/Flax: the porting reference"
+INTRO = ("Each PyTorch idiom of the neural-network tutorial and the ones a porter meets next, beside its "
+         "Flax NNX, Linen, functional and Keras (JAX backend) counterparts. The step-by-step walk-through is "
+         "tutorial.md; porting a model of your own is port_your_model.md. Every code block is pulled "
+         "from this repository's source when the page is generated; every row names the test that "
+         "proves it and says how exact it is: the same bits, the same values within a named tolerance "
+         "of flax_lenet.porting.tolerances, or values only.")
 
 
 # --- inputs: source code, figures, graph -------------------------------------------------------
@@ -130,14 +137,15 @@ def _md_section(i: int, s, numbers, graph_rows) -> str:
                                  f"`{r.linen}`", f"`{r.jax}`", r.exact, _md_tests(r)) for r in mapping.OPS]) + "\n")
     if s.extra == "graph":
         from flax_lenet.porting import graph
-        parts.append(f"What `{RAW_JAXPR_CALL}` prints:\n\n```\n{raw_jaxpr()}\n```\n")
-        parts.append("The same primitives grouped into layers by `flax_lenet.porting.graph`, beside torch's chain:\n\n"
+        parts.append("The primitives of `jax.make_jaxpr(functional.loss_fn)` grouped into layers by "
+                     "`flax_lenet.porting.graph`, beside torch's chain:\n\n"
                      "```\n" + graph.render(graph_rows) + "\n```\n")
     if s.notes:
         parts.append("**Differences**\n\n" + "\n".join(f"- {n}" for n in s.notes) + "\n")
     if s.numbers:
         parts.append("**Measured by `flax-lenet compare`** (max |flax − torch| / max |torch|, all three "
-                     "flavours, seed 0, batch 1: the power of ten above the largest, beside its limit)\n\n"
+                     "flavours, seed 0, batch 1: the power of ten above the largest on the machine that "
+                     "generated this page, beside the limit every machine meets)\n\n"
                      + _md_table(("quantity", *DTYPES), [(q, *cells) for q, cells in figures(s.numbers, numbers)])
                      + "\n")
     if s.exact:
@@ -159,42 +167,31 @@ def _row_tests(row) -> tuple:
     return tuple(t for t in (row.test, row.also, getattr(row, "keras_test", "")) if t)
 
 
-RAW_JAXPR_CALL = "jax.make_jaxpr(functional.loss_fn)(params, x, target)"
+PITFALL_HEADER = ("layer", "torch", "Flax default", "fix", "test")
+PITFALLS_INTRO = ("Where a port goes wrong by default (flax_lenet.porting.pitfalls). Each row has a test "
+                  "showing that the default port differs from torch by more than the tolerance and that "
+                  "the fix brings it within.")
 
 
-@functools.lru_cache(maxsize=None)
-def raw_jaxpr() -> str:
-    """What ``jax.make_jaxpr`` prints for the functional loss: kernel size 3, float32, batch 1."""
-    import jax
-    import numpy as np
-    import torch
-
-    from flax_lenet import convert, functional
-    from torch_reference import Net as TorchNet
-    torch.manual_seed(0)
-    params = convert.torch_to_flax(TorchNet(3).state_dict())
-    x = jax.ShapeDtypeStruct((1, 32, 32, 1), np.float32)
-    target = jax.ShapeDtypeStruct((1, 10), np.float32)
-    with jax.enable_x64(False):                     # the page's jaxpr does not depend on the x64 flag
-        return str(jax.make_jaxpr(functional.loss_fn)(params, x, target))
+def pitfall_rows() -> list[tuple[str, ...]]:
+    from flax_lenet.porting import pitfalls
+    return [(p.layer, p.torch, p.flax, p.fix, p.test) for p in pitfalls.PITFALLS]
 
 
 def markdown(numbers, graph_rows) -> str:
-    """The whole tutorial as Markdown (PyTorch first, then each Flax flavour, per section)."""
+    """The whole reference as Markdown (PyTorch first, then each Flax flavour, per section)."""
     head = [
-        "# The PyTorch neural-network tutorial, side by side with JAX/Flax\n",
+        f"# {TITLE}\n",
         f"<!-- generated by `{GENERATOR}` from the project's source; do not edit -->\n",
-        "Every code block below is pulled from this repository's source when the page is generated; "
-        "every claim links to the test that proves it, and every row says how exact it is: the same bits, "
-        "the same values within a named tolerance of `flax_lenet.porting.tolerances`, or values only. The HTML "
-        "version (`side_by_side.html`) puts PyTorch and Flax in two columns; Keras (JAX backend, "
-        "`keras_reference`) is a tab beside the Flax flavours.\n",
+        INTRO + " The HTML version (`porting.html`) puts PyTorch and Flax in two columns.\n",
         "## How the pieces map\n",
         _md_table(("PyTorch", "JAX / Flax", "Keras (JAX backend)", "note", "how exact", "proof"),
                   [(f"`{r.torch}`", f"`{r.flax}`", f"`{r.keras}`", r.note, r.exact, _md_tests(r))
                    for r in mapping.CONCEPTS]) + "\n",
     ]
     body = [_md_section(i, s, numbers, graph_rows) for i, s in enumerate(content.SECTIONS, 1)]
+    body.append(f"## Porting pitfalls\n\n{PITFALLS_INTRO}\n\n"
+                + _md_table(PITFALL_HEADER, [(*r[:4], f"`{r[4]}`") for r in pitfall_rows()]) + "\n")
     foot = ["## Generated from\n", _md_table(("file", "sha256 (first 16 hex digits)"),
                                               [(f"`{p}`", h) for p, h in fingerprints()]) + "\n"]
     return "\n".join(head + body + foot)
@@ -301,10 +298,8 @@ def _html_section(i: int, s, numbers, graph_rows) -> str:
                                   for r in mapping.OPS], code_cols=(1, 2, 3, 4, 5, 7)))
     if s.extra == "graph":
         from flax_lenet.porting import graph
-        parts.append(f"<p>What <code>{_esc(RAW_JAXPR_CALL)}</code> prints:</p>"
-                     f'<pre class="graph jaxpr">{_esc(raw_jaxpr())}</pre>'
-                     "<p>The same primitives grouped into layers by <code>flax_lenet.porting.graph</code>, "
-                     "beside torch's chain:</p>"
+        parts.append("<p>The primitives of <code>jax.make_jaxpr(functional.loss_fn)</code> grouped into layers "
+                     "by <code>flax_lenet.porting.graph</code>, beside torch's chain:</p>"
                      f'<pre class="graph">{_esc(graph.render(graph_rows))}</pre>')
     left = ""
     if s.notes:
@@ -313,7 +308,8 @@ def _html_section(i: int, s, numbers, graph_rows) -> str:
     if s.numbers:
         right = ("<h3>Measured by <code>flax-lenet compare</code></h3>"
                  "<p>max |flax − torch| / max |torch|, NNX, Linen and functional, seed 0, batch 1: "
-                 "the power of ten above the largest, beside its limit</p>"
+                 "the power of ten above the largest on the machine that generated this page, beside "
+                 "the limit every machine meets</p>"
                  + _html_table(("quantity", *DTYPES), [(q, *c) for q, c in figures(s.numbers, numbers)]))
     proof = ('<div class="proof"><h3>Proved by</h3><ul>'
              + "".join(f'<li><code>{_esc(t)}</code></li>' for t in s.tests) + "</ul></div>")
@@ -323,7 +319,7 @@ def _html_section(i: int, s, numbers, graph_rows) -> str:
 
 
 def page(numbers, graph_rows) -> str:
-    """The whole tutorial as one self-contained HTML page (inline CSS, no scripts, no fetches)."""
+    """The whole reference as one self-contained HTML page (inline CSS, no scripts, no fetches)."""
     concepts = _html_table(("PyTorch", "JAX / Flax", "Keras (JAX backend)", "note", "how exact", "proof"),
                            [(r.torch, r.flax, r.keras, r.note, r.exact, ", ".join(_row_tests(r)))
                             for r in mapping.CONCEPTS], code_cols=(0, 1, 2, 5))
@@ -336,19 +332,21 @@ def page(numbers, graph_rows) -> str:
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="generator" content="{_esc(GENERATOR)}">
-<title>PyTorch and JAX/Flax side by side: the neural-network tutorial</title>
+<title>{_esc(TITLE)}</title>
 <style>{styles}</style>
 </head>
 <body>
 <main>
-<h1>The PyTorch neural-network tutorial, side by side with JAX/Flax</h1>
-<p>Generated by <code>{_esc(GENERATOR)}</code>: every code block is pulled from this repository's source,
-every figure is measured by <code>flax-lenet compare</code> when the page is generated, and every claim
-names the test that proves it and says how exact it is. PyTorch on the left, Flax on the right (NNX;
-Linen, functional and Keras on the JAX backend one click away).</p>
+<h1>{_esc(TITLE)}</h1>
+<p>{_esc(INTRO)} PyTorch on the left, Flax on the right (NNX; Linen, functional and Keras on the JAX
+backend one click away). Generated by <code>{_esc(GENERATOR)}</code>.</p>
 <h2>How the pieces map</h2>
 {concepts}
 {sections}
+<section class="pitfalls" id="porting-pitfalls"><h2>Porting pitfalls</h2>
+<p>{_esc(PITFALLS_INTRO)}</p>
+{_html_table(PITFALL_HEADER, pitfall_rows(), code_cols=(4,))}
+</section>
 <section class="sources"><h2>Generated from</h2>
 {sources}
 </section>
@@ -363,4 +361,4 @@ def build(numbers=None, graph_rows=None) -> dict[str, str]:
     from flax_lenet.porting import graph
     numbers = measure() if numbers is None else numbers
     graph_rows = graph.net_graphs(3) if graph_rows is None else graph_rows
-    return {"side_by_side.md": markdown(numbers, graph_rows), "side_by_side.html": page(numbers, graph_rows)}
+    return {"porting.md": markdown(numbers, graph_rows), "porting.html": page(numbers, graph_rows)}
