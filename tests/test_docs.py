@@ -155,8 +155,10 @@ def test_headings_in_chinese_have_a_cjk_capable_font_stack():
 def test_every_code_block_is_the_current_source_of_a_named_object(generated):
     md = generated["porting.md"]
     sources = {render.source_of(o)[1] for s in content.SECTIONS for o in (*s.torch, *[x for v in s.flax.values() for x in v])}
-    blocks = set(re.findall(r"```python\n(.*?)```\n", md, flags=re.S))
+    shown = re.findall(r"```python\n(.*?)```\n", md, flags=re.S)
+    blocks = set(shown)
     assert blocks == sources                                     # nothing pasted, nothing missing
+    assert len(shown) == len(blocks), "a code block is shown twice"
     assert "class Net(nn.Module):" in md and "class Net(nnx.Module):" in md
 
 

@@ -72,6 +72,14 @@ def test_the_page_is_tutorial_length_and_names_only_the_public_api():
     assert names <= {"Net", "loss_fn", "train_step", "torch_to_flax", "flax_to_torch"}, names
 
 
+def test_the_page_says_up_front_which_revision_it_follows_and_todays_is_kernel_size_5():
+    first_screen = PAGE.read_text(encoding="utf-8").split("## JAX in one screen")[0]
+    for words in ("3×3", "16 * 6 * 6", "5×5", "16 * 5 * 5", "torch.flatten(x, 1)", "Net(kernel_size=5"):
+        assert words in first_screen, words
+    assert Net(kernel_size=5, rngs=nnx.Rngs(0)).fc1.in_features == 16 * 5 * 5
+    assert TorchNet(5).fc1.in_features == 16 * 5 * 5
+
+
 def test_the_notebooks_install_cell_is_one_pip_line_and_tagged():
     cells = json.loads(NOTEBOOK.read_text(encoding="utf-8"))["cells"]
     install = [c for c in cells if "install" in c["metadata"].get("tags", [])]

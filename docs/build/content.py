@@ -361,7 +361,6 @@ _STEPS = (
         torch=(examples.torch_layer_two_ways,),
         flax={"NNX": (examples.flax_layer_two_ways,),
               "Linen": (examples.linen_layer_two_ways,),
-              "functional": (functional.conv2d, functional.max_pool2d, functional.linear),
               "Keras": (examples.keras_layer_two_ways,)},
         exact=f"{F64}; each row of the table says its own",
         notes=("Every row of the table is checked on the same inputs, with the tempting wrong variant "
@@ -407,8 +406,8 @@ _STEPS = (
         "In JAX the loss is a function of the model (or of the parameters), because the gradient is "
         "taken of a function, not read off a tensor.",
         torch=(examples.torch_loss,),
-        flax={"NNX": (train.loss_fn, functional.mse_loss), "Linen": (examples.linen_loss, functional.mse_loss),
-              "functional": (functional.loss_fn, functional.mse_loss),
+        flax={"NNX": (train.loss_fn, functional.mse_loss), "Linen": (examples.linen_loss,),
+              "functional": (functional.loss_fn,),
               "Keras": (examples.keras_loss, keras_train.mse_loss)},
         exact=F64,
         notes=("optax.l2_loss is half the squared error: its gradients are half torch's.",
@@ -466,8 +465,8 @@ _STEPS = (
         "optimizer.zero_grad(); loss.backward(); optimizer.step() is one nnx.value_and_grad and "
         "optimizer.update(model, grads).",
         torch=(torch_train.manual_sgd_update, torch_train.sgd_step),
-        flax={"NNX": (train.sgd_update, train.train_step), "Linen": (examples.linen_sgd_step, train.sgd_update),
-              "functional": (train.sgd_update,), "Keras": (keras_train.sgd_step,)},
+        flax={"NNX": (train.sgd_update, train.train_step), "Linen": (examples.linen_sgd_step,),
+              "Keras": (keras_train.sgd_step,)},
         exact=f"{F64}; {F32}; optax.sgd vs optim.SGD in float32: not bit for bit (two roundings against one)",
         notes=("optax.sgd(lr) is the update rule of optim.SGD(lr) (no momentum, no dampening); in "
                "float32 the two round differently (torch adds -lr*g in one step, optax rounds lr*g "
