@@ -102,3 +102,17 @@ def test_the_notebook_runs_top_to_bottom_in_a_jupyter_kernel(tmp_path):
     assert not errors
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "MseLossBackward0" in printed and "conv_general_dilated" in printed
+
+
+def test_the_committed_page_and_notebook_are_what_the_script_generates_and_a_changed_word_is_caught(
+        tmp_path, monkeypatch):
+    import docs.build
+    from docs.build import notebook
+    assert notebook.build() == {"tutorial.md": PAGE.read_text(encoding="utf-8"),
+                                "tutorial.ipynb": NOTEBOOK.read_text(encoding="utf-8")}
+    edited = tmp_path / "tutorial.py"
+    edited.write_text(SOURCE.read_text(encoding="utf-8").replace("Backprop", "Back-propagate", 1), encoding="utf-8")
+    monkeypatch.setattr(notebook, "SOURCE", edited)
+    for name, text in notebook.build().items():
+        committed = (ROOT / "docs" / name).read_text(encoding="utf-8")
+        assert not docs.build.same_but_figures(committed, text), name
