@@ -1,6 +1,8 @@
 """Hostile cases, one row each: what a user's files, paths and arguments may be, and what the app
 must do about them. Every row runs ``flax-lenet`` in this process and asserts its exit code, its
-one line, and the state of every file it could have touched.
+one line, and the state of every file it could have touched. The rows issue 26 bounds in memory
+and time (``MEMORY_ROWS``) run again in a process of their own, which must also end within
+``HANG_LIMIT_S`` and peak under 1 GiB of resident memory.
 
 The rule under test (``flax_lenet/app/files.py``): every path the app writes goes through one
 writer that replaces only what the project itself wrote, recognised by a record in its lock
@@ -18,8 +20,13 @@ from tests.helpers import run_cli
 TINY = ["--epochs", "1", "--max-steps", "1", "--quiet"]
 
 
+BIG = 64 << 20          # a file this large (the sparse 3 GiB .pt) is compared by its metadata, not read
+
+
 def tree(folder: Path) -> dict:
-    """Every path under ``folder`` with its bytes (files), ``'<dir>'``, ``'<fifo>'`` or its link."""
+    """Every path under ``folder`` with its bytes (files), ``'<dir>'``, ``'<fifo>'`` or its link. A
+    file of ``BIG`` bytes or more is its size, inode and modification time instead: any write or
+    replacement changes one of them, and reading it would cost this process gigabytes."""
     out = {}
     for p in sorted(folder.rglob("*")):
         rel = str(p.relative_to(folder))
@@ -29,6 +36,8 @@ def tree(folder: Path) -> dict:
             out[rel] = "<dir>"
         elif p.is_fifo():
             out[rel] = "<fifo>"
+        elif (st := p.stat()).st_size >= BIG:
+            out[rel] = ("<big file>", st.st_size, st.st_ino, st.st_mtime_ns)
         else:
             out[rel] = p.read_bytes()
     return out
@@ -89,23 +98,33 @@ def _train_with_a_fifo_as_its_lock(tmp):
 def _docs_onto_a_folder(tmp):
     out = tmp / "d"
     out.mkdir()
-    users_folder(out / "side_by_side.md")
+    users_folder(out / "porting.md")
     return None, "expected a new or a regular file, found a folder"
 
 
+def users_port(tmp: Path, *argv) -> list:
+    """``compare --torch m.py:TLin --flax m.py:FLin *argv``, as issue 26 wrote it: the models of
+    ``USER_MODELS`` (a Linear(4, 3) each side, so any N,4 shape fits) in ``tmp/m.py``."""
+    (tmp / "m.py").write_text(USER_MODELS)
+    return ["compare", "--torch", f"{tmp / 'm.py'}:TLin", "--flax", f"{tmp / 'm.py'}:FLin", *argv]
+
+
 def _compare_input_of_a_billion_elements(tmp):
-    return ["compare", "--torch", "torch_reference.model:Net", "--flax", "flax_lenet:Net",
-            "--input-shape", "100000000,4"], "--input-shape: expected at most"
+    return users_port(tmp, "--input-shape", "100000000,4"), "--input-shape: expected at most"
 
 
 def _compare_input_shape_past_int64(tmp):
-    return ["compare", "--torch", "torch_reference.model:Net", "--flax", "flax_lenet:Net",
-            "--input-shape", "99999999999999999999,4"], "--input-shape: expected at most"
+    return users_port(tmp, "--input-shape", "99999999999999999999,4"), "--input-shape: expected at most"
 
 
 def _compare_input_high_past_int64(tmp):
-    return ["compare", "--torch", "torch_reference.model:Net", "--flax", "flax_lenet:Net", "--input-shape", "2,5",
-            "--input-dtype", "int64", "--input-high", "1180591620717411303424"], "--input-high: expected at most"
+    return users_port(tmp, "--input-shape", "2,4", "--input-dtype", "int64", "--input-high",
+                      "1180591620717411303424"), "--input-high: expected at most"
+
+
+def _compare_seed_past_64_bits(tmp):
+    return ["compare", "--seed", "18446744073709551616"], \
+        "--seed: expected an integer in 0..2**64-1 (torch.manual_seed takes 64 bits), found 18446744073709551616"
 
 
 def _compare_input_high_without_tokens(tmp):
@@ -194,6 +213,7 @@ CASES = {
     "compare --input-shape past int64": _compare_input_shape_past_int64,
     "compare --input-high past int64": _compare_input_high_past_int64,
     "compare --input-high without --input-dtype int64": _compare_input_high_without_tokens,
+    "compare --seed past 64 bits (issue 13, case 19)": _compare_seed_past_64_bits,
     "train --out ''": _train_out_empty,
     "eval of a safetensors file whose header is a JSON list": _eval_safetensors_with_a_list_header,
     "train --out of 256 bytes": _train_out_of_256_bytes,
@@ -230,7 +250,7 @@ def test_docs_onto_a_folder_of_the_users_is_one_line_exit_2_and_writes_nothing(t
     import docs.build
     _, says = _docs_onto_a_folder(tmp_path)
     before = tree(tmp_path)
-    files_written = {name: "text\n" for name in ("side_by_side.html", "side_by_side.md")}
+    files_written = {name: "text\n" for name in ("porting.html", "porting.md")}
     with pytest.MonkeyPatch.context() as m:
         m.setattr(docs.build, "build", lambda: files_written)      # the check, not the generator
         rc = docs.build.main(["--out", str(tmp_path / "d")])
@@ -274,6 +294,90 @@ def test_leftover_lookalikes_of_the_users_survive_a_run_and_a_swap_of_it(tmp_pat
     rc, _, err = run_cli(capsys, "train", "--out", runs / "s5", *TINY)
     assert rc == 0, err
     assert tree(runs / ".s5.old-backup01") == {"notes.txt": b"the user's own file\n"}
+
+
+# --- the same rows in a process of their own: peak memory and a hang ------------------------------
+# Issue 26, cases 6 and 7: "exit 2 within seconds, peak under 1 GB". In this process a row cannot
+# show its peak (pytest holds jax and torch) nor be stopped if it hangs, so these rows run again
+# as ``python -m flax_lenet ...`` under ``WRAPPER``, a bare Python of ~10 MB. After its child
+# exits, the wrapper's ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` is that child's peak resident
+# memory (KiB on Linux). Linux carries the forking process's peak over fork and exec into
+# ``ru_maxrss``: a child of pytest itself would report pytest's peak, a child of the wrapper
+# inherits only the wrapper's ~10 MB (``tests/test_input_limits.py`` measures the same way).
+
+ROOT = Path(__file__).resolve().parents[1]
+PEAK_LIMIT_KIB = 1 << 20                    # 1 GiB
+HANG_LIMIT_S = 60                           # a hang, not a speed: a refusal takes 1-4 s here, loaded
+
+WRAPPER = """
+import json, resource, subprocess, sys, time
+start = time.monotonic()
+try:
+    done = subprocess.run(sys.argv[2:], capture_output=True, text=True, timeout=float(sys.argv[1]))
+    rc, out, err = done.returncode, done.stdout, done.stderr
+except subprocess.TimeoutExpired as e:                 # killed and reaped: its peak still counts
+    rc, out, err = "timeout", str(e.stdout or ""), str(e.stderr or "")
+print(json.dumps({"rc": rc, "out": out, "err": err, "seconds": time.monotonic() - start,
+                  "peak_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
+"""
+
+
+def run_measured(argv, cwd: Path) -> dict:
+    """``argv`` in a child of ``WRAPPER``, stopped after ``HANG_LIMIT_S``: its exit code (or
+    ``'timeout'``), stdout, stderr, seconds and peak resident memory in KiB."""
+    import json
+    import subprocess
+    import sys
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    env.pop("FLAX_LENET_DEBUG", None)
+    done = subprocess.run([sys.executable, "-c", WRAPPER, str(HANG_LIMIT_S), *map(str, argv)], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=HANG_LIMIT_S + 30)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
+def assert_refused_in_one_line_within_limits(got: dict, says: str) -> None:
+    """Exit 2, one line holding ``says``, within ``HANG_LIMIT_S`` and under ``PEAK_LIMIT_KIB``."""
+    short = {**got, "out": got["out"][-300:], "err": got["err"][-1000:]}
+    assert got["rc"] != "timeout", f"still running after {HANG_LIMIT_S} s: {short}"
+    assert got["rc"] == 2, short
+    assert got["err"].count("\n") == 1 and "Traceback" not in got["err"] and says in got["err"], short
+    assert got["peak_kib"] < PEAK_LIMIT_KIB, \
+        f"peak resident memory {got['peak_kib'] / 1024:,.0f} MiB, over the limit of {PEAK_LIMIT_KIB / 1024:,.0f} MiB"
+
+
+MEMORY_ROWS = [                             # the rows of CASES that issue 26 bounds in memory and time
+    "eval of a 3 GiB .pt",                                      # case 6
+    "compare --input-shape of 4e8 elements",                    # case 7
+    "compare --input-shape past int64",
+    "compare --input-high past int64",
+    "bench --rounds without end",
+    "bench --json into /proc, refused before the benchmark",
+]
+
+
+@pytest.mark.parametrize("case", MEMORY_ROWS)
+def test_hostile_case_is_refused_within_seconds_and_under_1_gib_in_a_process_of_its_own(tmp_path, case):
+    import sys
+    argv, says = CASES[case](tmp_path)
+    before = tree(tmp_path)
+    got = run_measured([sys.executable, "-m", "flax_lenet", *argv], cwd=tmp_path)
+    assert_refused_in_one_line_within_limits(got, says)
+    assert "flax-lenet bench: " not in got["out"]              # refused before any benchmark ran
+    assert tree(tmp_path) == before
+    print(f"{case}: peak {got['peak_kib'] / 1024:.0f} MiB, {got['seconds']:.1f} s")
+
+
+def test_the_memory_rows_can_fail_a_process_that_peaks_at_1_5_gib(tmp_path):
+    """The broken twin: a child that touches 1.5 GiB, then exits 2 with one line, as a refusal
+    does; only its peak is wrong, and the check reports it. The same child at 64 MiB passes."""
+    import sys
+    payload = "import sys; b = b'x' * ({mib} << 20); sys.stderr.write('refused\\n'); sys.exit(2)"
+    got = run_measured([sys.executable, "-c", payload.format(mib=1536)], cwd=tmp_path)
+    with pytest.raises(AssertionError, match="peak resident memory 1,5[0-9][0-9] MiB, over the limit of 1,024 MiB"):
+        assert_refused_in_one_line_within_limits(got, "refused")
+    assert_refused_in_one_line_within_limits(run_measured([sys.executable, "-c", payload.format(mib=64)],
+                                                          cwd=tmp_path), "refused")
 
 
 # --- port mode: the user's model raises ------------------------------------------------------------
@@ -358,9 +462,12 @@ class TFailsInTraining(TLin):
 '''
 
 PORT = {   # id: (--torch, --flax, extra arguments, exit code, words of the one line)
-    "a model returning a tuple": ("m.py:TTuple", "m.py:FLin", [], 3, "--torch m.py:TTuple returned tuple, not one array"),
-    "a model returning a dict": ("m.py:TDict", "m.py:FLin", [], 3, "returned dict, not one array"),
-    "a model returning None": ("m.py:TLin", "m.py:FNone", [], 3, "--flax m.py:FNone returned NoneType"),
+    "a model returning a tuple": ("m.py:TTuple", "m.py:FLin", [], 3,
+                                  "--torch m.py:TTuple returned tuple on an input of shape (2, 4), not one array"),
+    "a model returning a dict": ("m.py:TDict", "m.py:FLin", [], 3,
+                                 "--torch m.py:TDict returned dict on an input of shape (2, 4), not one array"),
+    "a model returning None": ("m.py:TLin", "m.py:FNone", [], 3,
+                               "--flax m.py:FNone returned NoneType on an input of shape (2, 4), not one array"),
     "an out-of-range token": ("m.py:TTokens", "m.py:FTokens", ["--input-dtype", "int64", "--input-high", "9"], 3,
                               "--torch m.py:TTokens raised IndexError"),
     "an input shape the model cannot take": ("m.py:TLin", "m.py:FLin", ["--input-shape", "2,5"], 3,
@@ -392,7 +499,7 @@ def test_port_mode_reports_a_failing_user_model_in_one_line(user_models, capsys,
     text = err if code == 3 else out
     assert says in text and text.count("\n") == 1 and "Traceback" not in text, text
     if code == 3:
-        assert "input of shape" in text or "building the model" in text or "not one array" in text
+        assert "on an input of shape (2, " in text or "building the model" in text     # side, model, shape, error
 
 
 def test_port_mode_with_debug_shows_the_users_traceback(user_models, capsys, monkeypatch):

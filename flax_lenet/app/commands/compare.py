@@ -119,8 +119,9 @@ def main(args) -> int:
     from flax_lenet.app.checks import check_batch_size
     if args.batch is not None:
         check_batch_size(args.batch, "--batch")     # before anything is allocated (1e8 images: 381 GiB)
-    if args.seed < 0:
-        raise BadConfig(f"--seed: expected a non-negative integer, found {args.seed}")
+    if not 0 <= args.seed < 2 ** 64:                # torch.manual_seed: "Overflow when unpacking long long"
+        raise BadConfig(f"--seed: expected an integer in 0..2**64-1 (torch.manual_seed takes 64 bits), "
+                        f"found {args.seed}")
     if not 0 <= args.lr < float("inf"):     # torch.optim refuses NaN and < 0; inf makes NaN weights
         torch_says = "" if args.lr == float("inf") else f" (torch.optim: Invalid learning rate: {args.lr})"
         raise BadConfig(f"--lr: expected a finite learning rate >= 0, found {args.lr}{torch_says}")
@@ -465,8 +466,9 @@ def _main_port(args) -> int:
     out_f = probe("--flax", args.flax, lambda: _eval_copy(flax_model)(parity.default_flax_input(x)), shape)
     for option, spec, out, kind in (("--torch", args.torch, out_t, torch.Tensor), ("--flax", args.flax, out_f, jax.Array)):
         if not isinstance(out, kind):
-            raise ModelRaised(f"{option} {spec} returned {type(out).__name__}, not one array: the harness "
-                              "compares one output; return it (or wrap the model so that it does)")
+            raise ModelRaised(f"{option} {spec} returned {type(out).__name__} on an input of shape {tuple(shape)}, "
+                              "not one array: the harness compares one output; return it (or wrap the model so "
+                              "that it does)")
     if tuple(out_t.shape) != tuple(out_f.shape):
         print(f"flax-lenet compare: the outputs differ in shape for an input of shape {tuple(shape)}: "
               f"torch {tuple(out_t.shape)}, flax {tuple(out_f.shape)}")
