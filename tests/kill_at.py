@@ -25,7 +25,6 @@ started in the background ignores SIGINT); then ``flax_lenet.app.cli.run`` runs,
 command does, with ``sys.argv`` set to ``flax-lenet ARGS``.
 """
 
-import atexit
 import os
 import re
 import signal
@@ -33,6 +32,11 @@ import sys
 
 AUDITED = frozenset({"open", "os.mkdir", "os.rename", "os.remove", "os.rmdir", "os.chmod", "os.truncate",
                      "os.listdir", "os.scandir", "shutil.rmtree"})
+
+
+#: what ``main`` runs once the command has returned (``cli.run`` ends the process in its last exit
+#: handler, so an exit handler registered before it would never run)
+FINISH = []
 
 
 def _paths(args) -> list[str]:
@@ -58,7 +62,7 @@ def install(spec: str) -> None:
         def write_count():
             with open(what, "w") as f:
                 f.write(" ".join(map(str, [count[0], *swaps])) + "\n")
-        atexit.register(write_count)
+        FINISH.append(write_count)      # after the command, before cli.run's last exit handler ends it
     elif at.startswith("swap"):
         which, _, after = at[len("swap"):].partition("+")
         swap_at, sig = (int(which), int(after)), getattr(signal, what)
@@ -101,7 +105,11 @@ def main(argv: list[str]) -> None:
     install(argv[0])
     sys.argv = ["flax-lenet", *argv[2:]]
     from flax_lenet.app import cli
-    cli.run()
+    try:
+        cli.run()
+    finally:
+        for finish in FINISH:
+            finish()
 
 
 if __name__ == "__main__":

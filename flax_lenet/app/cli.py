@@ -223,28 +223,39 @@ def run() -> None:
     """
     take_over_ctrl_c()
     prog = _command_name(sys.argv[1:])
-    atexit.register(_end_on_a_held_signal, prog)    # registered first, so it runs last
+    returned = []
+    atexit.register(_end_on_a_held_signal, prog, returned)     # registered first, so it runs last
     status = main(before=_start_command)
     signal.pthread_sigmask(signal.SIG_BLOCK, list(SIGNALS))     # the command is done: see below
+    returned.append(status if isinstance(status, int) else 1)
     sys.exit(status)
 
 
-def _end_on_a_held_signal(prog: str) -> None:
+def _end_on_a_held_signal(prog: str, returned: list) -> None:
     """The last exit handler: a signal that came while the process was ending ends it as one
-    that came during the command does (its line, 128 + its number).
+    that came during the command does (its line, 128 + its number); otherwise a command that
+    returned ends here, with its status.
 
-    A command's work done, Python's exit still takes seconds (JAX's and Orbax's teardown), and
-    near its end Python gives SIGINT back its default action: a Ctrl-C there would kill the
-    process with no line and a status of -2. So ``run`` blocks the signals once the command has
-    returned, and this handler, the last to run, reports one that is waiting (a SIGHUP that
-    ``nohup`` set to be ignored stays ignored). One that comes after it is lost with the process."""
+    A command's work done, Python's exit still takes seconds (JAX's, torch's and Orbax's
+    teardown), and near its end Python gives SIGINT back its default action. A Ctrl-C then, if
+    the kernel hands it to one of their threads (which never blocked it), kills the process with
+    no line and a status of -2; in the main thread, it is lost. So ``run`` blocks the signals
+    in the main thread once the command has returned, and this handler, the last to run, reports
+    one that is waiting (a SIGHUP that ``nohup`` set to be ignored stays ignored), or ends the
+    process with ``os._exit`` after flushing its output: every other exit handler has run by
+    now, the command's files are closed, and what is left of the exit is the teardown in which a
+    signal could be lost. A command that raised (a bug, with its traceback) exits as Python does."""
     waiting = [s for s in SIGNALS if s in signal.sigpending() and signal.getsignal(s) is not signal.SIG_IGN]
-    if waiting:
+    if not waiting and not returned:
+        return
+    for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
-            sys.stdout.flush()
+            stream.flush()
+    if waiting:
         what, status = SIGNALS[waiting[0]]
         os.write(2, f"{prog}: {what}\n".encode())
         os._exit(status)
+    os._exit(returned[0])
 
 
 @functools.lru_cache(maxsize=None)
