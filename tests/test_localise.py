@@ -5,6 +5,8 @@ Five deliberate porting bugs, each a small torch model and its NNX port built co
 passes ``parity.check`` and localises nothing.
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -208,7 +210,7 @@ def _normal(shape):
 BUGS = {
     "ceil_mode": (make_pool, "forward", "pool",
                   "first difference: pool (torch MaxPool2d ↔ flax Pool): output shape flax (2, 3, 3, 4) vs "
-                  "torch (2, 4, 4, 4), input agrees (0e+00); check ceil_mode / padding"),
+                  "torch (2, 4, 4, 4), input agrees (FIGURE); check ceil_mode / padding"),
     "same_padding": (make_stride, "forward", "features.2",
                      "first difference: features.2 ↔ features.layers.2 (torch Conv2d ↔ flax Conv): output max rel "),
     "layernorm_epsilon": (make_norm, "forward", "blocks.0.norm",
@@ -234,7 +236,11 @@ def test_broken_port_names_the_module(bug):
     assert not report.ok
     [first] = report.divergences           # forward bugs: the output differs, so no backward is looked at
     assert (first.direction, first.torch_path) == (direction, path)
-    assert first.line().startswith(line)
+    # a measured figure depends on the CPU's kernels (0e+00 here, 8e-08 with AVX2's): masked, and
+    # held to its tier instead
+    assert re.sub(r"\(\d(?:\.\d+)?e[+-]\d+\)", "(FIGURE)", first.line()).startswith(line)
+    if "input agrees" in first.line():
+        assert first.max_rel_in <= FLOAT32_CPU.rtol
     assert first.line() in report.table()
     with pytest.raises(AssertionError, match="first difference"):
         report.assert_ok()
