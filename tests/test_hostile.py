@@ -512,12 +512,17 @@ def test_port_mode_with_debug_shows_the_users_traceback(user_models, capsys, mon
 
 
 @pytest.mark.slow
-def test_a_platform_the_machine_lacks_is_one_line_exit_2(tmp_path):
+@pytest.mark.parametrize("xla_flags", [None, "--xla_cpu_max_isa=AVX2"])
+def test_a_platform_the_machine_lacks_is_one_line_exit_2(tmp_path, xla_flags):
     """``JAX_PLATFORMS=rocm`` where JAX has no such backend: one line, not JAX's 70-line
-    RuntimeError (a process of its own: this one's JAX has started already)."""
+    RuntimeError (a process of its own: this one's JAX has started already); with valid
+    ``XLA_FLAGS`` set too, the line names the platform, not the flags."""
     import subprocess
     import sys
     env = dict(os.environ, JAX_PLATFORMS="rocm", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env.pop("XLA_FLAGS", None)
+    if xla_flags:
+        env["XLA_FLAGS"] = xla_flags
     proc = subprocess.run([sys.executable, "-m", "flax_lenet", "train", "--epochs", "1", "--max-steps", "1",
                            "--quiet"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 2, proc

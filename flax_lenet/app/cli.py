@@ -260,7 +260,7 @@ def _end_on_a_held_signal(prog: str, returned: list) -> None:
 
 @functools.lru_cache(maxsize=None)
 def xla_flags_refusal(flags: str) -> str:
-    """``''`` when XLA starts with ``XLA_FLAGS=flags``, else the line it refused them with.
+    """The line XLA refused ``XLA_FLAGS=flags`` with, or ``''`` when it did not refuse them.
 
     XLA reads ``XLA_FLAGS`` when JAX first starts a backend and aborts the process on a flag it
     does not know, with no Python exception to catch; so a child process starts one first. Asked
@@ -271,10 +271,10 @@ def xla_flags_refusal(flags: str) -> str:
                                text=True, timeout=120, env={**os.environ, "XLA_FLAGS": flags})
     except subprocess.TimeoutExpired:
         return ""                       # slow, not refused: the command itself will say more
-    if probe.returncode == 0:
-        return ""
-    lines = [line for line in probe.stderr.splitlines() if "XLA_FLAGS" in line] or probe.stderr.splitlines()[-1:]
-    return (lines[0].rpartition("] ")[2] if lines else f"exit {probe.returncode}").strip()[:200]
+    # a start that failed for another reason (JAX_PLATFORMS naming a platform this machine lacks) is
+    # not a refusal of the flags: the command itself says what is wrong
+    lines = [line for line in probe.stderr.splitlines() if "XLA_FLAGS" in line] if probe.returncode else []
+    return lines[0].rpartition("] ")[2].strip()[:200] if lines else ""
 
 
 def _start_command() -> None:
