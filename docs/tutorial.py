@@ -36,7 +36,7 @@
 # %% [install]
 # %pip install -q flax optax torch
 
-# %% imports
+# %%
 import numpy as np
 import torch
 import torch.nn as nn
