@@ -5,7 +5,8 @@ parameter tree is ``{'params': {'conv1': {'kernel', 'bias'}, ..., 'fc3': {...}}}
 tree ``flax_lenet.convert.torch_to_flax`` returns. The differences from torch are the NNX
 Net's (``flax_lenet.model``): NHWC input, ``padding='VALID'``, ``strides=(2, 2)`` and the H*W*C
 flatten. Linen's ``Conv`` and ``Dense`` infer their input size, so a wrong flatten order would
-not raise here: only a value test catches it.
+not raise here: only a value test catches it. An NCHW, integer or complex batch is refused in
+one line, as by the NNX Net.
 """
 
 import math
@@ -13,7 +14,7 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
-from flax_lenet.checks import check_kernel_size
+from flax_lenet.checks import check_images, check_kernel_size
 
 
 class Net(nn.Module):
@@ -22,6 +23,7 @@ class Net(nn.Module):
 
     @nn.compact
     def __call__(self, x):                                             # (N, 32, 32, 1)   k=3
+        check_images(x)  # a real NHWC batch; an NCHW one is refused with the transpose to use
         k, dtype = check_kernel_size(self.kernel_size), self.param_dtype  # k: 1..10
         conv1 = nn.Conv(6, (k, k), padding="VALID", param_dtype=dtype, name="conv1")
         conv2 = nn.Conv(16, (k, k), padding="VALID", param_dtype=dtype, name="conv2")

@@ -9,7 +9,9 @@ The differences from torch, each marked where it happens:
     ``fc1``'s weight once so that the two agree.
 Flax's default initialisers are not torch's (lecun-normal kernels and zero biases against
 U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for both): ``flax_lenet.initializers.torch_init(model, rngs)``
-redraws the weights as torch does.
+redraws the weights as torch does. Like torch's Net, this one refuses a batch it cannot read
+(an NCHW, integer or complex one) with a one-line ``ValueError``; Flax's layers alone would
+fail deep inside JAX or return complex logits.
 """
 
 import math
@@ -17,7 +19,7 @@ import math
 import jax.numpy as jnp
 from flax import nnx
 
-from flax_lenet.checks import check_kernel_size
+from flax_lenet.checks import check_images, check_kernel_size
 
 
 def flat_side(kernel_size: int) -> int:
@@ -38,6 +40,7 @@ class Net(nnx.Module):
         self.fc3 = nnx.Linear(84, 10, param_dtype=dtype, rngs=rngs)
 
     def __call__(self, x):                                             # (N, 32, 32, 1)   k=3
+        check_images(x)  # a real NHWC batch; an NCHW one is refused with the transpose to use
         # Max pooling over a (2, 2) window, stride 2 (torch's default stride is the window)
         x = nnx.max_pool(nnx.relu(self.conv1(x)), (2, 2), strides=(2, 2))  # (N, 15, 15, 6)
         x = nnx.max_pool(nnx.relu(self.conv2(x)), (2, 2), strides=(2, 2))  # (N, 6, 6, 16)

@@ -1,20 +1,23 @@
 """One image instead of a mini-batch: ``input.unsqueeze(0)`` / ``x[None]``, and where a wrong batch is caught.
 
-torch's layers accept one unbatched image, and so do Flax's; both Nets then fail at ``fc1``
-because the flatten reads the image's height as the batch. The model files and the training
-steps stay plain Flax, so the one-line hints live where the app takes images in (its accuracy
-functions and its data sets); a NaN or Inf in a batch is ``tests/test_bad_input.py``'s.
+torch's layers accept one unbatched image, and so do Flax's; torch's Net then fails at ``fc1``
+because the flatten reads the image's height as the batch, and Linen's ``init`` would silently
+build a wrong ``fc1``. Both Flax Nets check the batch's shape and dtype first
+(``flax_lenet.checks.check_images``, one line each, at trace time under ``jit``), as the app does
+where it takes images in; a NaN or Inf in a batch is ``tests/test_bad_input.py``'s.
 """
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+import optax
 from flax import nnx
 
-from flax_lenet import convert, functional, linen
+import flax_lenet.model
+
+from flax_lenet import convert, functional, linen, train
 from flax_lenet.convert import nchw_to_nhwc
 from flax_lenet.errors import BadImages
 from flax_lenet.porting.parity import tutorial_data
@@ -54,14 +57,21 @@ def test_unsqueeze0_equals_x_none_in_every_flavour(setup):
 
 
 @pytest.mark.parametrize("flavour, error, message", [
-    ("nnx", TypeError, r"\(96,\) and \(576,\)"),
-    ("linen", flax.errors.ScopeParamShapeError, r'"/fc1".*\(96, 120\).*\(576, 120\)'),
+    ("nnx", BadImages, r"found a single image \(32, 32, 1\): add a batch dimension with x\[None\]"),
+    ("linen", BadImages, r"found a single image \(32, 32, 1\): add a batch dimension with x\[None\]"),
     ("functional", TypeError, r"lhs and rhs ndim to be equal, got 3 and 4"),   # lax.conv: rank 4 only
 ])
-def test_each_flavour_fails_on_a_single_image_as_torch_does(setup, flavour, error, message):
-    # NNX and Linen, as torch, at fc1: (6, 6, 16) flattens to 6 rows of 96 features, fc1 wants 576
+def test_each_flavour_refuses_a_single_image(setup, flavour, error, message):
     with pytest.raises(error, match=message):
         flavours(setup)[flavour](setup["image"])
+
+
+def test_without_the_nets_check_a_single_image_fails_at_fc1_as_in_torch(setup, monkeypatch):
+    """The twin: with ``check_images`` taken out of the NNX Net it fails where torch's does, at fc1:
+    (6, 6, 16) flattens to 6 rows of 96 features and fc1 wants 576."""
+    monkeypatch.setattr(flax_lenet.model, "check_images", lambda x: None)
+    with pytest.raises(TypeError, match=r"\(96,\) and \(576,\)"):
+        setup["model"](setup["image"])
 
 
 def test_torch_net_fails_on_a_single_image_at_fc1(setup):
@@ -87,10 +97,13 @@ def init_shapes(x):
     return jax.tree.map(lambda a: a.shape, variables)
 
 
-def test_linen_init_on_a_single_image_silently_builds_a_wrong_fc1(setup):
-    # Dense infers its input size: nothing raises, fc1 is (96, 120) instead of (576, 120)
-    assert init_shapes(setup["image"])["params"]["fc1"]["kernel"] == (UNBATCHED_FLAT_FEATURES, 120)
+def test_linen_init_refuses_a_single_image_that_would_silently_build_a_wrong_fc1(setup, monkeypatch):
     assert init_shapes(setup["image"][None])["params"]["fc1"]["kernel"] == (SEED_FLAT_FEATURES, 120)
+    with pytest.raises(BadImages, match=r"found a single image"):
+        init_shapes(setup["image"])
+    # Without the check, Dense infers its input size: nothing raises, fc1 is (96, 120), not (576, 120)
+    monkeypatch.setattr(linen, "check_images", lambda x: None)
+    assert init_shapes(setup["image"])["params"]["fc1"]["kernel"] == (UNBATCHED_FLAT_FEATURES, 120)
 
 
 def test_vmap_over_single_images_equals_the_batch(setup):
@@ -100,16 +113,19 @@ def test_vmap_over_single_images_equals_the_batch(setup):
     assert_close(per_image, np.asarray(functional.forward(setup["params"], batch)), FLOAT64, "vmap")
 
 
-# The Net and both training steps (``train.train_step``, ``fast.train_step``) are plain Flax and
-# check nothing, as ``nnx.Linear`` does not; the parity harness takes torch's NCHW batch and lets
-# torch's forward fail on a wrong one. What checks an image batch is the app, where data comes in.
+# Both Flax Nets check an image batch's shape and dtype, and so does the app where data comes in
+# (the same function, ``flax_lenet.checks.check_images``); the training steps call the Net.
 
 def _entry_points(setup):
-    """The app's entry points that take an NHWC image batch, each as ``f(x)``."""
+    """Every entry point that takes an NHWC image batch, each as ``f(x)``."""
     from flax_lenet.app import data, training
     state = convert.flax_to_torch(setup["params"])
     ok, labels = np.zeros((2, 32, 32, 1), np.float32), np.arange(2)
-    return {"flax accuracy": lambda x: training.flax_accuracy(setup["params"], np.asarray(x), labels),
+    return {"nnx Net": lambda x: setup["model"](jnp.asarray(x)),
+            "linen init": lambda x: linen.Net(3).init(jax.random.key(0), jnp.asarray(x)),
+            "train_step": lambda x: train.train_step(setup["model"], nnx.Optimizer(
+                setup["model"], optax.sgd(0.01), wrt=nnx.Param), jnp.asarray(x), jnp.zeros((2, 10))),
+            "flax accuracy": lambda x: training.flax_accuracy(setup["params"], np.asarray(x), labels),
             "torch accuracy": lambda x: training.torch_accuracy(state, np.asarray(x), labels),
             "dataset": lambda x: data.make_dataset("x", np.asarray(x), labels, ok, labels)}
 
@@ -122,9 +138,22 @@ def _entry_points(setup):
     ((2, 32, 32), np.float64, r"found rank 3"),
     ((2, 32, 32, 1), np.int32, r"found dtype int32: cast"),
     ((2, 32, 32, 1), np.uint8, r"found dtype uint8: cast"),
-], ids=["single image", "NCHW", "28x28", "channels", "rank", "int32", "uint8"])
-@pytest.mark.parametrize("entry", ["flax accuracy", "torch accuracy", "dataset"])
+    ((2, 32, 32, 1), np.complex64, r"found dtype complex64: the Net's weights and images are real"),
+], ids=["single image", "NCHW", "28x28", "channels", "rank", "int32", "uint8", "complex"])
+@pytest.mark.parametrize("entry", ["nnx Net", "linen init", "train_step", "flax accuracy", "torch accuracy", "dataset"])
 def test_every_entry_point_refuses_a_wrong_batch_with_one_line(setup, entry, shape, dtype, message):
     with pytest.raises(BadImages, match=message) as info:
         _entry_points(setup)[entry](np.zeros(shape, dtype))
     assert "\n" not in str(info.value) and str(info.value).startswith("expected a float batch (N, 32, 32, 1)")
+
+
+@pytest.mark.parametrize("flavour", ["nnx", "linen"])
+def test_without_the_nets_check_complex_images_give_complex_logits_and_nchw_fails_inside_jax(setup, monkeypatch, flavour):
+    """The twin of the refusals: Flax's layers alone take a complex batch and return complex logits
+    without a word, and Linen's ``init`` on an NCHW batch raises ``ZeroDivisionError``."""
+    monkeypatch.setattr(flax_lenet.model if flavour == "nnx" else linen, "check_images", lambda x: None)
+    logits = flavours(setup)[flavour](jnp.zeros((2, 32, 32, 1), jnp.complex128))
+    assert jnp.issubdtype(logits.dtype, jnp.complexfloating)
+    if flavour == "linen":
+        with pytest.raises(ZeroDivisionError):
+            init_shapes(jnp.zeros((2, 1, 32, 32)))

@@ -379,23 +379,27 @@ _STEPS = (
         "The seed says torch.nn takes only mini-batches; in PyTorch 2, nn.Conv2d and F.max_pool2d take "
         "one unbatched (C, H, W) image too, and Flax's layers take one (H, W, C) image. But the Net's "
         "flatten keeps the first dimension as the batch: in torch the 16 channels of the last feature "
-        "map, in Flax its height (6). fc1 then fails in both. Add the batch dimension: "
-        "input.unsqueeze(0) in torch, x[None] in JAX. The model files stay plain, as Flax's own "
-        "examples; the flax-lenet commands check the batch first and say what is wrong in one line.",
+        "map, in Flax its height (6). fc1 then fails in torch. Add the batch dimension: "
+        "input.unsqueeze(0) in torch, x[None] in JAX. The project's Flax Nets check the batch's shape "
+        "and dtype first (flax_lenet.checks.check_images, at trace time under jit) and say what is "
+        "wrong in one line, as the flax-lenet commands do.",
         torch=(examples.torch_single_image,),
         flax={"NNX": (examples.flax_single_image,), "Linen": (examples.linen_single_image,),
               "Keras": (examples.keras_single_image,)},
         exact=F64,
         notes=("torch's Net on a single (1, 32, 32) image fails at fc1: 'mat1 and mat2 shapes cannot be "
-               "multiplied (16x36 and 576x120)'; the NNX Net fails at fc1 too: (96,) against (576,).",
-               "linen.Net().init on one image raises nothing and builds fc1 as (96, 120): Dense infers "
-               "its input size.",
+               "multiplied (16x36 and 576x120)'; the NNX and Linen Nets refuse it: 'add a batch dimension "
+               "with x[None]'. Without that check the NNX Net fails at fc1 too, (96,) against (576,).",
+               "Without the check, linen.Net().init on one image raises nothing and builds fc1 as "
+               "(96, 120): Dense infers its input size. On an NCHW batch it raises ZeroDivisionError.",
                "jax.vmap of a function that calls the Net on img[None] gives the batch's logits."),
         numbers="inputs",
         tests=("tests/test_minibatch.py::test_unsqueeze0_equals_x_none_in_every_flavour",
-               "tests/test_minibatch.py::test_each_flavour_fails_on_a_single_image_as_torch_does",
+               "tests/test_minibatch.py::test_each_flavour_refuses_a_single_image",
+               "tests/test_minibatch.py::test_without_the_nets_check_a_single_image_fails_at_fc1_as_in_torch",
                "tests/test_minibatch.py::test_torch_net_fails_on_a_single_image_at_fc1",
-               "tests/test_minibatch.py::test_linen_init_on_a_single_image_silently_builds_a_wrong_fc1",
+               "tests/test_minibatch.py::test_linen_init_refuses_a_single_image_that_would_silently_build_a_wrong_fc1",
+               "tests/test_minibatch.py::test_without_the_nets_check_complex_images_give_complex_logits_and_nchw_fails_inside_jax",
                "tests/test_minibatch.py::test_every_entry_point_refuses_a_wrong_batch_with_one_line",
                "tests/test_minibatch.py::test_vmap_over_single_images_equals_the_batch",
                FT + "test_linen_and_keras_single_image_equal_torch_unsqueeze"),

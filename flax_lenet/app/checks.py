@@ -1,41 +1,14 @@
-"""The command line's checks of what it is given: image batches, labels and batch sizes.
+"""The command line's checks of what it is given: image values, labels and batch sizes.
 
 They look at shapes and dtypes (and, for ``check_finite``, values) before anything is computed.
 Each one raises a ``flax_lenet.errors`` kind (a ``ValueError``) whose one-line message says what
-was expected and what was found.
+was expected and what was found. An image batch's shape and dtype are checked as the Net
+itself checks them (``flax_lenet.checks.check_images``).
 """
 
-import jax.numpy as jnp
 import numpy as np
 
 from flax_lenet.errors import BadConfig, BadImages, BadLabels
-
-IMAGE_SHAPE = (32, 32, 1)  # (H, W, C): NHWC, one channel, 32x32 as in the tutorial
-
-
-def check_images(x) -> None:
-    """Raise ``BadImages`` unless ``x`` is a float NHWC batch ``(N, 32, 32, 1)``."""
-    shape = tuple(x.shape)
-    expected = "a float batch (N, 32, 32, 1) in NHWC layout"
-    if len(shape) == 3 and shape == IMAGE_SHAPE:
-        raise BadImages(
-            f"expected {expected}, found a single image {shape}: add a batch dimension "
-            "with x[None] (torch: input.unsqueeze(0))"
-        )
-    if len(shape) != 4:
-        raise BadImages(f"expected {expected}, found rank {len(shape)} with shape {shape}")
-    if shape[1:] == (1, 32, 32):
-        raise BadImages(
-            f"expected {expected}, found NCHW {shape}: transpose with "
-            "x.transpose(0, 2, 3, 1)"
-        )
-    if shape[1:3] != (32, 32):
-        hint = " (28x28 MNIST images must be padded by 2 on each side)" if shape[1:3] == (28, 28) else ""
-        raise BadImages(f"expected {expected}, found height x width {shape[1]}x{shape[2]}{hint}")
-    if shape[3] != 1:
-        raise BadImages(f"expected {expected}, found {shape[3]} channels in {shape}")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise BadImages(f"expected {expected}, found dtype {np.dtype(x.dtype)}: cast with x.astype('float32')")
 
 
 def check_finite(x, what: str = "images") -> None:

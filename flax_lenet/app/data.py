@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flax_lenet.app.checks import check_finite, check_images, check_labels
+from flax_lenet.app.checks import check_finite, check_labels
+from flax_lenet.checks import check_images
 from flax_lenet.errors import BadConfig, BadFile, BadImages, BadInput
 
 NUM_CLASSES = 10

@@ -26,7 +26,8 @@ import optax
 from flax import nnx
 
 from flax_lenet import convert, fast
-from flax_lenet.app.checks import check_finite, check_images, check_labels
+from flax_lenet.app.checks import check_finite, check_labels
+from flax_lenet.checks import check_images
 from flax_lenet.app.config import TrainConfig
 from flax_lenet.errors import BadConfig, BadImages, BadInput
 from flax_lenet.app.data import NUM_CLASSES, Dataset, Shifts
