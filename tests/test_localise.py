@@ -247,6 +247,32 @@ def test_broken_port_names_the_module(bug):
     assert report.as_dict()["first_difference"][0]["torch_path"] == path
 
 
+def _reads_a_weight(cls):
+    """``cls`` reading a weight in Python before its forward, as some models do (a check, a
+    branch): it cannot be traced into one compiled program, so ``first_divergence`` records it
+    op by op (``parity.check``, which compiles the step, cannot take it at all)."""
+    def __call__(self, x):
+        assert np.isfinite(np.asarray(jax.tree.leaves(nnx.state(self, nnx.Param))[0])).all()
+        return cls.__call__(self, x)
+    return type(f"Reads{cls.__name__}", (cls,), {"__call__": __call__})
+
+
+@pytest.mark.parametrize("bug", ["ceil_mode", "straight_through"])
+def test_a_port_that_reads_a_weight_in_python_is_localised_the_same_op_by_op(bug):
+    make, direction, path, line = BUGS[bug]
+    torch.manual_seed(0)
+    torch_model, flax_model, x, options = make(True)
+    reads = _reads_a_weight(type(flax_model))(True, nnx.Rngs(0))
+    with pytest.raises(jax.errors.TracerArrayConversionError):   # it cannot be one program
+        nnx.jit(lambda m, x: m(x))(reads, x.transpose(0, 2, 3, 1) if x.ndim == 4 else x)
+    target = np.random.default_rng(2).standard_normal((x.shape[0], 3)).astype("float32")
+    found = {name: localise.first_divergence(torch_model, model, x, target, rtol=FLOAT32_CPU.rtol, **options)
+             for name, model in (("one program", flax_model), ("op by op", reads))}
+    for name, divergences in found.items():
+        assert [(d.direction, d.torch_path) for d in divergences] == [(direction, path)], name
+        assert re.sub(r"\(\d(?:\.\d+)?e[+-]\d+\)", "(FIGURE)", divergences[0].line()).startswith(line), name
+
+
 @pytest.mark.parametrize("bug", list(BUGS))
 def test_correct_port_localises_nothing(bug):
     make = BUGS[bug][0]

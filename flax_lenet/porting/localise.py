@@ -100,8 +100,8 @@ class Divergence:
 class _Tape:
     """Per module path: calls, call order, completion order, type, input, output and their gradients."""
 
-    def __init__(self, probes=None):
-        self.probes, self.calls, self.types = probes, Counter(), {}
+    def __init__(self, probes=None, traced=False):
+        self.probes, self.traced, self.calls, self.types = probes, traced, Counter(), {}
         self.order, self.done, self.inputs, self.outputs, self.grad_in, self.grad_out = [], [], {}, {}, {}, {}
 
     def call(self, module, path, args, kwargs):
@@ -126,8 +126,10 @@ class _Tape:
                 out = rebuild(first + self.probes[path, "out"])
         return out
 
-    @staticmethod
-    def _keep(record, path, a):
+    def _keep(self, record, path, a):
+        if self.traced:                                      # returned by the program (see _recorded)
+            record[path] = a
+            return
         try:
             record[path] = np.asarray(a)
         except jax.errors.TracerArrayConversionError:      # inside the model's own jit / scan: not recorded
@@ -180,28 +182,72 @@ def _first_array(out, kind):
     return None, None
 
 
-def _flax_tape(model, x, y, loss, grads: bool) -> _Tape:
-    """Record ``model(x)`` eagerly; with ``grads``, then d loss / d each probe through ``nnx.grad``."""
-    tape = _Tape()
+def _run_recorded(wrapped, x, tape=None):
+    """Run ``wrapped(x)`` on a tape (a new traced one by default); its inputs and outputs."""
+    tape = tape or _Tape(traced=True)
     token = _TAPE.set(tape)
     try:
-        _wrap(nnx.clone(model))(x)
-    except Exception:                  # e.g. a shape that no longer fits: what ran so far is recorded
-        return tape
+        wrapped(x)
     finally:
         _TAPE.reset(token)
+    return tape.inputs, tape.outputs
+
+
+_record_program = nnx.jit(_run_recorded)
+
+
+def _recorded(model, x) -> "_Tape | None":
+    """The tape of ``model(x)`` computed as one compiled program, or ``None`` where it cannot be:
+    a model that raises, branches on values, or keeps arrays inside its own ``jit`` or ``scan``
+    (``nnx.eval_shape`` first records the calls without computing; the program then gives values)."""
+    tape = _Tape(traced=True)
+    try:
+        nnx.eval_shape(lambda w: _run_recorded(w, x, tape), _wrap(nnx.clone(model)))
+        inputs, outputs = _record_program(_wrap(nnx.clone(model)), x)
+    except Exception:
+        return None
+    tape.traced = False
+    tape.inputs, tape.outputs = ({p: np.asarray(a) for p, a in d.items()} for d in (inputs, outputs))
+    return tape
+
+
+def _probed_loss(wrapped, probes, x, y, loss):
+    """``loss(wrapped(x), y)`` with each probe added where the tape says."""
+    token = _TAPE.set(_Tape(probes))
+    try:
+        return loss(wrapped(x), y)
+    finally:
+        _TAPE.reset(token)
+
+
+_probe_grads = nnx.jit(nnx.grad(_probed_loss, argnums=1), static_argnums=4)
+
+
+def _flax_tape(model, x, y, loss, grads: bool) -> _Tape:
+    """Record ``model(x)``; with ``grads``, then d loss / d each probe through ``nnx.grad``.
+
+    Each is one ``nnx.jit`` program: run op by op, every op of the model and of its backward pass
+    on each new shape is compiled on its own, hundreds of small programs for one model. Where the
+    forward cannot be one program (``_recorded``) it runs op by op, so that what ran before a
+    failing module is still recorded."""
+    tape = _recorded(model, x)
+    if tape is None:                   # op by op: what runs before a failure is still recorded
+        tape = _Tape()
+        token = _TAPE.set(tape)
+        try:
+            _wrap(nnx.clone(model))(x)
+        except Exception:              # e.g. a shape that no longer fits: what ran so far is recorded
+            return tape
+        finally:
+            _TAPE.reset(token)
     if grads:
-        probes = {(p, side): jnp.zeros_like(a) for side, rec in (("in", tape.inputs), ("out", tape.outputs))
+        probes = {(p, side): np.zeros_like(a) for side, rec in (("in", tape.inputs), ("out", tape.outputs))
                   for p, a in rec.items() if tape.calls[p] == 1 and jnp.issubdtype(a.dtype, jnp.floating)}
 
-        def probed_loss(wrapped, probes):
-            token = _TAPE.set(_Tape(probes))
-            try:
-                return loss(wrapped(x), y)
-            finally:
-                _TAPE.reset(token)
-
-        found = nnx.grad(probed_loss, argnums=1)(_wrap(nnx.clone(model)), probes)
+        try:
+            found = _probe_grads(_wrap(nnx.clone(model)), probes, x, y, loss)
+        except Exception:              # a model that reads a weight in Python: op by op
+            found = nnx.grad(_probed_loss, argnums=1)(_wrap(nnx.clone(model)), probes, x, y, loss)
         for (p, side), g in found.items():
             (tape.grad_in if side == "in" else tape.grad_out)[p] = np.asarray(g)
     return tape
