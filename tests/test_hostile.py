@@ -1,7 +1,7 @@
 """Hostile cases, one row each: what a user's files, paths and arguments may be, and what the app
 must do about them. Every row runs ``flax-lenet`` in this process and asserts its exit code, its
-one line, and the state of every file it could have touched. The rows issue 26 bounds in memory
-and time (``MEMORY_ROWS``) run again in a process of their own, which must also end within
+one line, and the state of every file it could have touched. The rows that must stay bounded in
+memory and time (``MEMORY_ROWS``) run again in a process of their own, which must also end within
 ``HANG_LIMIT_S`` and peak under 1 GiB of resident memory.
 
 The rule under test (``flax_lenet/app/files.py``): every path the app writes goes through one
@@ -103,7 +103,7 @@ def _docs_onto_a_folder(tmp):
 
 
 def users_port(tmp: Path, *argv) -> list:
-    """``compare --torch m.py:TLin --flax m.py:FLin *argv``, as issue 26 wrote it: the models of
+    """``compare --torch m.py:TLin --flax m.py:FLin *argv``, as the hostile report wrote it: the models of
     ``USER_MODELS`` (a Linear(4, 3) each side, so any N,4 shape fits) in ``tmp/m.py``."""
     (tmp / "m.py").write_text(USER_MODELS)
     return ["compare", "--torch", f"{tmp / 'm.py'}:TLin", "--flax", f"{tmp / 'm.py'}:FLin", *argv]
@@ -213,7 +213,7 @@ CASES = {
     "compare --input-shape past int64": _compare_input_shape_past_int64,
     "compare --input-high past int64": _compare_input_high_past_int64,
     "compare --input-high without --input-dtype int64": _compare_input_high_without_tokens,
-    "compare --seed past 64 bits (issue 13, case 19)": _compare_seed_past_64_bits,
+    "compare --seed past 64 bits": _compare_seed_past_64_bits,
     "train --out ''": _train_out_empty,
     "eval of a safetensors file whose header is a JSON list": _eval_safetensors_with_a_list_header,
     "train --out of 256 bytes": _train_out_of_256_bytes,
@@ -297,7 +297,7 @@ def test_leftover_lookalikes_of_the_users_survive_a_run_and_a_swap_of_it(tmp_pat
 
 
 # --- the same rows in a process of their own: peak memory and a hang ------------------------------
-# Issue 26, cases 6 and 7: "exit 2 within seconds, peak under 1 GB". In this process a row cannot
+# A huge file or argument must be "exit 2 within seconds, peak under 1 GB". In this process a row cannot
 # show its peak (pytest holds jax and torch) nor be stopped if it hangs, so these rows run again
 # as ``python -m flax_lenet ...`` under ``WRAPPER``, a bare Python of ~10 MB. After its child
 # exits, the wrapper's ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` is that child's peak resident
@@ -346,7 +346,7 @@ def assert_refused_in_one_line_within_limits(got: dict, says: str) -> None:
         f"peak resident memory {got['peak_kib'] / 1024:,.0f} MiB, over the limit of {PEAK_LIMIT_KIB / 1024:,.0f} MiB"
 
 
-MEMORY_ROWS = [                             # the rows of CASES that issue 26 bounds in memory and time
+MEMORY_ROWS = [                             # the rows of CASES bounded in memory and time
     "eval of a 3 GiB .pt",                                      # case 6
     "compare --input-shape of 4e8 elements",                    # case 7
     "compare --input-shape past int64",
