@@ -1,5 +1,6 @@
 """``flax_lenet.convert``: exact, shape-checked, and matched by name to ``net.parameters()``."""
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -15,17 +16,21 @@ TUTORIAL_NET_PARAMS = 61_706   # today's official tutorial, 5x5 kernels
 PARAMS = {3: SEED_NET_PARAMS, 5: TUTORIAL_NET_PARAMS}
 
 
+def _shapes(kernel_size, **kwargs):
+    """The NNX Net with shapes only (``nnx.eval_shape``): no initialiser runs (these tests load or count)."""
+    return nnx.eval_shape(lambda: flax_lenet.Net(kernel_size, **kwargs, rngs=nnx.Rngs(0)))
+
+
 def _count(tree) -> int:
-    return sum(int(np.prod(np.shape(a))) for a in convert.flatten_flax(tree).values())
+    return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(tree))
 
 
 @pytest.mark.parametrize("kernel_size", (3, 5))
 def test_parameter_counts_match_the_tutorial(kernel_size):
-    import jax
     import jax.numpy as jnp
     torch_count = sum(p.numel() for p in torch_net(kernel_size, "float32").parameters())
-    nnx_count = _count(nnx.state(flax_lenet.Net(kernel_size, rngs=nnx.Rngs(0)), nnx.Param))
-    linen_count = _count(linen.Net(kernel_size).init(jax.random.key(0), jnp.zeros((1, 32, 32, 1))))
+    nnx_count = _count(nnx.to_pure_dict(nnx.state(_shapes(kernel_size), nnx.Param)))
+    linen_count = _count(jax.eval_shape(linen.Net(kernel_size).init, jax.random.key(0), jnp.zeros((1, 32, 32, 1))))
     assert torch_count == nnx_count == linen_count == PARAMS[kernel_size]
 
 
@@ -57,7 +62,7 @@ def test_torch_tensors_and_numpy_arrays_convert_alike():
 def test_converted_weights_load_into_torch_and_nnx(kernel_size):
     net = torch_net(kernel_size, "float32", seed=2)
     params = convert.torch_to_flax(state_numpy(net))
-    model = flax_lenet.Net(kernel_size, rngs=nnx.Rngs(0))
+    model = _shapes(kernel_size)
     nnx.update(model, params)                                     # torch_to_flax's output loads as is
     sd = convert.flax_to_torch(nnx.state(model, nnx.Param))
     fresh = torch_net(kernel_size, "float32", seed=99)

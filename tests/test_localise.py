@@ -57,7 +57,7 @@ class FlaxPoolNet(nnx.Module):
 
 
 def make_pool(broken):
-    return TorchPoolNet(), FlaxPoolNet(broken, nnx.Rngs(0)), _normal((2, 2, 7, 7)), {}
+    return TorchPoolNet(), shapes(FlaxPoolNet, broken), _normal((2, 2, 7, 7)), {}
 
 
 # --- 2. padding='SAME' at stride 2 ----------------------------------------------------------------
@@ -86,7 +86,7 @@ class FlaxStrideNet(nnx.Module):
 
 
 def make_stride(broken):
-    return (TorchStrideNet(), FlaxStrideNet(broken, nnx.Rngs(0)), _normal((2, 2, 8, 8)),
+    return (TorchStrideNet(), shapes(FlaxStrideNet, broken), _normal((2, 2, 8, 8)),
             {"name_map": {"features": "features.layers"}})
 
 
@@ -135,7 +135,7 @@ class FlaxNormNet(nnx.Module):
 
 
 def make_norm(broken):
-    return TorchNormNet(), FlaxNormNet(broken, nnx.Rngs(0)), 1e-3 * _normal((4, 8)), {}
+    return TorchNormNet(), shapes(FlaxNormNet, broken), 1e-3 * _normal((4, 8)), {}
 
 
 # --- 4. the NCHW flatten before a Linear -----------------------------------------------------------
@@ -163,7 +163,7 @@ class FlaxFlattenNet(nnx.Module):
 
 def make_flatten(broken):
     # broken: the harness is not told about the flatten, so fc1's weight is not permuted
-    return TorchFlattenNet(), FlaxFlattenNet(nnx.Rngs(0)), _normal((2, 1, 8, 8)), {"flatten": None if broken else "auto"}
+    return TorchFlattenNet(), shapes(FlaxFlattenNet), _normal((2, 1, 8, 8)), {"flatten": None if broken else "auto"}
 
 
 # --- 5. backward only: a straight-through clip for torch's Hardtanh ----------------------------------
@@ -199,7 +199,12 @@ class FlaxClipNet(nnx.Module):
 
 
 def make_clip(broken):
-    return TorchClipNet(), FlaxClipNet(broken, nnx.Rngs(0)), 3 * _normal((4, 6)), {}
+    return TorchClipNet(), shapes(FlaxClipNet, broken), 3 * _normal((4, 6)), {}
+
+
+def shapes(cls, *args):
+    """``cls(*args, rngs)`` with shapes only (``nnx.eval_shape``): the harness loads torch's weights."""
+    return nnx.eval_shape(lambda: cls(*args, nnx.Rngs(0)))
 
 
 def _normal(shape):

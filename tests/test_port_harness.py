@@ -7,6 +7,7 @@ declared flatten. Each is checked on its outputs, loss, every gradient and the p
 BatchNorm statistics) after every one of 10 optimizer steps; each has a broken twin.
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from flax import nnx
 import port_models
 from flax_lenet import linen, optim
 from flax_lenet.porting import parity
-from flax_lenet.errors import BadConfig
+from flax_lenet.errors import BadConfig, BadWeights
 from flax_lenet.model import Net
 from flax_lenet.porting.tolerances import FLOAT32_CPU, FLOAT64, TRAJECTORY_FLOAT32_CPU, TRAJECTORY_FLOAT64
 
@@ -225,3 +226,44 @@ def test_the_projects_own_net_passes_a_hundred_adam_steps_in_port_mode():
                           steps=100)
     report.assert_ok()
     assert report.steps_tolerance == TRAJECTORY_FLOAT32_CPU
+
+
+# --- a model built with shapes only (nnx.eval_shape) --------------------------------------------
+
+def test_a_model_built_with_eval_shape_gives_the_report_of_a_built_one():
+    """``port_models`` builds every Flax port with ``nnx.eval_shape`` (no initialiser runs); the
+    LSTM's ``nnx.RNN`` also keeps an RNG stream, which has no torch tensor. The report is the one
+    a model built with real arrays gets, figure for figure (same process, same programs)."""
+    torch_model, shapes_only, x, options = port_models.make_lstm_classifier()
+    assert isinstance(nnx.state(shapes_only, nnx.RngState)["lstm"]["rngs"]["key"].get_value(), jax.ShapeDtypeStruct)
+    built = port_models.FlaxLSTMClassifier(rngs=nnx.Rngs(0))
+    reports = [parity.check(torch_model, m, x, steps=2, optimizer=MOMENTUM, **options) for m in (shapes_only, built)]
+    assert [(r.quantity, r.max_rel) for r in reports[0].rows] == [(r.quantity, r.max_rel) for r in reports[1].rows]
+    reports[0].assert_ok()
+
+
+class _TorchLinear(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class _FlaxLinearWithACounter(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.fc = nnx.Linear(4, 3, rngs=rngs)
+        self.calls = nnx.Variable(jnp.zeros((), jnp.int32))     # not a weight: torch has no tensor for it
+
+    def __call__(self, x):
+        return self.fc(x)
+
+
+def test_a_shapes_only_variable_torch_has_no_tensor_for_is_one_line():
+    x = np.random.default_rng(0).standard_normal((2, 4))
+    shapes_only = nnx.eval_shape(lambda: _FlaxLinearWithACounter(nnx.Rngs(0)))
+    with pytest.raises(BadWeights, match=r"^the Flax model's Variable calls \(\) has shapes only \(nnx.eval_shape\) "
+                                         r"and torch has no tensor for it; build the Flax model with real arrays$"):
+        parity.check(_TorchLinear(), shapes_only, x)
+    parity.check(_TorchLinear(), _FlaxLinearWithACounter(nnx.Rngs(0)), x).assert_ok()      # built: it runs

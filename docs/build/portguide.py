@@ -339,6 +339,12 @@ print(report.table())
 report.assert_ok()
 ```
 
+Every weight of the Flax model is replaced by torch's, so it can be built with shapes only,
+`nnx.eval_shape(lambda: FlaxCNN(rngs=nnx.Rngs(0)))`, as the ports below are: no initialiser runs.
+An RNG stream (`nnx.Dropout`'s, `nnx.RNN`'s) has no torch tensor; the harness starts it at
+`jax.random.key(0)` and never draws from it (its Dropout is deterministic). Any other variable
+left with shapes only is refused in one line.
+
 From the command line, on classes in your own file (`flax-lenet compare --help`, `flax-lenet convert --help`):
 
 {_cli_block()}

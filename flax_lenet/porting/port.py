@@ -535,7 +535,47 @@ def load(flax_model, variables: Mapping, *, dtype=None):
         for key, a in variables.get(collection, {}).items():
             _set(tree, key, arr(a))
         nnx.update(flax_model, tree)
+    _fill_shapes_only(flax_model)
     return flax_model
+
+
+def _fill_shapes_only(flax_model) -> None:
+    """Make a module built with ``nnx.eval_shape`` runnable once its weights are loaded.
+
+    ``nnx.eval_shape`` (https://flax.readthedocs.io/en/stable/api_reference/flax.nnx/transforms.html)
+    builds a model without running an initialiser: every variable is a ``jax.ShapeDtypeStruct``.
+    The weights come from torch; an RNG stream (``nnx.Dropout``'s, ``nnx.RNN``'s) has no torch
+    counterpart, and the harness never draws from it (its Dropout is deterministic), so it starts
+    from ``jax.random.key(0)`` and count 0. Any other variable still without a value is refused.
+    """
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    def shape_only(a):
+        return isinstance(a, jax.ShapeDtypeStruct)
+
+    rng = nnx.to_pure_dict(nnx.state(flax_model, nnx.RngState))
+    if any(shape_only(a) for a in jax.tree.leaves(rng)):
+        key = jax.random.key(0)
+
+        def concrete(a):
+            if not shape_only(a):
+                return a
+            if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+                if a.dtype != key.dtype:
+                    raise BadWeights(f"an RNG stream built with nnx.eval_shape has key type {a.dtype}, not the "
+                                     f"default {key.dtype}: build the Flax model with real arrays")
+                return jax.random.split(key, a.shape) if a.shape else key
+            return jnp.zeros(a.shape, a.dtype)
+
+        nnx.update(flax_model, jax.tree.map(concrete, rng))
+    left = [(path, a) for path, a in nnx.to_flat_state(nnx.state(flax_model)) if shape_only(a.get_value())]
+    if left:
+        path, a = left[0]
+        raise BadWeights(f"the Flax model's {type(a).__name__} {'.'.join(map(str, path))} "
+                         f"{a.get_value().shape} has shapes only (nnx.eval_shape) and torch has no tensor for "
+                         f"it; build the Flax model with real arrays")
 
 
 def _plain(tree):
