@@ -146,7 +146,10 @@ def test_any_kernel_size_the_net_builds_with_converts_and_matches_torch(kernel_s
     want = torch_net(kernel_size, "float64")(torch.from_numpy(x)).detach().numpy()
     got = functional.forward(params, jnp.asarray(convert.nchw_to_nhwc(x)))
     assert_close(got, want, FLOAT64, f"logits, k={kernel_size}")
-    model = flax_lenet.Net(kernel_size, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+    model = _shapes(kernel_size, param_dtype=jnp.float64)
+    shape = lambda a: tuple(a.shape)  # noqa: E731
+    assert jax.tree.map(shape, nnx.to_pure_dict(nnx.state(model, nnx.Param))) == jax.tree.map(shape, params)
+    nnx.update(model, params)
     assert sorted(convert.flax_to_torch(nnx.state(model, nnx.Param))) == sorted(state)
     parity.FAULTS["flatten"](state, params)
     if kernel_size < 10:                       # at k=10 the map is 1x1: every flatten order is the same
