@@ -340,7 +340,8 @@ report.assert_ok()
 ```
 
 Every weight of the Flax model is replaced by torch's, so it can be built with shapes only,
-`nnx.eval_shape(lambda: FlaxCNN(rngs=nnx.Rngs(0)))`, as the ports below are: no initialiser runs.
+`nnx.eval_shape(lambda: FlaxCNN(rngs=nnx.Rngs(0)))`, as `tests/port_models.py` builds the ports below: no
+initialiser runs.
 An RNG stream (`nnx.Dropout`'s, `nnx.RNN`'s) has no torch tensor; the harness starts it at
 `jax.random.key(0)` and never draws from it (its Dropout is deterministic). Any other variable
 left with shapes only is refused in one line.
