@@ -471,7 +471,8 @@ def check(torch_model, flax_model, inputs, *, target=None, loss="mse", optimizer
       torch_model: a torch ``nn.Module`` (left unchanged; a copy is cast to ``dtype``).
       flax_model: an NNX module, ``(linen_module, variables)``, ``(apply_fn, params)``
         (``apply_fn(params, x)``), or ``{label: one of those}`` to check several against one torch run.
-        Only the structure is used; the weights come from ``torch_model``.
+        Only the structure is used; the weights come from ``torch_model``, so an NNX module may be
+        built with ``nnx.eval_shape`` (``port.load``).
       inputs: a numpy batch in torch's layout (NCHW for images); Flax gets ``flax_input(inputs)``,
         by default NHWC for a 4-D float batch and the same array otherwise.
       target: the loss target in torch's layout; default a standard-normal array shaped like the

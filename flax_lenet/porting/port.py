@@ -511,7 +511,8 @@ def check_shapes(variables: Mapping, flax_model) -> None:
 def load(flax_model, variables: Mapping, *, dtype=None):
     """Put converted ``variables`` into an NNX module (in place, returned) or Linen variables (a new dict).
 
-    Shapes are checked first (``check_shapes``). ``dtype`` casts every array.
+    Shapes are checked first (``check_shapes``). ``dtype`` casts every array. An NNX module may be
+    built with ``nnx.eval_shape`` (shapes only): see ``_fill_shapes_only``.
     """
     import jax.numpy as jnp
     check_shapes(variables, flax_model)
