@@ -267,3 +267,12 @@ def test_a_shapes_only_variable_torch_has_no_tensor_for_is_one_line():
                                          r"and torch has no tensor for it; build the Flax model with real arrays$"):
         parity.check(_TorchLinear(), shapes_only, x)
     parity.check(_TorchLinear(), _FlaxLinearWithACounter(nnx.Rngs(0)), x).assert_ok()      # built: it runs
+
+
+def test_a_shapes_only_rng_stream_of_another_key_type_is_one_line():
+    """The harness starts a shapes-only RNG stream with the default key type; another is refused."""
+    torch_model, _, x, options = port_models.make_cnn()
+    rbg = nnx.eval_shape(lambda: port_models.FlaxCNN(rngs=nnx.Rngs(jax.random.key(0, impl="rbg"))))
+    with pytest.raises(BadWeights, match=r"^an RNG stream built with nnx.eval_shape has key type key<rbg>, not the "
+                                         r"default key<fry>: build the Flax model with real arrays$"):
+        parity.check(torch_model, rbg, x, **options)
