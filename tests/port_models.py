@@ -3,7 +3,9 @@
 Each ``make_*`` returns ``(torch_model, flax_model, inputs, options)``: ``options`` are the extra
 ``parity.check`` arguments the port needs (a loss, a declared flatten, an input layout). Each
 port follows the pitfalls table in docs/porting.md; the ``broken`` argument builds the
-port as it is easy to get wrong, which the harness must report as failing.
+port as it is easy to get wrong, which the harness must report as failing. Each Flax port is built
+with ``nnx.eval_shape`` (shapes only, no initialiser runs): ``parity.check`` replaces every weight
+with torch's.
 """
 
 import jax
@@ -15,12 +17,6 @@ import torch.nn.functional as F
 from flax import nnx
 
 from flax_lenet.porting.modules import TorchBatchNorm   # torch's BatchNorm in NNX, used by FlaxCNN
-
-
-def shapes(build):
-    """The Flax model ``build()`` makes, with shapes and dtypes only (``nnx.eval_shape``): no
-    initialiser runs, since ``parity.check`` replaces every weight with torch's."""
-    return nnx.eval_shape(build)
 
 
 # --- 1. a CNN with BatchNorm2d, Dropout and an adaptive average pool --------------------------
@@ -64,7 +60,7 @@ class FlaxCNN(nnx.Module):
 def make_cnn(broken: bool = False, batch: int = 4, dtype: str = "float32"):
     torch.manual_seed(0)
     x = np.random.default_rng(1).standard_normal((batch, 3, 16, 16))
-    return TorchCNN(), shapes(lambda: FlaxCNN(broken=broken, rngs=nnx.Rngs(0))), x, {"loss": "mse"}
+    return TorchCNN(), nnx.eval_shape(lambda: FlaxCNN(broken=broken, rngs=nnx.Rngs(0))), x, {"loss": "mse"}
 
 
 # --- 2. a tiny transformer block: Embedding, LayerNorm, GELU, attention -----------------------
@@ -117,7 +113,7 @@ class FlaxBlock(nnx.Module):
 def make_block(broken: str | None = None, batch: int = 4, dtype: str = "float32"):
     torch.manual_seed(0)
     tokens = np.random.default_rng(1).integers(0, 32, (batch, 6))
-    flax_model = shapes(lambda: FlaxBlock(broken=broken, param_dtype=jnp.dtype(dtype), rngs=nnx.Rngs(0)))
+    flax_model = nnx.eval_shape(lambda: FlaxBlock(broken=broken, param_dtype=jnp.dtype(dtype), rngs=nnx.Rngs(0)))
     return TorchBlock(), flax_model, tokens, {"loss": "cross_entropy"}
 
 
@@ -153,7 +149,8 @@ def unflip_up_kernel(state, variables):
 def make_autoencoder(broken: bool = False, batch: int = 3, dtype: str = "float32"):
     torch.manual_seed(0)
     x = np.random.default_rng(1).standard_normal((batch, 2, 8, 8))
-    return TorchAutoencoder(), shapes(lambda: FlaxAutoencoder(rngs=nnx.Rngs(0))), x, {"tamper": unflip_up_kernel if broken else None}
+    flax_model = nnx.eval_shape(lambda: FlaxAutoencoder(rngs=nnx.Rngs(0)))
+    return TorchAutoencoder(), flax_model, x, {"tamper": unflip_up_kernel if broken else None}
 
 
 # --- 4. a Conv1d classifier: the flatten of an (N, C, L) map, declared ---------------------------
@@ -184,7 +181,7 @@ def make_conv1d(broken: bool = False, batch: int = 4, dtype: str = "float32"):
     # a 3-D map is not flattened by rule (it could be a sequence): declare its (C, L)
     options = {"flatten": None if broken else {"fc": (6, 10)},
                "flax_input": lambda a: np.ascontiguousarray(np.moveaxis(a, 1, -1))}
-    return TorchConv1d(), shapes(lambda: FlaxConv1d(rngs=nnx.Rngs(0))), x, options
+    return TorchConv1d(), nnx.eval_shape(lambda: FlaxConv1d(rngs=nnx.Rngs(0))), x, options
 
 
 
@@ -243,8 +240,8 @@ def make_transformer(broken: str | None = None, batch: int = 4, dtype: str = "fl
     torch.manual_seed(0)
     tokens = np.random.default_rng(1).integers(0, 32, (batch, 6))
     attention_fn = attention_in_input_dtype if dtype == "float64" else nnx.dot_product_attention
-    flax_model = shapes(lambda: FlaxTransformer(broken=broken, param_dtype=jnp.dtype(dtype),
-                                                attention_fn=attention_fn, rngs=nnx.Rngs(0)))
+    flax_model = nnx.eval_shape(lambda: FlaxTransformer(broken=broken, param_dtype=jnp.dtype(dtype),
+                                                        attention_fn=attention_fn, rngs=nnx.Rngs(0)))
     return TorchTransformer(), flax_model, tokens, {"loss": "cross_entropy",
                                                      "tamper": swap_key_value if broken == "kv" else None}
 
@@ -294,7 +291,8 @@ def make_lstm_classifier(broken: str | None = None, batch: int = 4, dtype: str =
     trains both of its LSTM biases, which one Flax bias cannot follow)."""
     torch.manual_seed(0)
     tokens = np.random.default_rng(1).integers(0, 16, (batch, 7))
-    flax_model = shapes(lambda: FlaxLSTMClassifier(broken=broken, param_dtype=jnp.dtype(dtype), rngs=nnx.Rngs(0)))
+    flax_model = nnx.eval_shape(lambda: FlaxLSTMClassifier(broken=broken, param_dtype=jnp.dtype(dtype),
+                                                          rngs=nnx.Rngs(0)))
     return TorchLSTMClassifier(two_biases=broken == "two_biases"), flax_model, tokens, {"loss": "cross_entropy"}
 
 
