@@ -546,15 +546,19 @@ def test_a_checkpoint_command_that_cannot_do_what_was_asked_exits_2_and_changes_
 
 
 @pytest.mark.parametrize("change, message", [("drop fc3.bias", "missing key 'fc3.bias'"),
-                                             ("add fc4.weight", "unexpected key 'fc4.weight'")])
+                                             ("add fc4.weight", "unexpected key 'fc4.weight'"),
+                                             ("add 4", "expected a state_dict with string keys, found key 4 (int)")])
 def test_state_dict_with_missing_or_extra_keys_is_refused(tmp_path, capsys, change, message):
     state = {k: torch.from_numpy(v) for k, v in state_numpy(torch_net(3, "float32")).items()}
     if change.startswith("drop"):
         del state["fc3.bias"]
+    elif change == "add 4":
+        state[4] = torch.zeros(10, 10)
     else:
         state["fc4.weight"] = torch.zeros(10, 10)
     torch.save(state, tmp_path / "bad.pt")
-    assert message in refused(capsys, "convert", tmp_path / "bad.pt", tmp_path / "out.orbax")
+    err = refused(capsys, "convert", tmp_path / "bad.pt", tmp_path / "out.orbax")
+    assert message in err and str(tmp_path / "bad.pt") in err, err
     assert not (tmp_path / "out.orbax").exists()
 
 

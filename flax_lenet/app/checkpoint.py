@@ -297,7 +297,10 @@ def _load_torch_pickle(path: Path, notes: list | None = None) -> dict:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         found = type(obj).__name__ if not isinstance(obj, dict) else "a dict with non-tensor values"
         raise BadWeights(f"{path}: expected a state_dict {{name: tensor}}, found {found}")
-    return convert.clean_state(obj)            # numpy (bfloat16 kept); DataParallel/compile prefixes stripped
+    try:
+        return convert.clean_state(obj)        # numpy (bfloat16 kept); DataParallel/compile prefixes stripped
+    except BadWeights as e:                    # a key that is not a string
+        raise BadWeights(f"{path}: {e}") from None
 
 
 def _load_safetensors(path: Path, notes: list | None = None) -> dict:
