@@ -438,6 +438,19 @@ def test_every_file_convert_writes_gets_the_mode_the_umask_gives(tmp_path, capsy
         os.umask(mask)
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the umask from Linux's /proc")
+def test_the_umask_is_read_without_setting_it(monkeypatch):
+    """Reading it by setting it would leave a moment in which a file another thread creates gets
+    the mode 0666."""
+    mask = os.umask(0o027)
+    try:
+        monkeypatch.setattr(os, "umask", lambda *args: pytest.fail("os.umask was called"))
+        assert files.umask() == 0o027
+    finally:
+        monkeypatch.undo()
+        os.umask(mask)
+
+
 # --- killed anywhere in the write phase ------------------------------------------------------------
 
 def _kill_points(count_file: Path) -> list[tuple[str, str]]:

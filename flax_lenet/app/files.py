@@ -48,7 +48,16 @@ from flax_lenet.errors import BadFile
 
 
 def umask() -> int:
-    """The process's umask (read by setting it, then putting it back)."""
+    """The process's umask: the ``Umask:`` line of ``/proc/self/status`` (Linux 4.7 on, proc(5)),
+    which reads it without changing it; elsewhere by setting it and putting it back, which another
+    thread creating a file in between would see as a umask of 0."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
