@@ -66,7 +66,8 @@ def _bench_png_onto_a_folder(tmp):
 
 
 def _bench_json_into_proc(tmp):
-    return bench("--json", Path("/proc/version")), "--json: /proc/version"
+    return (bench("--json", Path("/proc/version")),
+            "--json: /proc/version: expected its folder /proc to take a new file, found that making one there fails")
 
 
 def _bench_endless_rounds(tmp):
@@ -188,7 +189,8 @@ def _train_out_of_256_bytes(tmp):
 
 
 def _train_out_not_utf8(tmp):
-    return ["train", "--out", os.fsdecode(bytes(tmp) + b"/x\xff"), *TINY], "expected a file name in UTF-8"
+    return (["train", "--out", os.fsdecode(bytes(tmp) + b"/x\xff"), *TINY],
+            r"expected a file name in UTF-8, found the bytes b'x\xff'")
 
 
 def _convert_to_a_name_of_250_bytes(tmp):

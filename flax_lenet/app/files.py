@@ -478,8 +478,7 @@ def check_name(path, what: str = "") -> None:
     try:
         size = len(name.encode("utf-8"))
     except UnicodeEncodeError:
-        raise BadFile(f"{label}expected a file name in UTF-8, found {name.encode('utf-8', 'backslashreplace')!r}"
-                      .replace("b'", "'")) from None
+        raise BadFile(f"{label}expected a file name in UTF-8, found the bytes {os.fsencode(name)!r}") from None
     if size > NAME_MAX - NAME_ROOM:
         raise BadFile(f"{label}expected a file name of at most {NAME_MAX - NAME_ROOM} bytes (the writer puts "
                       f"longer names beside it), found {size} bytes: {name[:40]}...")
@@ -505,7 +504,8 @@ def check_writable(path) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise BadFile(f"{path}: expected a folder it can be written in, found {os_reason(e)}") from None
+        raise BadFile(f"{path}: expected its folder {folder} to take a new file, found that making one there "
+                      f"fails ({os_reason(e)})") from None
 
 
 def write_bytes(path, data: bytes) -> None:
