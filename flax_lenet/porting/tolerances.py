@@ -121,13 +121,13 @@ TRAJECTORY_FLOAT32_CPU = Tolerance(3e-3, _text("""
 # decay + maximize; AdamW 1e-2, 0.1, AMSGrad) x kernel 3, 5 x batch 1, 16 x lr 1e-2, 1e-3, seeds 0
 # and 1: 96 points, each 5 float32 copies of the start trained 30 steps in both frameworks.
 # Figures: python benchmarks/float32_grid.py (docs/benchmarks.md).
+# Its reason: a float32 run is judged against a float64 run as truth: Flax's error (the geometric
+# mean over 5 float32 copies of the start) may be at most 10x torch's own, at every point of the
+# grid. Measured: worst point 3.5x, each setting's median 0.92..1.23; optax's own Adam, whose bias
+# correction is float32, reaches 54.7x (4 of its 8 points over 10x). Single runs are no measure:
+# torch's nearest copy against its own second copy is over 10x, one way or the other, at 10 of the
+# 96 points.
 TRAJECTORY_FLOAT32_RATIO = 10.0
-TRAJECTORY_FLOAT32_RATIO_REASON = _text("""
-    float32 runs against a float64 run as truth: Flax's error (the geometric mean over 5 float32
-    copies of the start) may be at most 10x torch's own, at every point of the grid. Measured: worst
-    point 3.5x, each setting's median 0.92..1.23; optax's own Adam, whose bias correction is float32,
-    reaches 54.7x (4 of its 8 points over 10x). Single runs are no measure: torch's nearest copy
-    against its own second copy is over 10x, one way or the other, at 10 of the 96 points""")
 
 TRAJECTORY_GPU = Tolerance(3e-3, _text("""
     float32 on a GPU with TF32 off: not measured, an estimate: CPU's tier, because the one-step
