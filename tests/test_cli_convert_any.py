@@ -60,6 +60,26 @@ MODEL_FILE = textwrap.dedent('''
     class FlaxConvs(nnx.Module):
         def __init__(self, *, rngs):
             self.conv = nnx.Conv(3, 4, (3, 3), padding="VALID", rngs=rngs)
+
+
+    class TorchTokens(nn.Module):                  # Embedding -> flatten -> Linear: runs on tokens only
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+            self.fc = nn.Linear(5 * 4, 3)
+
+        def forward(self, tokens):                 # (N, 5) integers in [0, 10)
+            return self.fc(self.embed(tokens).flatten(1))
+
+
+    class FlaxTokens(nnx.Module):
+        def __init__(self, *, rngs):
+            self.embed = nnx.Embed(10, 4, rngs=rngs)
+            self.fc = nnx.Linear(5 * 4, 3, rngs=rngs)
+
+        def __call__(self, tokens):
+            x = self.embed(tokens)
+            return self.fc(x.reshape(x.shape[0], -1))
 ''')
 
 
@@ -83,6 +103,7 @@ def models(tmp_path_factory):
         net.bn.weight.uniform_(0.5, 2)
     torch.save(net.state_dict(), folder / "net.pt")
     torch.save(my_models.TorchConvs().state_dict(), folder / "convs.pt")
+    torch.save(my_models.TorchTokens().state_dict(), folder / "tokens.pt")
     return folder, net.eval(), my_models
 
 
@@ -173,6 +194,28 @@ def test_a_model_without_a_linear_needs_no_input_shape(models, tmp_path, capsys)
     assert sorted(restore(tmp_path / "out.orbax")) == ["conv/bias", "conv/kernel"]
 
 
+def test_a_model_that_takes_tokens_converts_with_token_inputs_for_flatten_auto(models, tmp_path, capsys):
+    """Its flatten is of an (N, 5, 4) embedding, the same order in both frameworks: nothing to permute.
+    Standard-normal inputs, the default, make its Embedding raise."""
+    from flax import nnx
+    folder, _, my_models = models
+    tokens = dict(src="tokens.pt", torch_cls="TorchTokens", flax_cls="FlaxTokens")
+    rc, _, err = convert(capsys, folder, tmp_path / "float.orbax", "--input-shape", "2,5", **tokens)
+    assert rc == 3 and "raised RuntimeError" in err and "on an input of shape (2, 5)" in err, err
+    rc, out, err = convert(capsys, folder, tmp_path / "out.orbax", "--input-shape", "2,5", "--input-dtype", "int64",
+                           "--input-high", "10", **tokens)
+    assert rc == 0, err
+    assert "flatten permuted" not in out
+    net = my_models.TorchTokens().eval()
+    net.load_state_dict(torch.load(folder / "tokens.pt", weights_only=True))
+    flax_model = my_models.FlaxTokens(rngs=nnx.Rngs(1))
+    nnx.update(flax_model, _nested(restore(tmp_path / "out.orbax")))
+    x = np.random.default_rng(1).integers(0, 10, (3, 5))
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(np.asarray(flax_model(x)), want, rtol=1e-5, atol=1e-6)
+
+
 def test_overwrite_replaces_a_converted_checkpoint(models, tmp_path, capsys):
     folder, net, _ = models
     out = tmp_path / "out.orbax"
@@ -212,6 +255,8 @@ def _other_shapes(folder, tmp_path):
     ("bad flatten", "--flatten fc=4,6: expected a map of 144 values (fc.in_features), found 24"),
     ("bad name map", "--name-map fcc=head: expected a module path of --torch"),
     ("bad shape", "--input-shape: expected comma-separated positive integers"),
+    ("tokens without a bound", "--input-dtype int64: expected --input-high K as well, found none"),
+    ("a bound without tokens", "--input-high 10: expected it with --input-dtype int64, found float inputs"),
 ])
 def test_each_bad_input_is_one_line_and_exit_2(models, tmp_path, capsys, case, says):
     folder, _, _ = models
@@ -229,7 +274,11 @@ def test_each_bad_input_is_one_line_and_exit_2(models, tmp_path, capsys, case, s
             "nan": [_nan_checkpoint(folder, tmp_path), dst, "--torch", net, "--flax", flax, "--flatten", "none"],
             "bad flatten": [src, dst, "--torch", net, "--flax", flax, "--flatten", "fc=4,6"],
             "bad name map": [src, dst, "--torch", net, "--flax", flax, "--name-map", "fcc=head"],
-            "bad shape": [src, dst, "--torch", net, "--flax", flax, "--input-shape", "1,3,x"]}[case]
+            "bad shape": [src, dst, "--torch", net, "--flax", flax, "--input-shape", "1,3,x"],
+            "tokens without a bound": [src, dst, "--torch", net, "--flax", flax, "--input-shape", "1,3,8,8",
+                                       "--input-dtype", "int64"],
+            "a bound without tokens": [src, dst, "--torch", net, "--flax", flax, "--input-shape", "1,3,8,8",
+                                       "--input-high", "10"]}[case]
     err = one_line_exit_2(capsys, "convert", *args)
     assert says in err, err
     assert not dst.exists() and not (tmp_path / "out.pt").exists()
@@ -259,5 +308,5 @@ def test_convert_help_documents_the_exit_codes_and_the_options(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for says in ("exit codes: 0 written; 2 bad input or usage", "3 with --torch/--flax: the model raised",
                  "--torch MODULE:NAME", "--flax MODULE:NAME", "--input-shape N,C,H,W", "--name-map TORCH_PATH=FLAX_PATH",
-                 "--flatten auto|none|LINEAR_PATH=C,H,W"):
+                 "--flatten auto|none|LINEAR_PATH=C,H,W", "--input-dtype {float,int64}", "--input-high INPUT_HIGH"):
         assert says in text, says

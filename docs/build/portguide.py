@@ -266,7 +266,7 @@ def _cli_block() -> str:
         "    [--rtol QUANTITY=VALUE]                    # round-trip, output, loss, grad, manual or steps\n"
         "# exit codes: 0 every quantity agrees, 1 one differs, 2 bad input or usage, 3 your model raised")
     convert = ("flax-lenet convert model.pt flax_weights --torch my_models.py:TorchCNN --flax my_models.py:FlaxCNN \\\n"
-               "    --input-shape 4,3,16,16 [--name-map ...] [--flatten ...]")
+               "    --input-shape 4,3,16,16 [--input-dtype int64 --input-high 32] [--name-map ...] [--flatten ...]")
     for command, block in (("compare", compare), ("convert", convert)):
         found = _cli_help(command)
         for option in re.findall(r"--[a-z0-9-]+", block):
@@ -351,8 +351,8 @@ From the command line, on classes in your own file (`flax-lenet compare --help`,
 {_cli_block()}
 
 `convert` writes any torch checkpoint (.pt, .pth, .safetensors) as your Flax class's variables, an
-Orbax folder or, for an OUT ending in .safetensors, one file; `--input-shape` lets `--flatten auto`
-run the torch model once.
+Orbax folder or, for an OUT ending in .safetensors, one file; `--input-shape` (with `--input-dtype
+int64 --input-high K` for a model that takes tokens) lets `--flatten auto` run the torch model once.
 
 A 4-D input is torch's NCHW and reaches Flax as NHWC; a Linear after a flattened 4-D/5-D feature
 map gets its input axis permuted from (C, H, W) to (H, W, C), found by running the model once

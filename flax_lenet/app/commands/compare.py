@@ -103,9 +103,7 @@ def add_arguments(p):
     own.add_argument("--input-shape", metavar="N,C,H,W",
                      help="the torch input's shape, batch first; a 4-D one is NCHW and the Flax side gets it as "
                           "NHWC, other ranks are passed as they are")
-    own.add_argument("--input-dtype", choices=("float", "int64"), default="float",
-                     help="float: standard-normal inputs in --dtype (default); int64: integers in [0, --input-high)")
-    own.add_argument("--input-high", type=positive_int, help="with --input-dtype int64: the exclusive upper bound")
+    add_input_arguments(own, default="float", floats="standard-normal inputs in --dtype")
     own.add_argument("--loss", choices=LOSSES, default="mse",
                      help="nn.MSELoss against a standard-normal target, or nn.CrossEntropyLoss against random "
                           "classes (default: mse)")
@@ -410,6 +408,34 @@ def _module_file(obj) -> str | None:
     return getattr(module, "__file__", None)
 
 
+def add_input_arguments(group, *, default, floats: str) -> None:
+    """``--input-dtype`` and ``--input-high``: what the user's torch model is run on (``compare``,
+    and ``convert``'s ``--flatten auto``)."""
+    group.add_argument("--input-dtype", choices=("float", "int64"), default=default,
+                       help=f"float: {floats} (default); int64: integers in [0, --input-high), for a model that "
+                            "takes tokens")
+    group.add_argument("--input-high", type=positive_int, help="with --input-dtype int64: the exclusive upper bound")
+
+
+def check_input_arguments(args) -> None:
+    """``--input-dtype int64`` and ``--input-high`` go together, and the bound fits an int64."""
+    tokens = args.input_dtype == "int64"
+    if tokens and args.input_high is None:
+        raise BadConfig("--input-dtype int64: expected --input-high K as well, found none")
+    if args.input_high is not None and not tokens:
+        raise BadConfig(f"--input-high {args.input_high}: expected it with --input-dtype int64, found float inputs")
+    if args.input_high is not None and args.input_high > 2 ** 63 - 1:
+        raise BadConfig(f"--input-high: expected at most 2**63 - 1 (int64 tokens), found {args.input_high}")
+
+
+def random_input(args, shape, rng, dtype: str):
+    """The input ``check_input_arguments`` allowed: integers in [0, --input-high), or standard-normal
+    numbers in ``dtype``."""
+    if args.input_dtype == "int64":
+        return rng.integers(0, args.input_high, shape)
+    return rng.standard_normal(shape).astype(dtype)
+
+
 def probe(option: str, spec: str, call, shape) -> object:
     """Run the user's model once on the input, as the harness will: what it raises, or an output
     that is not one array, is reported before the comparison starts."""
@@ -440,12 +466,7 @@ def _main_port(args) -> int:
         raise BadConfig(f"--batch {args.batch}: expected the batch of --input-shape {args.input_shape} (its first "
                         f"number, {shape[0]}) or no --batch, found {args.batch}")
     name_map, flatten, rtol = parse_name_map(args.name_map), parse_flatten(args.flatten), parse_rtol(args.rtol)
-    if args.input_dtype == "int64" and args.input_high is None:
-        raise BadConfig("--input-dtype int64: expected --input-high K as well, found none")
-    if args.input_high is not None and args.input_dtype != "int64":
-        raise BadConfig(f"--input-high {args.input_high}: expected it with --input-dtype int64, found float inputs")
-    if args.input_high is not None and args.input_high > 2 ** 63 - 1:
-        raise BadConfig(f"--input-high: expected at most 2**63 - 1 (int64 tokens), found {args.input_high}")
+    check_input_arguments(args)
     import jax
     import numpy as np
     if args.dtype == "float64":
@@ -456,9 +477,7 @@ def _main_port(args) -> int:
     from flax_lenet.porting.dropout import dropout_notes
     torch_obj, flax_obj, torch_model, flax_model = build_models(args.torch, args.flax, args.seed)
     check_mapping(name_map, flatten, torch_model, args.torch)
-    rng = np.random.default_rng(args.seed)
-    x = (rng.integers(0, args.input_high, shape) if args.input_dtype == "int64"
-         else rng.standard_normal(shape).astype(args.dtype))
+    x = random_input(args, shape, np.random.default_rng(args.seed), args.dtype)
     import copy
     with torch.no_grad():
         out_t = probe("--torch", args.torch, lambda: copy.deepcopy(torch_model).to(

@@ -17,8 +17,9 @@ is checked against the Flax model's variables and shapes (``port.check_shapes``)
 Flax variables (``checkpoint.save_flax_tree``): an Orbax directory holding the model's
 ``nnx.to_pure_dict`` tree of params and batch stats, or a ``.safetensors`` of the same leaves named
 by their paths joined with ``.``. ``--flatten auto`` (the default) runs the torch model once on an
-input of ``--input-shape`` to find each Linear after a flatten; without ``--input-shape`` it is
-refused unless the model has no Linear (declare the flattens, or ``--flatten none``, instead).
+input of ``--input-shape`` (standard-normal numbers, or tokens with ``--input-dtype int64
+--input-high K``, as ``compare``) to find each Linear after a flatten; without ``--input-shape`` it
+is refused unless the model has no Linear (declare the flattens, or ``--flatten none``, instead).
 
 Exit codes: 0 written, 2 bad input or usage (one line on stderr), 3 with ``--torch``/``--flax``:
 the model raised while built or run once for ``--flatten auto`` (one line), 130 interrupted.
@@ -29,7 +30,7 @@ import sys
 from pathlib import Path
 
 from flax_lenet.app.commands import state_dict_notices
-from flax_lenet.app.commands.compare import FLAX_HELP, TORCH_HELP, add_mapping_arguments
+from flax_lenet.app.commands.compare import FLAX_HELP, TORCH_HELP, add_input_arguments, add_mapping_arguments
 from flax_lenet.errors import BadConfig, BadFile, BadWeights
 
 EXIT_CODES = """\
@@ -54,10 +55,11 @@ def add_arguments(p):
     own.add_argument("--input-shape", metavar="N,C,H,W",
                      help="the shape of a torch input, for --flatten auto to run the model once on random "
                           "numbers; needed when the torch model has a Linear (or pass --flatten)")
+    add_input_arguments(own, default=None, floats="standard-normal float32 inputs")
     add_mapping_arguments(own)
 
 
-PORT_OPTIONS = ("torch", "flax", "input_shape", "name_map", "flatten")
+PORT_OPTIONS = ("torch", "flax", "input_shape", "input_dtype", "input_high", "name_map", "flatten")
 
 
 def refuse_existing(dst, overwrite: bool) -> None:
@@ -105,13 +107,13 @@ def _print_notes(notices, notes) -> None:
         print(f"flax-lenet convert: note: {note}", file=sys.stderr)
 
 
-def find_flattens(torch_model, shape, spec: str):
-    """``--flatten auto``: ``port.record_flattens`` on one standard-normal input of ``shape``
-    (``None``: the model has no Linear, so nothing to permute)."""
+def find_flattens(torch_model, shape, args):
+    """``--flatten auto``: ``port.record_flattens`` on one input of ``shape`` (standard-normal, or
+    tokens with ``--input-dtype int64``); ``None``: the model has no Linear, so nothing to permute."""
     import numpy as np
     import torch
 
-    from flax_lenet.app.commands.compare import probe
+    from flax_lenet.app.commands.compare import probe, random_input
     from flax_lenet.porting import port
     if not any(isinstance(m, torch.nn.Linear) for m in torch_model.modules()):
         return None
@@ -119,8 +121,8 @@ def find_flattens(torch_model, shape, spec: str):
         raise BadConfig("--flatten auto: expected --input-shape N,... to run the torch model once and find "
                         "each Linear after a flatten, found none; or pass --flatten none (no permutation) "
                         "or --flatten LINEAR_PATH=C,H,W")
-    x = torch.from_numpy(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
-    return probe("--torch", spec, lambda: port.record_flattens(torch_model.eval(), x), shape)
+    x = torch.from_numpy(random_input(args, shape, np.random.default_rng(0), "float32"))
+    return probe("--torch", args.torch, lambda: port.record_flattens(torch_model.eval(), x), shape)
 
 
 def nested(variables: dict) -> dict:
@@ -148,12 +150,13 @@ def _main_port(args) -> int:
                         "--torch/--flax as well")
     refuse_existing(args.dst, args.overwrite)
     fmt = checkpoint.check_flax_tree_name(args.dst)
+    compare.check_input_arguments(args)
     shape = compare.parse_shape(args.input_shape) if args.input_shape is not None else None
     name_map, flatten = compare.parse_name_map(args.name_map), compare.parse_flatten(args.flatten)
     *_, torch_model, flax_model = compare.build_models(args.torch, args.flax, 0)
     compare.check_mapping(name_map, flatten, torch_model, args.torch)
     if flatten == "auto":
-        flatten = find_flattens(torch_model, shape, args.torch)
+        flatten = find_flattens(torch_model, shape, args)
     notes = []
     with state_dict_notices() as notices:
         state = checkpoint.read_torch_state(args.src, notes=notes)
