@@ -9,6 +9,7 @@ Ctrl-C, through ``tests/kill_at.py``), start two writers at once, fail the last 
 ``--overwrite`` at things that are not checkpoints.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -272,6 +273,45 @@ def test_an_existing_folder_is_replaced_whole_and_nothing_is_left_beside_it(tmp_
     checkpoint.save(target, states[0])
     checkpoint.save(target, states[1], overwrite=True)
     np.testing.assert_array_equal(checkpoint.load_state(target)["fc3.bias"], states[1]["fc3.bias"])
+    assert siblings(target) == []
+
+
+@contextlib.contextmanager
+def unremovable(path: Path, top: Path):
+    """A file ``path`` that cannot be removed until the block ends, wherever it is moved under
+    ``top``: ``chattr +i`` for root, whom file modes do not stop; otherwise its folder read-only."""
+    if os.geteuid() == 0:
+        if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", path], capture_output=True).returncode:
+            pytest.skip("root, and this file system takes no chattr +i: nothing here resists removal")
+        undo = ["chattr", "-R", "-i", top]
+    else:
+        path.parent.chmod(0o555)
+        undo = ["chmod", "-R", "u+w", top]
+    try:
+        yield
+    finally:
+        subprocess.run(undo, capture_output=True)
+
+
+def test_an_old_folder_that_cannot_be_removed_is_named_in_a_note_and_removed_by_the_next_writer(tmp_path, capsys,
+                                                                                                   states):
+    """The new checkpoint is in place either way; the old one, swapped out, stays beside it under its
+    temporary name, and the note says so instead of leaving it there unsaid."""
+    (tmp_path / "top").mkdir()
+    src, target = tmp_path / "new.safetensors", tmp_path / "top" / "w.orbax"
+    checkpoint.save(src, states[1])
+    checkpoint.save(target, states[0])
+    with unremovable(next(p for p in target.rglob("*") if p.is_file()), tmp_path / "top"):
+        rc, _, err = run_cli(capsys, "convert", src, target, "--overwrite")
+        assert rc == 0, err
+        left = [n for n in siblings(target) if n.startswith(".w.orbax.tmp-")]
+        assert len(left) == 1, siblings(target)
+        assert err == (f"flax-lenet convert: note: {target}: written; what it held before is left beside it as "
+                       f"{left[0]}, which could not be removed: the next write of w.orbax tries again, or remove "
+                       "it by hand\n"), err
+        np.testing.assert_array_equal(checkpoint.load_state(target)["fc3.bias"], states[1]["fc3.bias"])
+    rc, _, err = run_cli(capsys, "convert", src, target, "--overwrite")
+    assert rc == 0 and err == "", err
     assert siblings(target) == []
 
 

@@ -543,7 +543,7 @@ def _write_safetensors(target: Path, flat: dict) -> None:
     target.write_bytes(save_bytes(flat, metadata={DIGEST_KEY: tensor_digest(flat)}))
 
 
-def save(path, state: dict[str, np.ndarray], *, overwrite: bool = False) -> None:
+def save(path, state: dict[str, np.ndarray], *, overwrite: bool = False, notes: list | None = None) -> None:
     """Save a torch-layout ``state_dict`` in the format ``path``'s name asks for, atomically.
 
     Args:
@@ -551,6 +551,7 @@ def save(path, state: dict[str, np.ndarray], *, overwrite: bool = False) -> None
         (written in the Flax layout through ``flax_lenet.convert``).
       state: ``{'conv1.weight': ..., ...}`` numpy arrays or torch tensors.
       overwrite: replace an existing ``path`` -- only a checkpoint of the same format (``replaceable``).
+      notes: if given, a line is appended for an old checkpoint that could not be removed (``atomic_write``).
 
     Raises:
       BadWeights: ``state`` does not fit the Net, or holds NaN or Inf. BadFile: ``path`` exists (and may not be
@@ -562,7 +563,8 @@ def save(path, state: dict[str, np.ndarray], *, overwrite: bool = False) -> None
     if bad is not None:
         raise BadWeights(f"{path}: expected finite weights to save, found NaN or Inf in {bad}; nothing was written")
     fmt = checkpoint_format(path)
-    atomic_write(path, lambda tmp: write_new(tmp, state, fmt), overwrite=overwrite, may_replace=replaceable)
+    atomic_write(path, lambda tmp: write_new(tmp, state, fmt), overwrite=overwrite, may_replace=replaceable,
+                 notes=notes)
 
 
 def check_flax_tree_name(path) -> str:
@@ -574,7 +576,7 @@ def check_flax_tree_name(path) -> str:
     return fmt
 
 
-def save_flax_tree(path, tree: dict, *, overwrite: bool = False) -> None:
+def save_flax_tree(path, tree: dict, *, overwrite: bool = False, notes: list | None = None) -> None:
     """Save any Flax model's variables, a nested dict of numpy arrays (``nnx.to_pure_dict`` of its
     state), atomically and with a SHA-256, as ``save`` saves the Net's.
 
@@ -585,6 +587,7 @@ def save_flax_tree(path, tree: dict, *, overwrite: bool = False) -> None:
         ``flax.traverse_util.unflatten_dict(load_file(path), sep='.')`` gives the tree back).
       tree: ``{'conv': {'kernel': array, 'bias': array}, ...}``.
       overwrite: replace an existing ``path`` -- only a checkpoint of the same format (``replaceable``).
+      notes: as ``save``'s.
 
     Raises:
       BadWeights: NaN or Inf in ``tree``. BadFile: a ``.pt``/``.pth`` name (a torch layout, which
@@ -600,12 +603,13 @@ def save_flax_tree(path, tree: dict, *, overwrite: bool = False) -> None:
                                             for k, v in traverse_util.flatten_dict(tree).items()})
     write = (lambda tmp: _write_safetensors(tmp, flat)) if fmt == "safetensors" else \
         (lambda tmp: _write_orbax(tmp, strings))
-    atomic_write(path, write, overwrite=overwrite, may_replace=replaceable)
+    atomic_write(path, write, overwrite=overwrite, may_replace=replaceable, notes=notes)
 
 
 def convert_checkpoint(src, dst, *, overwrite: bool = False, kernel_size: int | None = None,
                        notes: list | None = None) -> dict:
-    """Read ``src`` and write ``dst``, each in the format its name says; returns the state written."""
+    """Read ``src`` and write ``dst``, each in the format its name says; returns the state written.
+    ``notes`` gets ``load_state``'s and ``save``'s."""
     state = load_state(src, kernel_size=kernel_size, notes=notes)
-    save(dst, state, overwrite=overwrite)
+    save(dst, state, overwrite=overwrite, notes=notes)
     return state

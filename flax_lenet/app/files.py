@@ -28,7 +28,9 @@ names alone: the lock file holds its writer's PID on its first line, and, on a l
 name of every temporary and moved-aside folder the writer is about to make (written before it is
 made). A killed writer's lock file stays behind with that list; the next writer (or reader)
 removes, or puts back, only names listed there that carry that PID. A file of the user's that
-merely looks like a leftover is never touched. Nothing here calls ``fsync``: these are guarantees
+merely looks like a leftover is never touched. An old folder that cannot be removed once swapped
+out (a file in it is immutable) stays under the temporary's name, recorded the same way, and
+``atomic_write`` says so in a note. Nothing here calls ``fsync``: these are guarantees
 about processes that stop, not about a machine that loses power.
 """
 
@@ -352,7 +354,7 @@ def abandon() -> None:
 # --- the writer ------------------------------------------------------------------------------------
 
 def atomic_write(path, write: Callable[[Path], None], *, overwrite: bool = False,
-                 may_replace: Callable[[Path], str | None] | None = None) -> None:
+                 may_replace: Callable[[Path], str | None] | None = None, notes: list | None = None) -> None:
     """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it to ``path``.
 
     The temporary is on the same file system, so a file is replaced in one atomic rename; an
@@ -365,6 +367,9 @@ def atomic_write(path, write: Callable[[Path], None], *, overwrite: bool = False
       overwrite: replace an existing ``path``; otherwise ``BadFile``.
       may_replace: with ``overwrite``, called on the existing ``path`` before anything is written:
         a reason it must not be replaced (it is not what this writer makes), or None.
+      notes: if given, a line is appended when the folder ``path`` replaced could not be removed
+        once swapped out (something in it is immutable, or in a folder that is not writable): it
+        is then left beside ``path`` under its temporary name, and the next writer tries again.
 
     Raises:
       BadFile: ``path`` exists and ``overwrite`` is false (or ``may_replace`` refuses it), its
@@ -389,9 +394,12 @@ def atomic_write(path, write: Callable[[Path], None], *, overwrite: bool = False
     with claim(path):
         refuse_existing()                       # again, now that no other writer can change it
         try:
-            _write_and_swap(path, write)
+            left = _write_and_swap(path, write)
         except OSError as e:
             raise BadFile(f"{path}: expected a writable folder with room for it, found {os_reason(e)}") from None
+    if left is not None and notes is not None:
+        notes.append(f"{path}: written; what it held before is left beside it as {left.name}, which could not "
+                     f"be removed: the next write of {path.name} tries again, or remove it by hand")
 
 
 def _remove_with_suffixes(tmp: Path) -> None:
@@ -406,8 +414,9 @@ def glob_escape(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 
 
-def _write_and_swap(path: Path, write: Callable[[Path], None]) -> None:
-    """``atomic_write`` once its checks passed: write the temporary, then swap it in."""
+def _write_and_swap(path: Path, write: Callable[[Path], None]) -> Path | None:
+    """``atomic_write`` once its checks passed: write the temporary, then swap it in. Returns the
+    temporary if the old folder swapped into it could not be removed."""
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     _record(path, tmp.name)
     _in_progress.add(tmp)
@@ -423,6 +432,7 @@ def _write_and_swap(path: Path, write: Callable[[Path], None]) -> None:
     finally:
         _remove_with_suffixes(tmp)
         _in_progress.discard(tmp)
+    return tmp if os.path.lexists(tmp) else None
 
 
 def _swap_folders(new: Path, path: Path) -> None:

@@ -150,7 +150,7 @@ def plot_curves(path, result, data_name: str) -> None:
     plt.close(fig)
 
 
-def write_run(out, result, metrics: dict | None, data_name: str) -> None:
+def write_run(out, result, metrics: dict | None, data_name: str, notes: list | None = None) -> None:
     """Write a run directory to ``out`` in one rename, replacing what was there.
 
     Args:
@@ -158,6 +158,7 @@ def write_run(out, result, metrics: dict | None, data_name: str) -> None:
       result: a ``training.TrainResult``. metrics: the content of ``metrics.json``; None for a
         run that did not finish (it diverged): then only the weights are written.
       data_name: the data set's name, for the plot's title.
+      notes: if given, a line is appended for an old run that could not be removed (``atomic_write``).
     """
     from flax_lenet import convert
     from flax_lenet.app import checkpoint
@@ -174,4 +175,4 @@ def write_run(out, result, metrics: dict | None, data_name: str) -> None:
             if p.is_file():
                 os.chmod(p, 0o666 & ~files.umask())
 
-    atomic_write(out, write, overwrite=True, may_replace=replaceable_run)
+    atomic_write(out, write, overwrite=True, may_replace=replaceable_run, notes=notes)

@@ -165,7 +165,7 @@ def _main_port(args) -> int:
             port.check_shapes(variables, flax_model)
         except BadWeights as e:
             raise BadWeights(f"{args.src}: {compare.in_cli_words(e)}") from None
-    checkpoint.save_flax_tree(args.dst, nested(variables), overwrite=args.overwrite)
+    checkpoint.save_flax_tree(args.dst, nested(variables), overwrite=args.overwrite, notes=notes)
     _print_notes(notices, notes)
     leaves = [a for collection in variables.values() for a in collection.values()]
     permuted = "; flatten permuted for " + ", ".join(f"{k} {v}" for k, v in flatten.items()) if flatten else ""

@@ -7,6 +7,7 @@ checkpoint (``flax.orbax``, Flax layout) and the torch-trained weights as ``torc
 
 
 import os
+import sys
 
 from flax_lenet.app.cli import positive_int
 from flax_lenet.errors import BadConfig, BadFile, BadInput
@@ -115,6 +116,7 @@ def _train(args, start) -> int:
                                max_steps_per_epoch=args.max_steps)
     dataset = data.load(args.data, args.data_dir)       # bad data: fail before --out is created
     out = prepare_out(args.out, args.overwrite) if args.out is not None else None
+    notes = []
     progress, say, close_bar = runs.progress_bars(cfg, args.quiet)
     if not args.quiet:
         say(f"flax-lenet train: {dataset.name} ({len(dataset.y_train)} train / {len(dataset.y_test)} test "
@@ -131,7 +133,8 @@ def _train(args, start) -> int:
             raise BadInput(f"{e}; nothing saved (no --out)") from None
         if "metrics.json" in runs.earlier_run(out):     # a run that failed never replaces a finished one
             raise BadInput(f"{e}; nothing saved: the finished run already in {out} is kept as it was") from None
-        runs.write_run(out, e.last_good, None, dataset.name)   # weights only: not a finished run
+        runs.write_run(out, e.last_good, None, dataset.name, notes)   # weights only: not a finished run
+        _print_notes(notes)
         raise BadInput(f"{e}; kept {kept} (the last with a finite loss) in {out}/flax.orbax and "
                        f"{out}/torch.safetensors") from None
     close_bar()
@@ -146,7 +149,13 @@ def _train(args, start) -> int:
           f"torch {result.torch.compile_seconds:.1f} s)")
     if out is not None:
         metrics["seconds_total"] = time.perf_counter() - start
-        runs.write_run(out, result, metrics, dataset.name)
+        runs.write_run(out, result, metrics, dataset.name, notes)
         print(f"wrote {out}/metrics.json, curves.png, flax.orbax (Flax layout), torch.safetensors (torch layout) "
               f"in {metrics['seconds_total']:.1f} s")
+        _print_notes(notes)
     return 0
+
+
+def _print_notes(notes) -> None:
+    for note in notes:
+        print(f"flax-lenet train: note: {note}", file=sys.stderr)
