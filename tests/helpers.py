@@ -1,5 +1,12 @@
 """Shared test helpers: one way to draw weights and data, one way to compare."""
 
+import contextlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
 import torch
 
 from flax_lenet import convert
@@ -47,3 +54,20 @@ def one_line_exit_2(capsys, *argv) -> str:
     assert rc == 2, (rc, out, err)
     assert err.count("\n") == 1 and "Traceback" not in err, err
     return err
+
+
+@contextlib.contextmanager
+def unremovable(path: Path, top: Path):
+    """A file ``path`` that cannot be removed until the block ends, wherever it is moved under
+    ``top``: ``chattr +i`` for root, whom file modes do not stop; otherwise its folder read-only."""
+    if os.geteuid() == 0:
+        if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", path], capture_output=True).returncode:
+            pytest.skip("root, and this file system takes no chattr +i: nothing here resists removal")
+        undo = ["chattr", "-R", "-i", top]
+    else:
+        path.parent.chmod(0o555)
+        undo = ["chmod", "-R", "u+w", top]
+    try:
+        yield
+    finally:
+        subprocess.run(undo, capture_output=True)

@@ -9,7 +9,6 @@ Ctrl-C, through ``tests/kill_at.py``), start two writers at once, fail the last 
 ``--overwrite`` at things that are not checkpoints.
 """
 
-import contextlib
 import json
 import os
 import re
@@ -24,7 +23,7 @@ import pytest
 
 from flax_lenet.app import checkpoint, cli, files, runs, training
 from flax_lenet.errors import BadFile
-from tests.helpers import run_cli, state_numpy, torch_net
+from tests.helpers import run_cli, state_numpy, torch_net, unremovable
 
 REPO = Path(__file__).resolve().parent.parent
 KILL_AT = REPO / "tests" / "kill_at.py"
@@ -274,23 +273,6 @@ def test_an_existing_folder_is_replaced_whole_and_nothing_is_left_beside_it(tmp_
     checkpoint.save(target, states[1], overwrite=True)
     np.testing.assert_array_equal(checkpoint.load_state(target)["fc3.bias"], states[1]["fc3.bias"])
     assert siblings(target) == []
-
-
-@contextlib.contextmanager
-def unremovable(path: Path, top: Path):
-    """A file ``path`` that cannot be removed until the block ends, wherever it is moved under
-    ``top``: ``chattr +i`` for root, whom file modes do not stop; otherwise its folder read-only."""
-    if os.geteuid() == 0:
-        if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", path], capture_output=True).returncode:
-            pytest.skip("root, and this file system takes no chattr +i: nothing here resists removal")
-        undo = ["chattr", "-R", "-i", top]
-    else:
-        path.parent.chmod(0o555)
-        undo = ["chmod", "-R", "u+w", top]
-    try:
-        yield
-    finally:
-        subprocess.run(undo, capture_output=True)
 
 
 def test_an_old_folder_that_cannot_be_removed_is_named_in_a_note_and_removed_by_the_next_writer(tmp_path, capsys,

@@ -30,7 +30,7 @@ from flax_lenet.app import checkpoint, cli, data, training
 from flax_lenet.checks import KERNEL_SIZES
 from flax_lenet.errors import BadConfig, BadFile, BadImages
 from flax_lenet.model import flat_side
-from tests.helpers import state_numpy, torch_net
+from tests.helpers import state_numpy, torch_net, unremovable
 from torch_reference import Net as TorchNet
 
 REPO = Path(__file__).resolve().parent.parent
@@ -350,6 +350,20 @@ def test_nan_loss_stops_says_the_step_and_keeps_the_last_good_weights(tmp_path, 
         for k in first:
             np.testing.assert_array_equal(kept[k], first[k])
     assert not (tmp_path / "run" / "metrics.json").exists()          # not a finished run
+
+
+def test_a_diverged_run_that_cannot_remove_the_old_one_still_says_so_in_one_line(tmp_path, capsys):
+    """The note that the old weights-only run is left beside the new one joins the error's line."""
+    argv = ["train", "--out", tmp_path / "top" / "run", "--loss", "mse", "--lr", "1e4", "--momentum", "0",
+            "--epochs", "2", "--max-steps", "3", "--quiet"]
+    (tmp_path / "top").mkdir()
+    refused(capsys, *argv)
+    with unremovable(tmp_path / "top" / "run" / "torch.safetensors", tmp_path / "top"):
+        err = refused(capsys, *argv, "--overwrite")
+    left = [p.name for p in (tmp_path / "top").iterdir() if p.name.startswith(".run.tmp-")]
+    assert len(left) == 1, sorted((tmp_path / "top").iterdir())
+    assert "kept the initial weights" in err and f"; note: {tmp_path / 'top' / 'run'}: written; what it held " \
+        f"before is left beside it as {left[0]}, which could not be removed" in err, err
 
 
 # --- IDX files and MNIST folders ---------------------------------------------------------------

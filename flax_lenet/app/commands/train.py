@@ -134,9 +134,8 @@ def _train(args, start) -> int:
         if "metrics.json" in runs.earlier_run(out):     # a run that failed never replaces a finished one
             raise BadInput(f"{e}; nothing saved: the finished run already in {out} is kept as it was") from None
         runs.write_run(out, e.last_good, None, dataset.name, notes)   # weights only: not a finished run
-        _print_notes(notes)
         raise BadInput(f"{e}; kept {kept} (the last with a finite loss) in {out}/flax.orbax and "
-                       f"{out}/torch.safetensors") from None
+                       f"{out}/torch.safetensors" + "".join(f"; note: {note}" for note in notes)) from None
     close_bar()
     metrics = result.metrics(dataset.describe())
     metrics["seconds_total"] = time.perf_counter() - start
