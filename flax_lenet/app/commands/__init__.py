@@ -1,7 +1,15 @@
 """One module per ``flax-lenet`` subcommand: ``add_arguments(parser)`` and ``main(args)``."""
 
 import contextlib
+import sys
 import warnings
+
+
+def print_notes(command: str, notes) -> None:
+    """Each note as one line on stderr, ``flax-lenet COMMAND: note: ...``, once the work is done
+    (so that a failure before it stays one line)."""
+    for note in notes:
+        print(f"flax-lenet {command}: note: {note}", file=sys.stderr)
 
 
 @contextlib.contextmanager

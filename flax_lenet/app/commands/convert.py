@@ -29,7 +29,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from flax_lenet.app.commands import state_dict_notices
+from flax_lenet.app.commands import print_notes, state_dict_notices
 from flax_lenet.app.commands.compare import FLAX_HELP, TORCH_HELP, add_input_arguments, add_mapping_arguments
 from flax_lenet.errors import BadConfig, BadFile, BadWeights
 
@@ -103,8 +103,7 @@ def main(args) -> int:
 def _print_notes(notices, notes) -> None:
     for line in notices:
         print(f"notice: {line}", file=sys.stderr)
-    for note in notes:
-        print(f"flax-lenet convert: note: {note}", file=sys.stderr)
+    print_notes("convert", notes)
 
 
 def find_flattens(torch_model, shape, args):

@@ -8,9 +8,8 @@ Its weights are verified against the SHA-256 they were written with (a mismatch:
 
 import json
 import os
-import sys
 
-from flax_lenet.app.commands import state_dict_notices
+from flax_lenet.app.commands import print_notes, state_dict_notices
 from flax_lenet.errors import BadConfig, BadWeights
 
 
@@ -62,8 +61,7 @@ def main(args) -> int:
         report["flax"] = training.flax_accuracy(convert.torch_to_flax(state), x, dataset.y_test)
     if args.framework in ("both", "torch"):
         report["torch"] = training.torch_accuracy(state, x, dataset.y_test)
-    for note in notices + notes + ([upcast] if upcast else []):   # after the work: a failure stays one line
-        print(f"flax-lenet eval: note: {note}", file=sys.stderr)
+    print_notes("eval", notices + notes + ([upcast] if upcast else []))
     if args.json:
         print(json.dumps(report, indent=2))
     else:

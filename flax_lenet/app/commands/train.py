@@ -7,9 +7,9 @@ checkpoint (``flax.orbax``, Flax layout) and the torch-trained weights as ``torc
 
 
 import os
-import sys
 
 from flax_lenet.app.cli import positive_int
+from flax_lenet.app.commands import print_notes
 from flax_lenet.errors import BadConfig, BadFile, BadInput
 
 
@@ -151,10 +151,5 @@ def _train(args, start) -> int:
         runs.write_run(out, result, metrics, dataset.name, notes)
         print(f"wrote {out}/metrics.json, curves.png, flax.orbax (Flax layout), torch.safetensors (torch layout) "
               f"in {metrics['seconds_total']:.1f} s")
-        _print_notes(notes)
+        print_notes("train", notes)
     return 0
-
-
-def _print_notes(notes) -> None:
-    for note in notes:
-        print(f"flax-lenet train: note: {note}", file=sys.stderr)
